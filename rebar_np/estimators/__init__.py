@@ -1,0 +1,58 @@
+"""Gradient estimators behind one small interface.
+
+Every estimator is a module with
+
+    init_aux(model, seed=0, dtype=np.float32) -> dict
+        the estimator's own trained parameters (baseline network, eta, temperature);
+        an empty dict when it has none.
+    estimate(model, params, aux, x, u=None, rng=None) -> Estimate
+        x: (B, D) batch; u: one uniform-noise array (B, H) per stochastic layer,
+        drawn from ``rng`` (a numpy Generator, default seed 0) when not given.
+        The result is a deterministic function of (params, aux, x, u).
+    surrogate(model, params, aux, x, u, frozen) -> (model_loss, aux_loss)
+        scalar functions whose gradients with respect to params and aux are, by
+        construction, Estimate.grads and Estimate.aux_grads, with the quantities
+        in Estimate.frozen (hard samples, stop-gradient learning signals) held
+        fixed. This is what the finite-difference checker differentiates.
+
+Gradients are of the *loss* (the negative objective), averaged over the batch:
+what the optimizer consumes.
+"""
+from dataclasses import dataclass, field
+import importlib
+
+import numpy as np
+
+ESTIMATORS = ("reinforce", "nvil")
+
+
+class EstimatorError(ValueError):
+    """Unknown estimator name or unusable input (one-line message)."""
+
+
+@dataclass
+class Estimate:
+    grads: dict        # loss gradient for every model parameter (same keys as params)
+    aux_grads: dict    # gradient of the estimator's own objective for every aux parameter
+    elbo: np.ndarray   # (B,) per-example hard ELBO f(b)
+    frozen: dict = field(default_factory=dict)   # stop-gradient quantities, for surrogate()
+    stats: dict = field(default_factory=dict)    # scalars worth logging
+
+
+def get(name):
+    """The estimator module called ``name``."""
+    if name not in ESTIMATORS:
+        raise EstimatorError(f"unknown model {name!r}; choose one of {', '.join(ESTIMATORS)}")
+    return importlib.import_module(f"{__name__}.{name}")
+
+
+def prepare_noise(model, x, u, rng):
+    """Check the batch, and the noise if given; otherwise draw it (SPEC section 2)."""
+    from ..model import check_noise, draw_noise
+    model.check_batch(x)
+    if u is None:
+        rng = np.random.default_rng(0) if rng is None else rng
+        return draw_noise(model, x.shape[0], rng, x.dtype)
+    u = [np.ascontiguousarray(ul, dtype=x.dtype) for ul in u]
+    check_noise(model, u, x.shape[0])
+    return u

@@ -1,0 +1,431 @@
+"""The sigmoid belief network of SPEC section 1: parameters, passes, ELBO.
+
+Layers are numbered from 0 here (SPEC numbers them from 1): b_0 is the layer
+next to the data, b_{L-1} the top one.
+
+Parameters are a dict of named arrays; weights are stored (fan_in, fan_out).
+A *transform* T named ``name`` owns
+
+- linear:     ``name.W`` (n_in, n_out), ``name.c`` (n_out,)          a = h W + c
+- nonlinear:  ``name.W1`` (n_in, H), ``name.c1``, ``name.W2`` (H, H), ``name.c2``,
+              ``name.W3`` (H, n_out), ``name.c3``
+              a = tanh(tanh(h W1 + c1) W2 + c2) W3 + c3
+
+The transforms of a model with L layers and H units per layer:
+
+| transform | input                           | output  | role                       |
+|-----------|---------------------------------|---------|----------------------------|
+| ``q{l}``  | x - mean_x (l = 0), 2 b_{l-1} - 1 | H       | logits of q(b_l | .)       |
+| ``p{l}``  | 2 b_l - 1                       | D (l=0), H | logits of p(x | b_0), p(b_{l-1} | b_l) |
+| ``prior`` | (task sp only) x_top - mean_top | H       | logits of p(b_{L-1} | x_top) |
+
+and task sbn/omni has the free vector ``prior.logits`` (H,) instead of the
+``prior`` transform. Recognition parameters are the ``q*`` entries, generative
+ones the ``p*`` and ``prior*`` entries.
+
+Task ``sp`` (structured prediction) models the bottom half of the image given
+the top half: q(b | x_top) and p(x_bottom, b | x_top) = p(b_{L-1} | x_top)
+prod_l p(b_{l-1} | b_l) p(x_bottom | b_0), all L stochastic layers on both
+sides (the TF reference collapses the generative side to one layer; we do not).
+The top half conditions p through the prior of the top latent layer.
+
+The data-bias term logit(clip(mean_x, 0.001, 0.999)) is added to the logits of
+p(x | b_0); it is a constant, not a parameter.
+"""
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import kernels as K
+
+TASKS = ("sbn", "omni", "sp")
+SUBLAYERS = ("1", "2", "3")  # the three dense layers of a nonlinear transform
+
+
+class ModelError(ValueError):
+    """An impossible model configuration (one-line message)."""
+
+
+@dataclass(frozen=True)
+class SBN:
+    """Architecture and data statistics of one SBN; holds no trainable state.
+
+    mean_x: (n_input,) per-pixel mean of the training set (float64).
+    """
+    task: str
+    n_layer: int
+    n_hidden: int
+    nonlinear: bool
+    mean_x: np.ndarray = field(repr=False)
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise ModelError(f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}")
+        if self.n_layer < 1:
+            raise ModelError(f"n_layer must be at least 1, got {self.n_layer}")
+        if self.n_hidden < 1:
+            raise ModelError(f"n_hidden must be at least 1, got {self.n_hidden}")
+        mean_x = np.asarray(self.mean_x, dtype=np.float64)
+        if mean_x.ndim != 1 or mean_x.size < (2 if self.task == "sp" else 1):
+            raise ModelError(f"mean_x must be a vector of pixel means, got shape {mean_x.shape}")
+        object.__setattr__(self, "mean_x", mean_x)
+
+    # ---- how the data enter ---------------------------------------------
+    @property
+    def n_input(self):
+        return self.mean_x.size
+
+    @property
+    def n_cond(self):
+        """Width of q's input: all pixels, or the top half for task sp."""
+        return self.n_input // 2 if self.task == "sp" else self.n_input
+
+    @property
+    def n_target(self):
+        """Number of pixels p models: all, or the bottom half for task sp."""
+        return self.n_input - self.n_input // 2 if self.task == "sp" else self.n_input
+
+    def q_input(self, x):
+        """x - mean_x (or x_top - mean_top for sp), in x's dtype: input of q0 (and of prior for sp)."""
+        n = self.n_cond
+        return np.ascontiguousarray(x[:, :n] - self.mean_x[:n].astype(x.dtype))
+
+    def target(self, x):
+        """The pixels p(x | b_0) scores: x, or x_bottom for sp."""
+        return np.ascontiguousarray(x[:, self.n_input - self.n_target:])
+
+    def data_bias(self, dtype):
+        """logit(clip(mean, 0.001, 0.999)) of the target pixels, added to p(x | b_0)'s logits."""
+        m = np.clip(self.mean_x[self.n_input - self.n_target:], 0.001, 0.999)
+        return (np.log(m) - np.log1p(-m)).astype(dtype)
+
+    def check_batch(self, x):
+        if x.ndim != 2 or x.shape[1] != self.n_input:
+            raise ModelError(f"batch must have shape (B, {self.n_input}), got {x.shape}")
+
+    # ---- parameter layout -------------------------------------------------
+    def transforms(self):
+        """[(name, n_in, n_out)] for every transform, recognition first."""
+        H = self.n_hidden
+        out = [(f"q{l}", self.n_cond if l == 0 else H, H) for l in range(self.n_layer)]
+        out += [(f"p{l}", H, self.n_target if l == 0 else H) for l in range(self.n_layer)]
+        if self.task == "sp":
+            out.append(("prior", self.n_cond, H))
+        return out
+
+    def param_shapes(self):
+        """{name: shape} of every model parameter (see the module docstring)."""
+        shapes = {}
+        for name, n_in, n_out in self.transforms():
+            shapes.update(transform_shapes(name, n_in, n_out, self.n_hidden, self.nonlinear))
+        if self.task != "sp":
+            shapes["prior.logits"] = (self.n_hidden,)
+        return shapes
+
+
+def is_recognition(name):
+    """True for parameters of q (the ones that need a gradient estimator)."""
+    return name.startswith("q")
+
+
+def transform_shapes(name, n_in, n_out, n_hidden, nonlinear):
+    if not nonlinear:
+        return {f"{name}.W": (n_in, n_out), f"{name}.c": (n_out,)}
+    dims = [n_in, n_hidden, n_hidden, n_out]
+    shapes = {}
+    for k, sub in enumerate(SUBLAYERS):
+        shapes[f"{name}.W{sub}"] = (dims[k], dims[k + 1])
+        shapes[f"{name}.c{sub}"] = (dims[k + 1],)
+    return shapes
+
+
+def init_params(model, seed=0, dtype=np.float32):
+    """Fan-in scaled Gaussian weights, W ~ N(0, 2 / fan_in); biases and prior logits 0.
+
+    The variance 2 / fan_in matches the TF reference's variance-scaling initializer.
+    """
+    rng = np.random.default_rng(seed)
+    params = {}
+    for name, shape in model.param_shapes().items():
+        if len(shape) == 2:
+            params[name] = (rng.standard_normal(shape) * np.sqrt(2.0 / shape[0])).astype(dtype)
+        else:
+            params[name] = np.zeros(shape, dtype=dtype)
+    return params
+
+
+def zeros_like(params):
+    return {k: np.zeros_like(v) for k, v in params.items()}
+
+
+def check_params(model, params):
+    """Raise ModelError unless params has exactly the model's names and shapes."""
+    shapes = model.param_shapes()
+    missing = sorted(set(shapes) - set(params))
+    extra = sorted(set(params) - set(shapes))
+    if missing or extra:
+        raise ModelError(f"parameters do not fit the model: missing {missing}, unexpected {extra}")
+    for k, shape in shapes.items():
+        if params[k].shape != shape:
+            raise ModelError(f"parameter {k} has shape {params[k].shape}, the model needs {shape}")
+
+
+# --------------------------------------------------------------------------
+# Transforms: a = T(h)
+# --------------------------------------------------------------------------
+def transform_forward(params, name, h, nonlinear):
+    """a = T_name(h). Returns (a, cache) where cache holds what the backward needs:
+    linear: (h,);  nonlinear: (h, h1, h2) with h1 = tanh(h W1 + c1), h2 = tanh(h1 W2 + c2).
+    """
+    if not nonlinear:
+        return K.dense_forward(h, params[name + ".W"], params[name + ".c"]), (h,)
+    h1 = K.tanh_forward(K.dense_forward(h, params[name + ".W1"], params[name + ".c1"]))
+    h2 = K.tanh_forward(K.dense_forward(h1, params[name + ".W2"], params[name + ".c2"]))
+    a = K.dense_forward(h2, params[name + ".W3"], params[name + ".c3"])
+    return a, (h, h1, h2)
+
+
+def transform_backward(params, grads, name, cache, da, nonlinear, need_dh):
+    """Backward of a = T_name(h): accumulates dL/d(params of T) into grads, returns dL/dh
+    (an empty array when need_dh is False).
+
+    nonlinear, by the chain rule through the three dense layers:
+      dL/dh2 = dL/da W3^T;  dL/d(pre2) = dL/dh2 (1 - h2^2);  dL/dh1 = dL/d(pre2) W2^T;
+      dL/d(pre1) = dL/dh1 (1 - h1^2);  dL/dh = dL/d(pre1) W1^T.
+    """
+    if not nonlinear:
+        (h,) = cache
+        return K.dense_backward(h, params[name + ".W"], da, grads[name + ".W"], grads[name + ".c"], need_dh)
+    h, h1, h2 = cache
+    dh2 = K.dense_backward(h2, params[name + ".W3"], da, grads[name + ".W3"], grads[name + ".c3"], True)
+    dh1 = K.dense_backward(h1, params[name + ".W2"], K.tanh_backward(h2, dh2),
+                           grads[name + ".W2"], grads[name + ".c2"], True)
+    return K.dense_backward(h, params[name + ".W1"], K.tanh_backward(h1, dh1),
+                            grads[name + ".W1"], grads[name + ".c1"], need_dh)
+
+
+# --------------------------------------------------------------------------
+# Recognition network q(b | x)
+# --------------------------------------------------------------------------
+@dataclass
+class QLayer:
+    """One stochastic layer of a recognition pass: logits a, the value s the layer
+    passed upward (hard b, relaxed s or mean mu), and the transform's cache."""
+    a: np.ndarray
+    s: np.ndarray
+    cache: tuple
+
+
+def recognition_forward(model, params, h0, sample):
+    """Run q layer by layer: a_l = T_ql(h_l), s_l = sample(l, a_l), h_{l+1} = 2 s_l - 1.
+
+    h0 = model.q_input(x). ``sample(l, a)`` chooses the kind of pass: hard
+    samples, relaxed samples or the mean field (see hard_sampler, mean_sampler).
+    """
+    layers = []
+    h = h0
+    for l in range(model.n_layer):
+        a, cache = transform_forward(params, f"q{l}", h, model.nonlinear)
+        s = sample(l, a)
+        layers.append(QLayer(a, s, cache))
+        h = 2.0 * s - 1.0
+    return layers
+
+
+def hard_sampler(z0):
+    """Sampler for recognition_forward: b_l = 1[a_l + z0_l > 0]."""
+    return lambda l, a: K.hard_sample_forward(a, z0[l])
+
+
+def mean_sampler(l, a):
+    """Sampler for recognition_forward: the mean field mu_l = sigma(a_l)."""
+    return K.mean_sample_forward(a)
+
+
+def log_q_layers(layers):
+    """[log q(s_l | .) per layer], each (B,): log B(s_l; a_l)."""
+    return [K.bernoulli_loglik_forward(q.s, q.a) for q in layers]
+
+
+def score_backward(model, params, grads, layers, dlogq):
+    """Accumulate sum_l dL/dlogq_l * d log q(b_l | b_{l-1}) / d theta_q into grads.
+
+    The inputs of every layer are held fixed (hard samples are not differentiated),
+    so each layer contributes  dL/da_l = dL/dlogq[:, None] (b_l - sigma(a_l))
+    backpropagated through T_ql alone. dlogq: (B,) or a list of L such arrays
+    (one weight per layer, as MuProp and per-layer REBAR need).
+    """
+    for l, q in enumerate(layers):
+        w = dlogq[l] if isinstance(dlogq, list) else dlogq
+        da = K.bernoulli_loglik_backward(q.s, q.a, w)
+        transform_backward(params, grads, f"q{l}", q.cache, da, model.nonlinear, False)
+
+
+# --------------------------------------------------------------------------
+# Generative network p(x, b)
+# --------------------------------------------------------------------------
+@dataclass
+class PPass:
+    """What the generative backward needs: logits and caches per term."""
+    prior_logits: np.ndarray     # (B, H) logits of the top layer
+    prior_cache: tuple | None    # transform cache of the sp prior
+    logits: list                 # logits[l]: of p(b_{l-1} | b_l) for l >= 1, of p(x | b_0) for l = 0
+    caches: list
+
+
+def generative_forward(model, params, x, samples):
+    """log p(x, s) = log B(s_{L-1}; prior) + sum_{l>=1} log B(s_{l-1}; T_pl(2 s_l - 1))
+                     + log B(target(x); T_p0(2 s_0 - 1) + data_bias).
+
+    samples: [s_0 .. s_{L-1}] (hard or relaxed values), each (B, H).
+    Returns (logp (B,), PPass).
+    """
+    B = x.shape[0]
+    dtype = samples[0].dtype
+    top = samples[-1]
+    if model.task == "sp":
+        prior_logits, prior_cache = transform_forward(params, "prior", model.q_input(x), model.nonlinear)
+    else:
+        prior_logits = np.empty((B, model.n_hidden), dtype=dtype)
+        prior_logits[:] = params["prior.logits"]
+        prior_cache = None
+    logp = K.bernoulli_loglik_forward(top, prior_logits)
+    logits, caches = [None] * model.n_layer, [None] * model.n_layer
+    for l in range(model.n_layer - 1, -1, -1):
+        a, cache = transform_forward(params, f"p{l}", 2.0 * samples[l] - 1.0, model.nonlinear)
+        if l == 0:
+            a += model.data_bias(dtype)
+            logp = logp + K.bernoulli_loglik_forward(model.target(x), a)
+        else:
+            logp = logp + K.bernoulli_loglik_forward(samples[l - 1], a)
+        logits[l], caches[l] = a, cache
+    return logp, PPass(prior_logits, prior_cache, logits, caches)
+
+
+def generative_backward(model, params, grads, x, samples, pp, dlogp, need_ds):
+    """Accumulate dL/d theta_p = dL/dlogp * d log p(x, s) / d theta_p into grads.
+
+    Each term log B(y; a) contributes dL/da = dL/dlogp (y - sigma(a)) to its
+    transform. When need_ds (relaxed samples), also returns dL/ds_l for every
+    layer, where s_l enters twice: as the scored value y of the term above it
+    (d log B / dy = a) and, through h = 2 s_l - 1, as the input of T_pl
+    (dL/ds_l = 2 dL/dh). Returns None when need_ds is False.
+    """
+    L = model.n_layer
+    ds = [None] * L
+    # prior term: log B(s_{L-1}; prior logits)
+    da = K.bernoulli_loglik_backward(samples[-1], pp.prior_logits, dlogp)
+    if model.task == "sp":
+        transform_backward(params, grads, "prior", pp.prior_cache, da, model.nonlinear, False)
+    else:
+        grads["prior.logits"] += da.sum(axis=0)
+    if need_ds:
+        ds[L - 1] = K.bernoulli_loglik_backward_sample(pp.prior_logits, dlogp)
+    for l in range(L - 1, -1, -1):
+        y = model.target(x) if l == 0 else samples[l - 1]
+        da = K.bernoulli_loglik_backward(y, pp.logits[l], dlogp)
+        dh = transform_backward(params, grads, f"p{l}", pp.caches[l], da, model.nonlinear, need_ds)
+        if need_ds:
+            ds[l] += 2.0 * dh                       # through h = 2 s_l - 1
+            if l > 0:                               # s_{l-1} is the value scored by this term
+                ds[l - 1] = K.bernoulli_loglik_backward_sample(pp.logits[l], dlogp)
+    return ds if need_ds else None
+
+
+# --------------------------------------------------------------------------
+# The hard ELBO and the importance-weighted bound
+# --------------------------------------------------------------------------
+@dataclass
+class HardPass:
+    """A hard-sample evaluation of f(b) = log p(x, b) - log q(b | x)."""
+    layers: list        # QLayer per stochastic layer (s = hard b)
+    logq: list          # log q(b_l | .) per layer, (B,)
+    logp: np.ndarray    # (B,)
+    pp: PPass
+    f: np.ndarray       # (B,) the ELBO sample
+
+    @property
+    def b(self):
+        return [q.s for q in self.layers]
+
+
+def hard_pass(model, params, x, z0):
+    """Sample b from q with logistic noise z0 and evaluate f(b) = log p(x, b) - sum_l log q(b_l | .)."""
+    layers = recognition_forward(model, params, model.q_input(x), hard_sampler(z0))
+    logq = log_q_layers(layers)
+    b = [q.s for q in layers]
+    logp, pp = generative_forward(model, params, x, b)
+    return HardPass(layers, logq, logp, pp, logp - sum(logq))
+
+
+def draw_noise(model, batch_size, rng, dtype=np.float32):
+    """Uniform noise u_l ~ U(0, 1)^{B x H}, one array per stochastic layer."""
+    return [rng.random((batch_size, model.n_hidden)).astype(dtype) for _ in range(model.n_layer)]
+
+
+def check_noise(model, u, batch_size):
+    if len(u) != model.n_layer:
+        raise ModelError(f"need {model.n_layer} noise arrays (one per layer), got {len(u)}")
+    for l, ul in enumerate(u):
+        if ul.shape != (batch_size, model.n_hidden):
+            raise ModelError(f"noise of layer {l} has shape {ul.shape}, "
+                             f"need {(batch_size, model.n_hidden)}")
+
+
+def iw_bound(model, params, x, n_samples, rng, chunk=100):
+    """k-sample importance-weighted bound log (1/k sum_i exp f(b_i)) per example, (B,).
+
+    Samples are drawn in chunks of at most ``chunk`` per example, so memory stays
+    bounded; the running log-sum-exp is merged chunk by chunk.
+    """
+    B = x.shape[0]
+    dtype = params[next(iter(params))].dtype
+    running = np.full(B, -np.inf)
+    done = 0
+    while done < n_samples:
+        k = min(chunk, n_samples - done)
+        xk = np.repeat(x, k, axis=0)                     # rows n*k .. n*k+k-1 belong to example n
+        z0 = [K.logistic_noise(u) for u in draw_noise(model, B * k, rng, dtype)]
+        f = hard_pass(model, params, xk, z0).f.astype(np.float64).reshape(B, k)
+        chunk_lme = K.logmeanexp_rows(f) + np.log(k)     # log sum_i exp f in this chunk
+        running = np.logaddexp(running, chunk_lme)
+        done += k
+    return running - np.log(n_samples)
+
+
+def hard_pass_at(model, params, x, b):
+    """f and its terms at *given* hard samples b (held fixed while params move: for checks)."""
+    layers = recognition_forward(model, params, model.q_input(x), lambda l, a: b[l])
+    logq = log_q_layers(layers)
+    logp, pp = generative_forward(model, params, x, b)
+    return HardPass(layers, logq, logp, pp, logp - sum(logq))
+
+
+def score_function_gradient(model, params, x, hp, signal):
+    """The loss gradient of the score-function family, averaged over the batch:
+
+        dL/d theta_q = -(1/B) sum_n signal_n  sum_l d log q(b_{n,l} | .) / d theta_q
+        dL/d theta_p = -(1/B) sum_n d log p(x_n, b_n) / d theta_p
+
+    signal: (B,) learning signal (held constant), or a list of L per-layer signals.
+    The direct term -d log q / d theta_q of f is left out: its expectation is 0,
+    as in the TF reference.
+    """
+    B = x.shape[0]
+    grads = zeros_like(params)
+    dlogq = [-s / B for s in signal] if isinstance(signal, list) else -signal / B
+    score_backward(model, params, grads, hp.layers, dlogq)
+    dlogp = np.full(B, -1.0 / B, dtype=hp.f.dtype)
+    generative_backward(model, params, grads, x, hp.b, hp.pp, dlogp, False)
+    return grads
+
+
+def score_function_surrogate(model, params, x, b, signal):
+    """The scalar whose gradient score_function_gradient computes, with b and signal fixed:
+    -(1/B) sum_n [ signal_n sum_l log q(b_{n,l} | .) + log p(x_n, b_n) ]."""
+    hp = hard_pass_at(model, params, x, b)
+    if isinstance(signal, list):
+        weighted = sum(s * lq for s, lq in zip(signal, hp.logq))
+    else:
+        weighted = signal * sum(hp.logq)
+    return -float(np.mean(weighted + hp.logp))

@@ -42,6 +42,7 @@ def finite_difference(fn, arrays, eps=DEFAULT_EPS, max_entries=None, rng=None):
 
     arrays: dict of float64 arrays, perturbed in place and restored. When an array
     has more than max_entries entries, a random subset (from rng) is checked.
+    fn may return a scalar, or a dict {name: scalar} giving each array its own function.
     Returns {name: (flat indices, fd values)}.
     """
     rng = np.random.default_rng(0) if rng is None else rng
@@ -57,13 +58,17 @@ def finite_difference(fn, arrays, eps=DEFAULT_EPS, max_entries=None, rng=None):
         for k, i in enumerate(idx):
             old = flat[i]
             flat[i] = old + eps
-            fp = fn()
+            fp = _pick(fn(), name)
             flat[i] = old - eps
-            fm = fn()
+            fm = _pick(fn(), name)
             flat[i] = old
             vals[k] = (fp - fm) / (2 * eps)
         out[name] = (idx, vals)
     return out
+
+
+def _pick(value, name):
+    return value[name] if isinstance(value, dict) else value
 
 
 def compare(analytic, fd, tol=DEFAULT_TOL, prefix=""):
@@ -84,19 +89,19 @@ def to_float64(d):
 
 
 def check_estimator(name, model, params, aux, x, u, eps=DEFAULT_EPS, tol=DEFAULT_TOL,
-                    max_entries=None, rng=None):
+                    max_entries=None, rng=None, options=None):
     """Check an estimator's model and aux gradients against finite differences of its surrogate."""
     est = E.get(name)
     params, aux = to_float64(params), to_float64(aux)
     x = np.asarray(x, dtype=np.float64)
     u = [np.asarray(ul, dtype=np.float64) for ul in u]
-    res = est.estimate(model, params, aux, x, u)
+    res = est.estimate(model, params, aux, x, u, options=options)
     frozen = res.frozen
-    fd_model = finite_difference(lambda: est.surrogate(model, params, aux, x, u, frozen)[0],
+    fd_model = finite_difference(lambda: est.surrogate(model, params, aux, x, u, frozen, options)[0],
                                  params, eps, max_entries, rng)
     rows = compare(res.grads, fd_model, tol)
     if aux:
-        fd_aux = finite_difference(lambda: est.surrogate(model, params, aux, x, u, frozen)[1],
+        fd_aux = finite_difference(lambda: est.surrogate(model, params, aux, x, u, frozen, options)[1],
                                    aux, eps, max_entries, rng)
         rows += compare(res.aux_grads, fd_aux, tol, prefix="aux:")
     return rows
@@ -139,14 +144,14 @@ def random_instance(task="sbn", n_layer=2, n_hidden=4, nonlinear=False, n_input=
 
 
 def run_checks(estimator, task, n_layer, n_hidden, nonlinear, n_input=16, batch_size=5, seed=0,
-               eps=DEFAULT_EPS, tol=DEFAULT_TOL, max_entries=None):
+               eps=DEFAULT_EPS, tol=DEFAULT_TOL, max_entries=None, options=None):
     """Everything `rebar-np gradcheck` checks for one configuration: the estimator's
     gradients (model and aux) and the model's relaxed-sample backward."""
     model, params, x, u, rng = random_instance(task, n_layer, n_hidden, nonlinear, n_input, batch_size, seed)
-    aux = E.get(estimator).init_aux(model, seed, np.float64)
+    aux = E.get(estimator).init_aux(model, seed, np.float64, options)
     for k, v in aux.items():
-        if v.ndim == 1:
+        if v.ndim == 1 and k != "tau":   # random biases and eta != 1, so no term hides behind a zero
             v[:] = rng.normal(0, 0.5, v.shape)
-    rows = check_estimator(estimator, model, params, aux, x, u, eps, tol, max_entries, rng)
+    rows = check_estimator(estimator, model, params, aux, x, u, eps, tol, max_entries, rng, options)
     rows += check_relaxed_logp(model, params, x, rng, eps, tol)
     return rows

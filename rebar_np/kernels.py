@@ -18,6 +18,12 @@ uniform noise, ``z`` logistic noise, ``b`` hard sample, ``s`` relaxed sample,
 import numpy as np
 from numba import njit
 
+# Every kernel is compiled once and cached on disk. error_model="numpy" lets a
+# division by zero give inf/nan (as NumPy does) instead of raising: without it
+# Numba guards every division and no loop with a division vectorises.
+kernel = njit(cache=True, error_model="numpy")
+fast_kernel = njit(cache=True, error_model="numpy", fastmath=True)  # pure arithmetic loops only
+
 # Clipping bounds of SPEC section 2, applied in float64 before the logs.
 U_MIN = 1e-8
 U_MAX = 1.0 - 1e-8
@@ -26,7 +32,7 @@ U_MAX = 1.0 - 1e-8
 # --------------------------------------------------------------------------
 # Dense (affine) layer
 # --------------------------------------------------------------------------
-@njit(cache=True)
+@kernel
 def dense_forward(h, W, c):
     """Affine map  a = h W + c.
 
@@ -37,7 +43,7 @@ def dense_forward(h, W, c):
     return a
 
 
-@njit(cache=True)
+@kernel
 def dense_backward(h, W, da, dW, dc, need_dh):
     """Backward of a = h W + c, given dL/da (B, n_out).
 
@@ -52,80 +58,223 @@ def dense_backward(h, W, da, dW, dc, need_dh):
     return np.empty((0, 0), dtype=da.dtype)
 
 
+@kernel
+def dense_backward_input(W, da):
+    """Only the input gradient of a = h W + c:  dL/dh = dL/da W^T  (no parameter gradients)."""
+    return da @ W.T
+
+
+@kernel
+def dense_tangent(h_dot, W, h, W_dot, c_dot):
+    """Forward mode of a = h W + c:  a_dot = h_dot W + h W_dot + c_dot.
+
+    Pass empty (0, 0) arrays for h_dot or W_dot (and an empty c_dot) to drop a term:
+    the input-only tangent is h_dot W, the parameter-direction tangent h W_dot + c_dot.
+    """
+    if h_dot.size:
+        a_dot = h_dot @ W
+        if W_dot.size:
+            a_dot += h @ W_dot
+    else:
+        a_dot = h @ W_dot
+    if c_dot.size:
+        a_dot += c_dot
+    return a_dot
+
+
 # --------------------------------------------------------------------------
 # Pointwise nonlinearities
+#
+# Written as explicit loops over 2-D arrays that write into an output of the
+# input's dtype: Numba would otherwise promote float32 arrays to float64 when
+# they meet a float literal, and the loops fuse what NumPy would do in passes.
 # --------------------------------------------------------------------------
-@njit(cache=True)
+@njit(cache=True, error_model="numpy", inline="always")
+def _sigmoid(t):
+    # 1/2 + tanh(t/2)/2 == 1 / (1 + exp(-t)), and never overflows
+    return 0.5 + 0.5 * np.tanh(0.5 * t)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _softplus(t):
+    # log(1 + exp(t)) = max(t, 0) + log1p(exp(-|t|))
+    return max(t, 0.0) + np.log1p(np.exp(-abs(t)))
+
+
+@kernel
 def tanh_forward(a):
     """h = tanh(a)."""
-    return np.tanh(a)
+    h = np.empty_like(a)
+    n, m = a.shape
+    for i in range(n):
+        for j in range(m):
+            h[i, j] = np.tanh(a[i, j])
+    return h
 
 
-@njit(cache=True)
+@kernel
 def tanh_backward(h, dh):
     """dL/da = dL/dh * (1 - h^2), using the forward's output h = tanh(a)."""
-    return dh * (1.0 - h * h)
+    da = np.empty_like(dh)
+    n, m = h.shape
+    for i in range(n):
+        for j in range(m):
+            da[i, j] = dh[i, j] * (1.0 - h[i, j] * h[i, j])
+    return da
 
 
-@njit(cache=True)
+@kernel
+def tanh_tangent(h, pre_dot):
+    """Forward mode of h = tanh(pre):  h_dot = (1 - h^2) pre_dot."""
+    h_dot = np.empty_like(pre_dot)
+    n, m = h.shape
+    for i in range(n):
+        for j in range(m):
+            h_dot[i, j] = (1.0 - h[i, j] * h[i, j]) * pre_dot[i, j]
+    return h_dot
+
+
+@kernel
+def tanh_backward_tangent(h, h_dot, dh, dh_dot):
+    """Forward mode of the backward dpre = dh (1 - h^2):
+    dpre_dot = dh_dot (1 - h^2) - 2 h h_dot dh."""
+    out = np.empty_like(dh)
+    n, m = h.shape
+    for i in range(n):
+        for j in range(m):
+            hij = h[i, j]
+            out[i, j] = dh_dot[i, j] * (1.0 - hij * hij) - 2.0 * hij * h_dot[i, j] * dh[i, j]
+    return out
+
+
+@kernel
 def sigmoid_forward(a):
-    """sigma(a) = 1 / (1 + exp(-a)), written as 1/2 + tanh(a/2)/2 so it never overflows."""
-    return 0.5 + 0.5 * np.tanh(0.5 * a)
+    """s = sigma(a) = 1 / (1 + exp(-a)), computed as 1/2 + tanh(a/2)/2 so it never overflows."""
+    s = np.empty_like(a)
+    n, m = a.shape
+    for i in range(n):
+        for j in range(m):
+            s[i, j] = _sigmoid(a[i, j])
+    return s
 
 
-@njit(cache=True)
+@kernel
 def sigmoid_backward(s, ds):
     """dL/da = dL/ds * s (1 - s), using the forward's output s = sigma(a)."""
-    return ds * s * (1.0 - s)
+    da = np.empty_like(ds)
+    n, m = s.shape
+    for i in range(n):
+        for j in range(m):
+            da[i, j] = ds[i, j] * s[i, j] * (1.0 - s[i, j])
+    return da
 
 
-@njit(cache=True)
+@kernel
+def sigmoid_backward_tangent(s, s_dot, ds, ds_dot):
+    """Forward mode of dL/dt = dL/ds s (1 - s):  ds_dot s (1 - s) + ds (1 - 2 s) s_dot."""
+    out = np.empty_like(ds)
+    n, m = s.shape
+    for i in range(n):
+        for j in range(m):
+            sij = s[i, j]
+            out[i, j] = ds_dot[i, j] * sij * (1.0 - sij) + ds[i, j] * (1.0 - 2.0 * sij) * s_dot[i, j]
+    return out
+
+
+@kernel
 def softplus(a):
     """softplus(a) = log(1 + exp(a)) = max(a, 0) + log1p(exp(-|a|)) (stable for any a).
 
     Its derivative is sigma(a); the backward passes below use that directly.
     """
-    return np.maximum(a, 0.0) + np.log1p(np.exp(-np.abs(a)))
+    out = np.empty_like(a)
+    n, m = a.shape
+    for i in range(n):
+        for j in range(m):
+            out[i, j] = _softplus(a[i, j])
+    return out
 
 
 # --------------------------------------------------------------------------
 # Bernoulli log-likelihood (hard and relaxed values alike)
 # --------------------------------------------------------------------------
-@njit(cache=True)
+@kernel
 def bernoulli_loglik_forward(y, a):
     """log B(y; a) = sum_j [ y_j a_j - softplus(a_j) ], one value per row.
 
     y: (B, n) values in {0, 1} (hard) or (0, 1) (relaxed); a: (B, n) logits.
-    Returns (B,).
+    Returns (ll (B,), sig (B, n)): the log-likelihoods (accumulated in float64,
+    stored in a's dtype) and the cache sig = sigma(a) that the backward needs.
+    One exponential e = exp(-|a|) serves both:
+      softplus(a) = max(a, 0) + log1p(e),   sigma(a) = 1 / (1 + e) (a >= 0), e / (1 + e) (a < 0).
     """
-    return (y * a - softplus(a)).sum(axis=1)
+    n, m = a.shape
+    ll = np.empty(n, dtype=a.dtype)
+    sig = np.empty_like(a)
+    for i in range(n):
+        acc = 0.0
+        for j in range(m):
+            aij = a[i, j]
+            e = np.exp(-abs(aij))
+            if aij >= 0:
+                acc += y[i, j] * aij - aij - np.log1p(e)
+                sig[i, j] = 1.0 / (1.0 + e)
+            else:
+                acc += y[i, j] * aij - np.log1p(e)
+                sig[i, j] = e / (1.0 + e)
+        ll[i] = acc
+    return ll, sig
 
 
-@njit(cache=True)
-def bernoulli_loglik_backward(y, a, dll):
-    """Derivative of log B(y; a) with respect to the logits.
+@kernel
+def bernoulli_loglik_backward(y, sig, dll):
+    """Derivative of log B(y; a) with respect to the logits, from the forward's cache sig = sigma(a).
 
     d log B / d a_j = y_j - sigma(a_j), so  dL/da = dL/dll[:, None] * (y - sigma(a)).
     dll: (B,) upstream gradient of the per-row log-likelihood.
     """
-    return dll.reshape(-1, 1) * (y - sigmoid_forward(a))
+    da = np.empty_like(sig)
+    n, m = sig.shape
+    for i in range(n):
+        for j in range(m):
+            da[i, j] = dll[i] * (y[i, j] - sig[i, j])
+    return da
 
 
-@njit(cache=True)
+@kernel
+def bernoulli_loglik_backward_tangent(y_dot, sig, a_dot, dll):
+    """Forward mode of dL/da = dll (y - sigma(a)) with dll held fixed:
+    (dL/da)_dot = dll (y_dot - sigma(a) (1 - sigma(a)) a_dot).  Pass an empty y_dot when y is fixed."""
+    out = np.empty_like(sig)
+    n, m = sig.shape
+    has_y = y_dot.size > 0
+    for i in range(n):
+        for j in range(m):
+            yd = y_dot[i, j] if has_y else 0.0
+            out[i, j] = dll[i] * (yd - sig[i, j] * (1.0 - sig[i, j]) * a_dot[i, j])
+    return out
+
+
+@kernel
 def bernoulli_loglik_backward_sample(a, dll):
     """Derivative of log B(y; a) with respect to the values y (used for relaxed samples).
 
     d log B / d y_j = a_j, so  dL/dy = dL/dll[:, None] * a.
     """
-    return dll.reshape(-1, 1) * a
+    dy = np.empty_like(a)
+    n, m = a.shape
+    for i in range(n):
+        for j in range(m):
+            dy[i, j] = dll[i] * a[i, j]
+    return dy
 
 
 # --------------------------------------------------------------------------
 # Noise and samplers (SPEC section 2)
 # --------------------------------------------------------------------------
-@njit(cache=True)
+@kernel
 def logistic_noise(u):
-    """z0 = log u - log(1 - u), with u clipped into [1e-8, 1 - 1e-8] in float64.
+    """z0 = log u - log(1 - u) = log(u / (1 - u)), with u clipped into [1e-8, 1 - 1e-8] in float64.
 
     The logistic sample of a layer is z = a + z0, so z0 is the part that does not
     depend on the parameters. Output has u's dtype.
@@ -135,11 +284,11 @@ def logistic_noise(u):
     for i in range(n):
         for j in range(m):
             ui = min(max(np.float64(u[i, j]), U_MIN), U_MAX)
-            z0[i, j] = np.log(ui) - np.log1p(-ui)
+            z0[i, j] = np.log(ui / (1.0 - ui))
     return z0
 
 
-@njit(cache=True)
+@kernel
 def hard_sample_forward(a, z0):
     """b = 1[a + z0 > 0]: a Bernoulli(sigma(a)) sample. Not differentiable (no backward)."""
     b = np.empty_like(a)
@@ -150,35 +299,118 @@ def hard_sample_forward(a, z0):
     return b
 
 
-@njit(cache=True)
+@kernel
 def relaxed_sample_forward(a, z0, lam, improved):
     """Relaxed sample of SPEC section 2, with z = a + z0:
 
     plain:     s = sigma(z / lam)
     improved:  s = sigma(z / lam + a lam / (lam + 1))   (the paper's "MuProp" relaxation)
     """
-    z = a + z0
-    if improved:
-        return sigmoid_forward(z / lam + a * (lam / (lam + 1.0)))
-    return sigmoid_forward(z / lam)
+    s = np.empty_like(a)
+    n, m = a.shape
+    shift = lam / (lam + 1.0) if improved else 0.0
+    for i in range(n):
+        for j in range(m):
+            s[i, j] = _sigmoid((a[i, j] + z0[i, j]) / lam + a[i, j] * shift)
+    return s
 
 
-@njit(cache=True)
+@kernel
 def relaxed_sample_backward(s, lam, improved, ds, dz_da):
     """dL/da of the relaxed sample, given dL/ds and the noise path's dz/da.
 
     With t = z / lam (+ a lam / (lam + 1) when improved) and s = sigma(t):
       ds/da = s (1 - s) [ dz/da / lam (+ lam / (lam + 1)) ].
     dz_da is 1 on the unconditional path and the conditional derivative on
-    REBAR's conditional path (SPEC section 2).
+    REBAR's conditional path (SPEC section 2); pass an array of ones for the former.
     """
-    dt = ds * s * (1.0 - s)
-    if improved:
-        return dt * (dz_da / lam + lam / (lam + 1.0))
-    return dt * (dz_da / lam)
+    da = np.empty_like(ds)
+    n, m = s.shape
+    shift = lam / (lam + 1.0) if improved else 0.0
+    for i in range(n):
+        for j in range(m):
+            da[i, j] = ds[i, j] * s[i, j] * (1.0 - s[i, j]) * (dz_da[i, j] / lam + shift)
+    return da
 
 
-@njit(cache=True)
+@kernel
+def relaxed_logits_backward(dt, s, sig, k1):
+    """dL/da of a relaxed layer's logits inside f = ... - log B(s; a), with t = (a + z0)/lam + c a:
+    through t (dt/da = 1/lam + c = k1) and through the -log B(s; a) term (-(s - sigma(a))):
+      da = dt k1 - (s - sigma(a))."""
+    da = np.empty_like(dt)
+    n, m = dt.shape
+    for i in range(n):
+        for j in range(m):
+            da[i, j] = dt[i, j] * k1 - (s[i, j] - sig[i, j])
+    return da
+
+
+@kernel
+def relaxed_logits_backward_tangent(dt, dt_dot, s_dot, sig, a_dot, k1, dk1):
+    """Forward mode of relaxed_logits_backward in tau, with k1_dot = dk1:
+      da_dot = dt_dot k1 + dt dk1 - (s_dot - sigma(a) (1 - sigma(a)) a_dot)."""
+    out = np.empty_like(dt)
+    n, m = dt.shape
+    for i in range(n):
+        for j in range(m):
+            sg = sig[i, j]
+            out[i, j] = dt_dot[i, j] * k1 + dt[i, j] * dk1 - (s_dot[i, j] - sg * (1.0 - sg) * a_dot[i, j])
+    return out
+
+
+@kernel
+def relaxed_sample_tangent(s, a, z0, a_dot, lam, improved):
+    """Forward mode of s = sigma(t) in tau = log(lam), for t = z / lam (+ a lam / (lam + 1)), z = a + z0:
+
+      dt/dtau = a_dot (1 / lam + c) + dt/dtau|explicit,   c = lam / (lam + 1) (improved) or 0,
+      dt/dtau|explicit = -z / lam (+ a lam / (lam + 1)^2 when improved)   (dlam/dtau = lam),
+      s_dot = s (1 - s) dt/dtau.
+
+    a_dot is the tangent of the logits (empty for the switch layer, whose logits
+    do not depend on tau). Returns (s_dot, t_explicit) with t_explicit = dt/dtau|explicit,
+    which also gives df/dtau = sum <df/dt, t_explicit> from a reverse pass.
+    """
+    s_dot = np.empty_like(s)
+    t_exp = np.empty_like(s)
+    n, m = s.shape
+    c = lam / (lam + 1.0) if improved else 0.0
+    dc = lam / ((lam + 1.0) * (lam + 1.0)) if improved else 0.0
+    has_a = a_dot.size > 0
+    for i in range(n):
+        for j in range(m):
+            te = -(a[i, j] + z0[i, j]) / lam + a[i, j] * dc
+            td = te + (a_dot[i, j] * (1.0 / lam + c) if has_a else 0.0)
+            t_exp[i, j] = te
+            s_dot[i, j] = s[i, j] * (1.0 - s[i, j]) * td
+    return s_dot, t_exp
+
+
+@kernel
+def dz_cond_dlogits(a, u, b):
+    """Derivative of REBAR's conditional logistic sample z~ with respect to the logits (SPEC section 2).
+
+    With the threshold u' = sigma(-a), b = 1 writes u = u' + r (1 - u') and b = 0
+    writes u = r' u', r and r' held fixed while u' moves with a (du'/da = -u'(1 - u')):
+      b = 1:  dz~/da = 1 - u' / u
+      b = 0:  dz~/da = 1 - (1 - u') / (1 - u)
+    (z~ = a + log u - log(1 - u) has the same value as z; only this derivative differs.)
+    u is clipped as in logistic_noise.
+    """
+    out = np.empty_like(a)
+    n, m = a.shape
+    for i in range(n):
+        for j in range(m):
+            ui = min(max(np.float64(u[i, j]), U_MIN), U_MAX)
+            up = 1.0 - _sigmoid(np.float64(a[i, j]))      # u' = sigma(-a)
+            if b[i, j] > 0.5:
+                out[i, j] = 1.0 - up / ui
+            else:
+                out[i, j] = 1.0 - (1.0 - up) / (1.0 - ui)
+    return out
+
+
+@kernel
 def mean_sample_forward(a):
     """Mean-field value mu = sigma(a) (the deterministic pass of MuProp)."""
     return sigmoid_forward(a)
@@ -187,18 +419,23 @@ def mean_sample_forward(a):
 # --------------------------------------------------------------------------
 # Reductions used by estimators and evaluation
 # --------------------------------------------------------------------------
-@njit(cache=True)
+@kernel
 def leave_one_out_center(f):
     """f_n - mean_{m != n} f_m: REINFORCE's learning signal (B >= 2).
 
     mean_{m != n} f_m = (sum_m f_m - f_n) / (B - 1).
     """
     B = f.shape[0]
-    total = f.sum()
-    return f - (total - f) / (B - 1)
+    total = 0.0
+    for n in range(B):
+        total += f[n]
+    out = np.empty_like(f)
+    for n in range(B):
+        out[n] = f[n] - (total - f[n]) / (B - 1)
+    return out
 
 
-@njit(cache=True)
+@kernel
 def logmeanexp_rows(F):
     """log (1/k sum_i exp F[n, i]) per row n of F (B, k), stable: the importance-weighted bound."""
     B, k = F.shape

@@ -187,12 +187,14 @@ def transform_forward(params, name, h, nonlinear):
 
 def transform_backward(params, grads, name, cache, da, nonlinear, need_dh):
     """Backward of a = T_name(h): accumulates dL/d(params of T) into grads, returns dL/dh
-    (an empty array when need_dh is False).
+    (an empty array when need_dh is False). With grads=None only dL/dh is computed.
 
     nonlinear, by the chain rule through the three dense layers:
       dL/dh2 = dL/da W3^T;  dL/d(pre2) = dL/dh2 (1 - h2^2);  dL/dh1 = dL/d(pre2) W2^T;
       dL/d(pre1) = dL/dh1 (1 - h1^2);  dL/dh = dL/d(pre1) W1^T.
     """
+    if grads is None:
+        return transform_backward_input(params, name, cache, da, nonlinear)
     if not nonlinear:
         (h,) = cache
         return K.dense_backward(h, params[name + ".W"], da, grads[name + ".W"], grads[name + ".c"], need_dh)
@@ -204,16 +206,90 @@ def transform_backward(params, grads, name, cache, da, nonlinear, need_dh):
                             grads[name + ".W1"], grads[name + ".c1"], need_dh)
 
 
+def transform_backward_input(params, name, cache, da, nonlinear):
+    """Only dL/dh of a = T_name(h) (the relaxed passes need no parameter gradients)."""
+    if not nonlinear:
+        return K.dense_backward_input(params[name + ".W"], da)
+    h, h1, h2 = cache
+    dh2 = K.dense_backward_input(params[name + ".W3"], da)
+    dh1 = K.dense_backward_input(params[name + ".W2"], K.tanh_backward(h2, dh2))
+    return K.dense_backward_input(params[name + ".W1"], K.tanh_backward(h1, dh1))
+
+
+_EMPTY = {np.dtype(np.float32): (np.empty((0, 0), np.float32), np.empty(0, np.float32)),
+          np.dtype(np.float64): (np.empty((0, 0), np.float64), np.empty(0, np.float64))}
+
+
+def transform_tangent(params, name, cache, h_dot, nonlinear, direction=None):
+    """Forward mode of a = T_name(h): the tangent a_dot along an input tangent h_dot
+    and/or a parameter direction (a dict with the same keys as params, e.g. a
+    gradient), either of which may be None.
+
+    linear:     a_dot = h_dot W + h W_dot + c_dot
+    nonlinear:  pre1_dot = h_dot W1 + h W1_dot + c1_dot,  h1_dot = (1 - h1^2) pre1_dot,
+                pre2_dot = h1_dot W2 + h1 W2_dot + c2_dot,  h2_dot = (1 - h2^2) pre2_dot,
+                a_dot = h2_dot W3 + h2 W3_dot + c3_dot.
+    Returns (a_dot, tcache) where tcache = (h1_dot, h2_dot) (nonlinear) is what
+    transform_backward_input_tangent needs.
+    """
+    e2, e1 = _EMPTY[np.dtype(cache[0].dtype)]
+    d = (lambda k: direction[name + k]) if direction is not None else (lambda k: None)
+    if not nonlinear:
+        (h,) = cache
+        W_dot, c_dot = d(".W"), d(".c")
+        a_dot = K.dense_tangent(e2 if h_dot is None else h_dot, params[name + ".W"], h,
+                                e2 if W_dot is None else W_dot, e1 if c_dot is None else c_dot)
+        return a_dot, ()
+    h, h1, h2 = cache
+    hd = e2 if h_dot is None else h_dot
+    for k, (hin, hout) in enumerate(((h, h1), (h1, h2))):
+        sub = SUBLAYERS[k]
+        W_dot, c_dot = d(".W" + sub), d(".c" + sub)
+        pre_dot = K.dense_tangent(hd, params[name + ".W" + sub], hin,
+                                  e2 if W_dot is None else W_dot, e1 if c_dot is None else c_dot)
+        hd = K.tanh_tangent(hout, pre_dot)
+        if k == 0:
+            h1_dot = hd
+    W_dot, c_dot = d(".W3"), d(".c3")
+    a_dot = K.dense_tangent(hd, params[name + ".W3"], h2, e2 if W_dot is None else W_dot,
+                            e1 if c_dot is None else c_dot)
+    return a_dot, (h1_dot, hd)
+
+
+def transform_backward_input_tangent(params, name, cache, tcache, da, da_dot, nonlinear):
+    """The input gradient dL/dh of a = T_name(h) together with its forward-mode tangent
+    (parameters fixed, the cache's activations moving with tangents tcache):
+
+    linear:     dh = da W^T,  dh_dot = da_dot W^T
+    nonlinear:  dh2 = da W3^T;  dpre2 = dh2 (1 - h2^2);  dh1 = dpre2 W2^T;  dpre1 = dh1 (1 - h1^2);  dh = dpre1 W1^T
+                and each line's tangent, where (1 - h^2)_dot = -2 h h_dot (tanh_backward_tangent).
+    Returns (dh, dh_dot).
+    """
+    if not nonlinear:
+        W = params[name + ".W"]
+        return K.dense_backward_input(W, da), K.dense_backward_input(W, da_dot)
+    h, h1, h2 = cache
+    h1_dot, h2_dot = tcache
+    W1, W2, W3 = params[name + ".W1"], params[name + ".W2"], params[name + ".W3"]
+    dh2, dh2_dot = K.dense_backward_input(W3, da), K.dense_backward_input(W3, da_dot)
+    dpre2, dpre2_dot = K.tanh_backward(h2, dh2), K.tanh_backward_tangent(h2, h2_dot, dh2, dh2_dot)
+    dh1, dh1_dot = K.dense_backward_input(W2, dpre2), K.dense_backward_input(W2, dpre2_dot)
+    dpre1, dpre1_dot = K.tanh_backward(h1, dh1), K.tanh_backward_tangent(h1, h1_dot, dh1, dh1_dot)
+    return K.dense_backward_input(W1, dpre1), K.dense_backward_input(W1, dpre1_dot)
+
+
 # --------------------------------------------------------------------------
 # Recognition network q(b | x)
 # --------------------------------------------------------------------------
 @dataclass
 class QLayer:
     """One stochastic layer of a recognition pass: logits a, the value s the layer
-    passed upward (hard b, relaxed s or mean mu), and the transform's cache."""
+    passed upward (hard b, relaxed s or mean mu), the transform's cache, and (once
+    log_q_layers has run) sig = sigma(a), the log-likelihood's cache."""
     a: np.ndarray
     s: np.ndarray
     cache: tuple
+    sig: np.ndarray = None
 
 
 def recognition_forward(model, params, h0, sample):
@@ -243,8 +319,12 @@ def mean_sampler(l, a):
 
 
 def log_q_layers(layers):
-    """[log q(s_l | .) per layer], each (B,): log B(s_l; a_l)."""
-    return [K.bernoulli_loglik_forward(q.s, q.a) for q in layers]
+    """[log q(s_l | .) per layer], each (B,): log B(s_l; a_l). Stores sigma(a_l) in each layer."""
+    logq = []
+    for q in layers:
+        ll, q.sig = K.bernoulli_loglik_forward(q.s, q.a)
+        logq.append(ll)
+    return logq
 
 
 def score_backward(model, params, grads, layers, dlogq):
@@ -257,7 +337,7 @@ def score_backward(model, params, grads, layers, dlogq):
     """
     for l, q in enumerate(layers):
         w = dlogq[l] if isinstance(dlogq, list) else dlogq
-        da = K.bernoulli_loglik_backward(q.s, q.a, w)
+        da = K.bernoulli_loglik_backward(q.s, q.sig, w)
         transform_backward(params, grads, f"q{l}", q.cache, da, model.nonlinear, False)
 
 
@@ -266,68 +346,83 @@ def score_backward(model, params, grads, layers, dlogq):
 # --------------------------------------------------------------------------
 @dataclass
 class PPass:
-    """What the generative backward needs: logits and caches per term."""
+    """What the generative backward needs: logits, sigma(logits) and caches per term,
+    and each term's value. Entries below ``from_layer`` were not computed (None)."""
     prior_logits: np.ndarray     # (B, H) logits of the top layer
+    prior_sig: np.ndarray        # sigma(prior_logits)
     prior_cache: tuple | None    # transform cache of the sp prior
+    prior_term: np.ndarray       # (B,) log B(s_{L-1}; prior logits)
     logits: list                 # logits[l]: of p(b_{l-1} | b_l) for l >= 1, of p(x | b_0) for l = 0
+    sigs: list                   # sigma(logits[l])
     caches: list
+    terms: list                  # terms[l]: (B,) log B(y_{l-1}; logits[l]), y_{-1} = target(x)
+    from_layer: int = 0
 
 
-def generative_forward(model, params, x, samples):
+def prior_logits_forward(model, params, x, dtype):
+    """Logits of p(b_{L-1}): the free vector (sbn, omni) or T_prior(x_top - mean_top) (sp)."""
+    if model.task == "sp":
+        return transform_forward(params, "prior", model.q_input(x), model.nonlinear)
+    prior_logits = np.empty((x.shape[0], model.n_hidden), dtype=dtype)
+    prior_logits[:] = params["prior.logits"]
+    return prior_logits, None
+
+
+def generative_forward(model, params, x, samples, from_layer=0, prior=None):
     """log p(x, s) = log B(s_{L-1}; prior) + sum_{l>=1} log B(s_{l-1}; T_pl(2 s_l - 1))
                      + log B(target(x); T_p0(2 s_0 - 1) + data_bias).
 
     samples: [s_0 .. s_{L-1}] (hard or relaxed values), each (B, H).
+    from_layer: compute only the prior term and the terms l >= from_layer (the
+    ones that see samples[from_layer:]); the returned logp is their sum.
+    prior: (logits, cache) to reuse, since the prior does not depend on the samples.
     Returns (logp (B,), PPass).
     """
-    B = x.shape[0]
-    dtype = samples[0].dtype
-    top = samples[-1]
-    if model.task == "sp":
-        prior_logits, prior_cache = transform_forward(params, "prior", model.q_input(x), model.nonlinear)
-    else:
-        prior_logits = np.empty((B, model.n_hidden), dtype=dtype)
-        prior_logits[:] = params["prior.logits"]
-        prior_cache = None
-    logp = K.bernoulli_loglik_forward(top, prior_logits)
-    logits, caches = [None] * model.n_layer, [None] * model.n_layer
-    for l in range(model.n_layer - 1, -1, -1):
+    dtype = samples[-1].dtype
+    prior_logits, prior_cache = prior if prior is not None else prior_logits_forward(model, params, x, dtype)
+    prior_term, prior_sig = K.bernoulli_loglik_forward(samples[-1], prior_logits)
+    L = model.n_layer
+    logits, sigs, caches, terms = [None] * L, [None] * L, [None] * L, [None] * L
+    logp = prior_term
+    for l in range(L - 1, from_layer - 1, -1):
         a, cache = transform_forward(params, f"p{l}", 2.0 * samples[l] - 1.0, model.nonlinear)
         if l == 0:
             a += model.data_bias(dtype)
-            logp = logp + K.bernoulli_loglik_forward(model.target(x), a)
-        else:
-            logp = logp + K.bernoulli_loglik_forward(samples[l - 1], a)
-        logits[l], caches[l] = a, cache
-    return logp, PPass(prior_logits, prior_cache, logits, caches)
+        ll, sig = K.bernoulli_loglik_forward(model.target(x) if l == 0 else samples[l - 1], a)
+        logp = logp + ll
+        logits[l], sigs[l], caches[l], terms[l] = a, sig, cache, ll
+    return logp, PPass(prior_logits, prior_sig, prior_cache, prior_term, logits, sigs, caches, terms,
+                       from_layer)
 
 
 def generative_backward(model, params, grads, x, samples, pp, dlogp, need_ds):
-    """Accumulate dL/d theta_p = dL/dlogp * d log p(x, s) / d theta_p into grads.
+    """Accumulate dL/d theta_p = dL/dlogp * d log p(x, s) / d theta_p into grads
+    (grads=None: skip the parameter gradients).
 
     Each term log B(y; a) contributes dL/da = dL/dlogp (y - sigma(a)) to its
     transform. When need_ds (relaxed samples), also returns dL/ds_l for every
-    layer, where s_l enters twice: as the scored value y of the term above it
-    (d log B / dy = a) and, through h = 2 s_l - 1, as the input of T_pl
-    (dL/ds_l = 2 dL/dh). Returns None when need_ds is False.
+    layer l >= pp.from_layer, where s_l enters twice: as the scored value y of
+    the term above it (d log B / dy = a) and, through h = 2 s_l - 1, as the input
+    of T_pl (dL/ds_l = 2 dL/dh). Returns None when need_ds is False.
     """
     L = model.n_layer
     ds = [None] * L
     # prior term: log B(s_{L-1}; prior logits)
-    da = K.bernoulli_loglik_backward(samples[-1], pp.prior_logits, dlogp)
-    if model.task == "sp":
-        transform_backward(params, grads, "prior", pp.prior_cache, da, model.nonlinear, False)
-    else:
-        grads["prior.logits"] += da.sum(axis=0)
+    if grads is not None:
+        da = K.bernoulli_loglik_backward(samples[-1], pp.prior_sig, dlogp)
+        if model.task == "sp":
+            transform_backward(params, grads, "prior", pp.prior_cache, da, model.nonlinear, False)
+        else:
+            grads["prior.logits"] += da.sum(axis=0)
     if need_ds:
         ds[L - 1] = K.bernoulli_loglik_backward_sample(pp.prior_logits, dlogp)
-    for l in range(L - 1, -1, -1):
+    for l in range(L - 1, pp.from_layer - 1, -1):
         y = model.target(x) if l == 0 else samples[l - 1]
-        da = K.bernoulli_loglik_backward(y, pp.logits[l], dlogp)
+        da = K.bernoulli_loglik_backward(y, pp.sigs[l], dlogp)
         dh = transform_backward(params, grads, f"p{l}", pp.caches[l], da, model.nonlinear, need_ds)
         if need_ds:
             ds[l] += 2.0 * dh                       # through h = 2 s_l - 1
-            if l > 0:                               # s_{l-1} is the value scored by this term
+            if l > pp.from_layer:                   # s_{l-1} is the value scored by this term
                 ds[l - 1] = K.bernoulli_loglik_backward_sample(pp.logits[l], dlogp)
     return ds if need_ds else None
 

@@ -2,18 +2,22 @@
 
 Every estimator is a module with
 
-    init_aux(model, seed=0, dtype=np.float32) -> dict
+    init_aux(model, seed=0, dtype=np.float32, options=None) -> dict
         the estimator's own trained parameters (baseline network, eta, temperature);
         an empty dict when it has none.
-    estimate(model, params, aux, x, u=None, rng=None) -> Estimate
+    estimate(model, params, aux, x, u=None, rng=None, options=None) -> Estimate
         x: (B, D) batch; u: one uniform-noise array (B, H) per stochastic layer,
         drawn from ``rng`` (a numpy Generator, default seed 0) when not given.
-        The result is a deterministic function of (params, aux, x, u).
-    surrogate(model, params, aux, x, u, frozen) -> (model_loss, aux_loss)
+        The result is a deterministic function of (params, aux, x, u, options).
+        options: estimator settings that are not trained (see each module's
+        DEFAULT_OPTIONS, e.g. temperature and relaxation for REBAR); None = defaults.
+    surrogate(model, params, aux, x, u, frozen, options=None) -> (model_loss, aux_loss)
         scalar functions whose gradients with respect to params and aux are, by
         construction, Estimate.grads and Estimate.aux_grads, with the quantities
         in Estimate.frozen (hard samples, stop-gradient learning signals) held
         fixed. This is what the finite-difference checker differentiates.
+        model_loss may be a dict {parameter name: scalar} when each tensor's
+        gradient is that of a different function (REBAR's per-tensor eta).
 
 Gradients are of the *loss* (the negative objective), averaged over the batch:
 what the optimizer consumes.
@@ -23,7 +27,7 @@ import importlib
 
 import numpy as np
 
-ESTIMATORS = ("reinforce", "nvil")
+ESTIMATORS = ("reinforce", "nvil", "rebar", "dynamic_rebar")
 
 
 class EstimatorError(ValueError):
@@ -44,6 +48,15 @@ def get(name):
     if name not in ESTIMATORS:
         raise EstimatorError(f"unknown model {name!r}; choose one of {', '.join(ESTIMATORS)}")
     return importlib.import_module(f"{__name__}.{name}")
+
+
+def merge_options(defaults, options):
+    """defaults updated with options, refusing names the estimator does not know."""
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise EstimatorError(f"unknown estimator option(s) {', '.join(unknown)}; known: {', '.join(sorted(defaults))}")
+    return {**defaults, **options}
 
 
 def prepare_noise(model, x, u, rng):

@@ -12,14 +12,18 @@ import numpy as np
 from .. import kernels as K
 from ..baseline import baseline_backward, baseline_forward, init_baseline, squared_signal_loss
 from ..model import hard_pass, score_function_gradient, score_function_surrogate, zeros_like
-from . import Estimate, prepare_noise
+from . import Estimate, merge_options, prepare_noise
 
 
-def init_aux(model, seed=0, dtype=np.float32):
+DEFAULT_OPTIONS = {}
+
+
+def init_aux(model, seed=0, dtype=np.float32, options=None):
     return init_baseline(model, np.random.default_rng(seed), dtype)
 
 
-def estimate(model, params, aux, x, u=None, rng=None):
+def estimate(model, params, aux, x, u=None, rng=None, options=None):
+    merge_options(DEFAULT_OPTIONS, options)
     u = prepare_noise(model, x, u, rng)
     hp = hard_pass(model, params, x, [K.logistic_noise(ul) for ul in u])
     h0 = model.q_input(x)
@@ -34,7 +38,7 @@ def estimate(model, params, aux, x, u=None, rng=None):
                     stats={"baseline_loss": loss})
 
 
-def surrogate(model, params, aux, x, u, frozen):
+def surrogate(model, params, aux, x, u, frozen, options=None):
     c, _ = baseline_forward(aux, model.q_input(x))
     return (score_function_surrogate(model, params, x, frozen["b"], frozen["signal"]),
             float(np.mean((frozen["f"] - c) ** 2)))

@@ -10,14 +10,18 @@ import numpy as np
 
 from .. import kernels as K
 from ..model import hard_pass, score_function_gradient, score_function_surrogate
-from . import Estimate, EstimatorError, prepare_noise
+from . import Estimate, EstimatorError, merge_options, prepare_noise
 
 
-def init_aux(model, seed=0, dtype=np.float32):
+DEFAULT_OPTIONS = {}
+
+
+def init_aux(model, seed=0, dtype=np.float32, options=None):
     return {}
 
 
-def estimate(model, params, aux, x, u=None, rng=None):
+def estimate(model, params, aux, x, u=None, rng=None, options=None):
+    merge_options(DEFAULT_OPTIONS, options)
     u = prepare_noise(model, x, u, rng)
     if x.shape[0] < 2:
         raise EstimatorError("reinforce needs a batch of at least 2 (its baseline is the other examples' mean)")
@@ -28,5 +32,5 @@ def estimate(model, params, aux, x, u=None, rng=None):
                     stats={"rms_signal": float(np.sqrt(np.mean(signal.astype(np.float64) ** 2)))})
 
 
-def surrogate(model, params, aux, x, u, frozen):
+def surrogate(model, params, aux, x, u, frozen, options=None):
     return score_function_surrogate(model, params, x, frozen["b"], frozen["signal"]), 0.0

@@ -1,0 +1,1 @@
+"""Benchmarks of rebar-np's training step (run with `python -m benchmarks`)."""

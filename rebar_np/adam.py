@@ -1,0 +1,55 @@
+"""Adam (Kingma & Ba), in the TF form the reference uses (SPEC section 4 defaults).
+
+    t <- t + 1
+    m <- beta1 m + (1 - beta1) g
+    v <- beta2 v + (1 - beta2) g^2
+    theta <- theta - lr_t m / (sqrt(v) + eps),   lr_t = lr sqrt(1 - beta2^t) / (1 - beta1^t)
+
+State is plain data mirroring the parameters: {"m": {name: array}, "v": {...}, "t": int}.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+from .kernels import fast_kernel
+
+
+@dataclass(frozen=True)
+class AdamConfig:
+    learning_rate: float = 3e-4
+    beta1: float = 0.9
+    beta2: float = 0.99999
+    eps: float = 1e-8
+
+
+def adam_init(params):
+    return {"m": {k: np.zeros_like(v) for k, v in params.items()},
+            "v": {k: np.zeros_like(v) for k, v in params.items()},
+            "t": 0}
+
+
+@fast_kernel
+def adam_kernel(p, g, m, v, lr_t, beta1, beta2, eps):
+    """One Adam update of a flat (contiguous) tensor, in place.
+
+    The scalars arrive already in the arrays' dtype (see adam_update), so the
+    loop stays in float32 when training in float32 and vectorises.
+    """
+    pf, gf, mf, vf = p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1)
+    one = beta1 / beta1
+    for i in range(pf.size):
+        gi = gf[i]
+        mf[i] = beta1 * mf[i] + (one - beta1) * gi
+        vf[i] = beta2 * vf[i] + (one - beta2) * gi * gi
+        pf[i] -= lr_t * mf[i] / (np.sqrt(vf[i]) + eps)
+
+
+def adam_update(params, grads, state, cfg, lr_scale=1.0):
+    """Apply one Adam step to every tensor of params (in place) with learning rate cfg.learning_rate * lr_scale."""
+    state["t"] += 1
+    t = state["t"]
+    lr_t = cfg.learning_rate * lr_scale * np.sqrt(1.0 - cfg.beta2 ** t) / (1.0 - cfg.beta1 ** t)
+    for k, p in params.items():
+        typed = p.dtype.type
+        adam_kernel(p, grads[k], state["m"][k], state["v"][k],
+                    typed(lr_t), typed(cfg.beta1), typed(cfg.beta2), typed(cfg.eps))

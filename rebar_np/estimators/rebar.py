@@ -1,0 +1,175 @@
+"""REBAR with one control variate per stochastic layer (SPEC section 3), fixed temperature.
+
+The ascent estimate of the recognition gradient, per example:
+
+    g = [f(b) - c(x)] sum_l score_l
+        + sum_l eta * ( -f_l(z~) score_l + d f_l(z)/d theta - d f_l(z~)/d theta )
+
+and the generative parameters get d log p(x, b) / d theta_p. The two relaxed
+paths have equal values and differ only through dz/da_l at the switch layer
+(rebar_np.relaxed), so for each tensor k of T_ql the loss gradient is
+
+    G_k = -(1/B) [ A_k + eta_k E_k ],
+    A_k = sum_n (f_n - c_n) score_{n,k}                          (backprop of (f - c)(b_l - sigma(a_l)))
+    E_k = sum_n backprop_{T_ql}( g_z (1 - dz~/da_l) - f_l (b_l - sigma(a_l)) )_k
+
+with g_z = d f_l / d z_l. The generative tensors get no control-variate term.
+
+Tuning (SPEC "Tuning eta, lambda and the baseline online"): V = (1/P) sum_j G_j^2
+over all P model-gradient entries, minimised over psi (eta = 2 sigma(psi), one
+per recognition tensor), the baseline c and, for dynamic_rebar, tau = log lambda:
+
+    dV/dpsi_k = (2/P) sum_{j in k} G_j (-E_j / B) * 2 sigma(psi_k)(1 - sigma(psi_k))
+    dV/dc_n   = (2/(P B)) sum_l < b_l - sigma(a_l), a_dot_l[G] >_n
+    dV/dtau   = -(2/(P B)) sum_l sum_n < a_dot_l[eta G], g_z_dot (1 - dz~/da_l) - f_l_dot (b_l - sigma(a_l)) >_n
+
+where a_dot_l[v] is the forward-mode derivative of a_l = T_ql(h_l) in the parameter
+direction v (so sum_j v_j backprop(w)_j = sum_n <a_dot[v], w>_n), and f_l_dot,
+g_z_dot are the temperature tangents of rebar_np.relaxed. eta, c and tau move at
+10x the learning rate (the training loop's aux optimizer).
+
+aux parameters: ``baseline.*`` (rebar_np.baseline), ``psi.<q tensor>`` (1,) and,
+for dynamic_rebar, ``tau`` (1,). rebar keeps lambda = options["temperature"].
+"""
+import numpy as np
+
+from .. import kernels as K
+from ..baseline import baseline_backward, baseline_forward, init_baseline
+from ..model import (hard_pass, hard_pass_at, is_recognition, score_function_gradient,
+                     score_function_surrogate, transform_backward, transform_tangent, zeros_like)
+from ..relaxed import relaxed_pass
+from . import Estimate, EstimatorError, merge_options, prepare_noise
+
+DEFAULT_OPTIONS = {"temperature": 0.5, "relaxation": "muprop"}
+TRAIN_TEMPERATURE = False
+
+
+def check_options(options):
+    if options["relaxation"] not in ("muprop", "concrete"):
+        raise EstimatorError(f"unknown relaxation {options['relaxation']!r}; choose muprop or concrete")
+    if not options["temperature"] > 0:
+        raise EstimatorError(f"temperature must be positive, got {options['temperature']}")
+
+
+def init_aux(model, seed=0, dtype=np.float32, options=None, train_temperature=TRAIN_TEMPERATURE):
+    options = merge_options(DEFAULT_OPTIONS, options)
+    check_options(options)
+    aux = init_baseline(model, np.random.default_rng(seed), dtype)
+    for name in model.param_shapes():
+        if is_recognition(name):
+            aux["psi." + name] = np.zeros(1, dtype)       # eta = 2 sigma(0) = 1
+    if train_temperature:
+        aux["tau"] = np.array([np.log(options["temperature"])], dtype)
+    return aux
+
+
+def temperature(aux, options):
+    """lambda: exp(tau) when it is trained (dynamic_rebar), else the fixed option."""
+    return float(np.exp(aux["tau"][0])) if "tau" in aux else float(options["temperature"])
+
+
+def eta_of(aux, name):
+    return 2.0 / (1.0 + np.exp(-float(aux["psi." + name][0])))
+
+
+def estimate(model, params, aux, x, u=None, rng=None, options=None):
+    return rebar_estimate(model, params, aux, x, u, rng, merge_options(DEFAULT_OPTIONS, options))
+
+
+def rebar_estimate(model, params, aux, x, u, rng, options):
+    check_options(options)
+    train_tau = "tau" in aux
+    improved = options["relaxation"] == "muprop"
+    lam = temperature(aux, options)
+    u = prepare_noise(model, x, u, rng)
+    B, L, nl = x.shape[0], model.n_layer, model.nonlinear
+    z0 = [K.logistic_noise(ul) for ul in u]
+
+    # hard pass, baseline, and the score-function part -(1/B) [A + d log p]
+    hp = hard_pass(model, params, x, z0)
+    h0 = model.q_input(x)
+    c, hidden = baseline_forward(aux, h0)
+    grads = score_function_gradient(model, params, x, hp, hp.f - c)
+
+    # control variates, one per switch layer: E (per q tensor) and what the tuning needs
+    E = {k: np.zeros_like(v) for k, v in params.items() if is_recognition(k)}
+    per_layer = []
+    for l in range(L):
+        q = hp.layers[l]
+        rp = relaxed_pass(model, params, x, hp, z0, l, lam, improved, train_tau)
+        m = 1.0 - K.dz_cond_dlogits(q.a, u[l], q.s)          # (dz - dz~)/da_l, with dz/da = 1
+        score_da = q.s - q.sig                               # d log q(b_l) / d a_l
+        transform_backward(params, E, f"q{l}", q.cache, rp.g_z * m - rp.f[:, None] * score_da, nl, False)
+        per_layer.append((rp, m, score_da))
+    eta = {k: eta_of(aux, k) for k in E}
+    for k in E:
+        grads[k] -= (eta[k] / B) * E[k]
+
+    # tuning gradients of V = mean_j G_j^2
+    P = sum(g.size for g in grads.values())
+    V = sum(float(np.sum(g.astype(np.float64) ** 2)) for g in grads.values()) / P
+    aux_grads = zeros_like(aux)
+    for k in E:
+        dV_deta = (2.0 / P) * float(np.sum(grads[k] * (-E[k] / B), dtype=np.float64))
+        e = eta[k] / 2.0                                       # sigma(psi)
+        aux_grads["psi." + k][0] = dV_deta * 2.0 * e * (1.0 - e)
+    dc = np.zeros(B, dtype=np.float64)
+    dtau = 0.0
+    eta_grads = {k: eta[k] * g for k, g in grads.items() if k in E} if train_tau else None
+    for l, (rp, m, score_da) in enumerate(per_layer):
+        q = hp.layers[l]
+        a_dot_G, _ = transform_tangent(params, f"q{l}", q.cache, None, nl, direction=grads)
+        dc += (2.0 / (P * B)) * np.sum(score_da * a_dot_G, axis=1, dtype=np.float64)
+        if train_tau:
+            a_dot_eG, _ = transform_tangent(params, f"q{l}", q.cache, None, nl, direction=eta_grads)
+            w = rp.g_z_dot * m - rp.f_dot[:, None] * score_da
+            dtau += -(2.0 / (P * B)) * float(np.sum(a_dot_eG * w, dtype=np.float64))
+    baseline_backward(aux, aux_grads, h0, hidden, dc.astype(c.dtype))
+    if train_tau:
+        aux_grads["tau"][0] = dtau
+
+    frozen = {"b": hp.b, "signal": hp.f - c, "f_l": [rp.f for rp, _, _ in per_layer], "z0": z0,
+              "a": [q.a for q in hp.layers]}
+    stats = {"temperature": lam, "eta_mean": float(np.mean(list(eta.values()))), "variance_objective": V}
+    return Estimate(grads, aux_grads, hp.f, frozen=frozen, stats=stats)
+
+
+def conditional_z0(a_now, a0, u, b):
+    """The conditional path's noise term z0~ = log(u~ / (1 - u~)) at logits a_now, with r = (u - u0')/(1 - u0')
+    (b = 1) or r' = u / u0' (b = 0) frozen at the logits a0 where b was drawn: u~ = u' + r (1 - u')
+    or r' u', u' = sigma(-a_now). Equal in value to z0 at a_now = a0; only its derivative differs."""
+    uc = np.clip(u.astype(np.float64), K.U_MIN, K.U_MAX)
+    up0, up = 1.0 / (1.0 + np.exp(a0.astype(np.float64))), 1.0 / (1.0 + np.exp(a_now.astype(np.float64)))
+    ut = np.where(b > 0.5, up + (uc - up0) / (1.0 - up0) * (1.0 - up), uc / up0 * up)
+    return (np.log(ut) - np.log1p(-ut)).astype(a_now.dtype)
+
+
+def surrogate(model, params, aux, x, u, frozen, options=None):
+    """Per-tensor functions whose gradients are this estimator's G_k (b, f - c, f_l held fixed):
+
+        generative k:   -(1/B) sum_n [ (f - c) sum_l log q(b_l) + log p(x, b) ]
+        q tensor k:     the same  - (eta_k / B) sum_n [ f_l(z) - f_l(z~) - f_l log q(b_l) ]
+
+    where f_l(z~) runs the switch layer on the conditional noise of conditional_z0.
+    aux_loss is V itself, recomputed by the estimator (its noise fixed).
+    """
+    options = merge_options(DEFAULT_OPTIONS, options)
+    improved = options["relaxation"] == "muprop"
+    lam = temperature(aux, options)
+    b, z0 = frozen["b"], frozen["z0"]
+    hp = hard_pass_at(model, params, x, b)
+    base = score_function_surrogate(model, params, x, b, frozen["signal"])
+    B = x.shape[0]
+    out = {k: base for k in params}
+    for l in range(model.n_layer):
+        a = hp.layers[l].a
+        z0c = list(z0)
+        z0c[l] = conditional_z0(a, frozen["a"][l], u[l], b[l])
+        f_z = relaxed_pass(model, params, x, hp, z0, l, lam, improved, False).f
+        f_zc = relaxed_pass(model, params, x, hp, z0c, l, lam, improved, False).f
+        e_l = float(np.sum(f_z - f_zc) - np.sum(frozen["f_l"][l] * hp.logq[l]))
+        for k in params:
+            if k.startswith(f"q{l}."):
+                out[k] = base - eta_of(aux, k) / B * e_l
+    V = estimate(model, params, aux, x, u, options=options).stats["variance_objective"]
+    return out, V

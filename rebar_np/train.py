@@ -1,0 +1,331 @@
+"""The training loop (SPEC section 4): shuffled minibatches, Adam for the model and
+10x Adam for the estimator's own parameters, the EMA gradient-variance monitor,
+per-epoch report lines, periodic importance-weighted evaluation, checkpoints.
+"""
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from tqdm import tqdm
+
+from . import __version__
+from . import estimators as E
+from .adam import AdamConfig, adam_init, adam_update
+from .checkpoint import save_checkpoint
+from .kernels import fast_kernel, kernel
+from .model import SBN, init_params, iw_bound, check_params
+
+DTYPES = {"float32": np.float32, "float64": np.float64}
+
+
+@dataclass
+class TrainConfig:
+    model: str = "nvil"
+    task: str = "sbn"
+    n_layer: int = 2
+    n_hidden: int = 200
+    nonlinear: bool = False
+    batch_size: int = 24
+    learning_rate: float = 3e-4
+    steps: int = 2_000_000
+    seed: int = 0
+    eval_every: int = 10          # epochs between evaluations; 0 turns evaluation off
+    eval_samples: int = 100       # k of the importance-weighted bound during training
+    report_every: int = 0         # steps between report lines; 0 means once per epoch
+    dtype: str = "float32"
+    binarization: str = "fixed"   # or "dynamic" (resample binary pixels every epoch)
+    beta1: float = 0.9
+    beta2: float = 0.99999
+    adam_eps: float = 1e-8
+    aux_lr_scale: float = 10.0    # baselines and control-variate parameters learn this much faster
+    ema_decay: float = 0.999
+    output: str = ""
+
+    def validate(self):
+        E.get(self.model)  # raises EstimatorError for unknown names
+        if self.dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {self.dtype!r}; choose float32 or float64")
+        for name in ("n_layer", "n_hidden", "batch_size", "steps", "eval_samples"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning-rate must be positive, got {self.learning_rate}")
+        if self.binarization not in ("fixed", "dynamic"):
+            raise ValueError(f"unknown binarization {self.binarization!r}; choose fixed or dynamic")
+
+
+class TrainingDiverged(RuntimeError):
+    """A NaN or inf appeared; the message says where. The last good checkpoint is kept."""
+
+
+@dataclass
+class TrainResult:
+    model: SBN
+    params: dict
+    aux: dict
+    step: int
+    history: list = field(default_factory=list)   # one dict per report line
+    evals: list = field(default_factory=list)     # one dict per evaluation
+    checkpoint: str = ""
+
+
+# --------------------------------------------------------------------------
+# Gradient-variance monitor (SPEC section 4)
+# --------------------------------------------------------------------------
+@kernel
+def ema_moments(g, m1, m2, decay):
+    """m1 <- d m1 + (1 - d) g;  m2 <- d m2 + (1 - d) g^2   (flat views, in place).
+
+    Returns the number of non-finite entries of g, so that the same pass over
+    the gradient serves as the NaN/inf check of the training loop.
+    """
+    gf, f1, f2 = g.reshape(-1), m1.reshape(-1), m2.reshape(-1)
+    bad = 0
+    for i in range(gf.size):
+        gi = np.float64(gf[i])
+        bad += 0 if np.isfinite(gi) else 1
+        f1[i] = decay * f1[i] + (1.0 - decay) * gi
+        f2[i] = decay * f2[i] + (1.0 - decay) * gi * gi
+    return bad
+
+
+@kernel
+def all_finite(a):
+    af = a.reshape(-1)
+    bad = 0
+    for i in range(af.size):
+        bad += 0 if np.isfinite(af[i]) else 1
+    return bad == 0
+
+
+class GradVariance:
+    """EMAs of G and G^2 over all model-gradient entries; log mean_j (E[G_j^2] - E[G_j]^2).
+
+    The averages start at zero and are bias-corrected by 1 - decay^t.
+    """
+
+    def __init__(self, params, decay):
+        self.decay, self.t = decay, 0
+        self.m1 = {k: np.zeros(v.shape) for k, v in params.items()}
+        self.m2 = {k: np.zeros(v.shape) for k, v in params.items()}
+
+    def update(self, grads):
+        """Fold one gradient into the averages; returns the name of the first
+        tensor with a NaN or inf, or None."""
+        self.t += 1
+        first_bad = None
+        for k, g in grads.items():
+            if ema_moments(g, self.m1[k], self.m2[k], self.decay) and first_bad is None:
+                first_bad = k
+        return first_bad
+
+    def log_variance(self):
+        if self.t == 0:
+            return float("nan")
+        corr = 1.0 - self.decay ** self.t
+        total, n = 0.0, 0
+        for k in self.m1:
+            total += float(np.sum(self.m2[k] / corr - (self.m1[k] / corr) ** 2))
+            n += self.m1[k].size
+        return float(np.log(max(total / n, 1e-300)))
+
+    def state(self):
+        return {**{"m1/" + k: v for k, v in self.m1.items()}, **{"m2/" + k: v for k, v in self.m2.items()}}
+
+
+# --------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------
+def evaluate(model, params, x, n_samples, seed=0, examples_per_chunk=None, progress=False, desc="eval"):
+    """Mean over the examples of the n_samples-sample importance-weighted bound.
+
+    Examples are processed in chunks so that one pass holds at most ~10,000
+    (example, sample) rows; samples per example are drawn 100 at a time.
+    """
+    rng = np.random.default_rng(seed)
+    k_chunk = min(n_samples, 100)
+    per = examples_per_chunk or max(1, 10_000 // k_chunk)
+    total = 0.0
+    dtype = next(iter(params.values())).dtype
+    bar = tqdm(total=x.shape[0], desc=desc, unit="ex", disable=not progress, leave=False, file=sys.stderr)
+    for start in range(0, x.shape[0], per):
+        xb = np.ascontiguousarray(x[start:start + per], dtype=dtype)
+        total += float(np.sum(iw_bound(model, params, xb, n_samples, rng, chunk=k_chunk)))
+        bar.update(xb.shape[0])
+    bar.close()
+    return total / x.shape[0]
+
+
+# --------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------
+def build(cfg, train_x):
+    """Model, initial parameters and estimator state for cfg, centred on train_x's pixel means."""
+    dtype = DTYPES[cfg.dtype]
+    model = SBN(cfg.task, cfg.n_layer, cfg.n_hidden, cfg.nonlinear, train_x.mean(axis=0, dtype=np.float64))
+    params = init_params(model, cfg.seed, dtype)
+    aux = E.get(cfg.model).init_aux(model, cfg.seed + 1, dtype)
+    return model, params, aux
+
+
+def train_step(est, model, params, aux, x, rng, opt, aux_opt, monitor, adam_cfg, aux_lr_scale, step):
+    """One step: estimate the gradients on batch x, fold them into the variance
+    monitor (which also checks them for NaN/inf), then update the model with Adam
+    and the estimator's own parameters with aux_lr_scale times the learning rate."""
+    res = est.estimate(model, params, aux, x, rng=rng)
+    _check_finite(step, res, monitor.update(res.grads))
+    adam_update(params, res.grads, opt, adam_cfg)
+    if aux:
+        adam_update(aux, res.aux_grads, aux_opt, adam_cfg, aux_lr_scale)
+    return res
+
+
+def _binarize(grey, rng, dtype):
+    return (rng.random(grey.shape) < grey).astype(dtype)
+
+
+def train(cfg, data, log=print, progress=None):
+    """Train cfg.model on data = {"train", "valid", "test"} arrays (N, D).
+
+    log receives the report lines. Raises TrainingDiverged on a NaN or inf (the
+    last good checkpoint, if an output folder is set, is left untouched).
+    """
+    cfg.validate()
+    dtype = DTYPES[cfg.dtype]
+    est = E.get(cfg.model)
+    train_x = np.ascontiguousarray(data["train"], dtype=dtype)
+    model, params, aux = build(cfg, train_x)
+    check_params(model, params)
+    eval_sets = {s: data[s] for s in ("valid", "test") if s in data}
+    if cfg.binarization == "dynamic":
+        fixed = np.random.default_rng(cfg.seed + 12345)
+        eval_sets = {s: _binarize(v, fixed, dtype) for s, v in eval_sets.items()}
+
+    adam_cfg = AdamConfig(cfg.learning_rate, cfg.beta1, cfg.beta2, cfg.adam_eps)
+    opt, aux_opt = adam_init(params), adam_init(aux)
+    monitor = GradVariance(params, cfg.ema_decay)
+    seeds = np.random.SeedSequence(cfg.seed).spawn(2)
+    rng_data, rng_noise = np.random.default_rng(seeds[0]), np.random.default_rng(seeds[1])
+
+    N, B = train_x.shape[0], cfg.batch_size
+    if B > N:
+        raise ValueError(f"batch-size {B} is larger than the training set ({N} examples)")
+    steps_per_epoch = -(-N // B)
+    report_every = cfg.report_every or steps_per_epoch
+    result = TrainResult(model, params, aux, 0)
+    ckpt_path = os.path.join(cfg.output, "checkpoint.h5") if cfg.output else ""
+    if cfg.output:
+        os.makedirs(cfg.output, exist_ok=True)
+        with open(os.path.join(cfg.output, "config.json"), "w") as fh:
+            json.dump({**asdict(cfg), "version": __version__}, fh, indent=2, sort_keys=True)
+
+    def save(step):
+        if ckpt_path:
+            save_checkpoint(ckpt_path, step, asdict(cfg), params, aux,
+                            {"model": opt, "aux": aux_opt}, monitor.state(), model.mean_x)
+            result.checkpoint = ckpt_path
+
+    def run_eval(step):
+        row = {"step": step}
+        for split, xs in eval_sets.items():
+            row[split] = evaluate(model, params, xs, cfg.eval_samples, seed=cfg.seed + step,
+                                  progress=bar.disable is False, desc=f"{split} bound")
+        result.evals.append(row)
+        log(f"Step {step}: " + ", ".join(f"{s} bound ({cfg.eval_samples} samples) {row[s]:.2f}"
+                                         for s in eval_sets))
+
+    bar = tqdm(total=cfg.steps, unit="step", disable=(progress is False) or None, file=sys.stderr,
+               mininterval=1.0, dynamic_ncols=True)
+    step, elbo_sum, elbo_n, t_report = 0, 0.0, 0, time.perf_counter()
+    t_start = t_report
+    epoch_x = train_x
+    stop = StopFlag()
+    try:
+        while step < cfg.steps:
+            if cfg.binarization == "dynamic":
+                epoch_x = _binarize(train_x, rng_data, dtype)
+            order = rng_data.permutation(N)
+            for start in range(0, N, B):
+                if step >= cfg.steps:
+                    break
+                x = epoch_x[order[start:start + B]]
+                res = train_step(est, model, params, aux, x, rng_noise, opt, aux_opt, monitor, adam_cfg,
+                                 cfg.aux_lr_scale, step + 1)
+                step += 1
+                elbo_sum += float(np.sum(res.elbo, dtype=np.float64))
+                elbo_n += res.elbo.shape[0]
+                if step % 50 == 0:
+                    bar.update(50)
+                if step % report_every == 0 or step == cfg.steps:
+                    now = time.perf_counter()
+                    row = {"step": step, "train_elbo": elbo_sum / max(elbo_n, 1),
+                           "log_grad_var": monitor.log_variance(), "wall_time": now - t_start,
+                           **res.stats}
+                    rate = (step - (result.history[-1]["step"] if result.history else 0)) / (now - t_report)
+                    result.history.append(row)
+                    log(f"Step {step}: train ELBO {row['train_elbo']:.2f}, "
+                        f"log grad var {row['log_grad_var']:.3f}"
+                        + "".join(f", {k} {v:.4g}" for k, v in res.stats.items())
+                        + f", {rate:.0f} steps/s")
+                    elbo_sum, elbo_n, t_report = 0.0, 0, time.perf_counter()
+                    epoch_done = step % steps_per_epoch == 0
+                    if epoch_done or step == cfg.steps:
+                        save(step)
+                    if cfg.eval_every and epoch_done and (step // steps_per_epoch) % cfg.eval_every == 0 \
+                            and step != cfg.steps:
+                        run_eval(step)
+                if stop.requested:
+                    raise KeyboardInterrupt
+        result.step = step
+        if cfg.eval_every and eval_sets:
+            run_eval(step)
+    except KeyboardInterrupt:
+        # only raised between steps (see StopFlag), so params are a consistent state
+        bar.close()
+        result.step = step
+        save(step)
+        log(f"Interrupted at step {step}" + (f"; checkpoint saved to {ckpt_path}" if ckpt_path else ""))
+        raise
+    finally:
+        bar.close()
+        stop.restore()
+    return result
+
+
+class StopFlag:
+    """Turns Ctrl-C (SIGINT) into a flag the loop checks after each step, so an
+    interrupt never lands in the middle of a parameter update. A second Ctrl-C
+    interrupts immediately."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = None
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def restore(self):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+            self._old = None
+
+
+def _check_finite(step, res, bad_model_grad):
+    """Raise TrainingDiverged naming the step and the first non-finite quantity.
+    bad_model_grad: what GradVariance.update found in the model gradient (checked in the same pass)."""
+    if not all_finite(res.elbo):
+        raise TrainingDiverged(f"non-finite ELBO at step {step}")
+    if bad_model_grad is not None:
+        raise TrainingDiverged(f"non-finite model gradient of {bad_model_grad} at step {step}")
+    for k, g in res.aux_grads.items():
+        if not all_finite(g):
+            raise TrainingDiverged(f"non-finite estimator gradient of {k} at step {step}")

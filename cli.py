@@ -75,7 +75,7 @@ def main():
     every derivative written by hand (NumPy + Numba).
 
     \b
-    The main job:   rebar-np train --model nvil --task sbn
+    The main job:   rebar-np train --model dynamic_rebar --task sbn
     Check math:     rebar-np gradcheck --all
     Data:           rebar-np data info
     """
@@ -99,15 +99,20 @@ def model_options(fn):
 
 
 @main.command()
-@click.option("--model", default="nvil", show_default=True,
-              help="Gradient estimator: reinforce or nvil.")
+@click.option("--model", default="dynamic_rebar", show_default=True,
+              help="Gradient estimator: reinforce, nvil, rebar or dynamic_rebar.")
 @model_options
 @click.option("--batch-size", default=24, show_default=True, type=int)
+@click.option("--temperature", default=0.5, show_default=True, type=float,
+              help="REBAR family: the fixed (rebar) or initial (dynamic_rebar) temperature lambda.")
+@click.option("--relaxation", default="muprop", show_default=True,
+              help="REBAR family: muprop (sigma(z/lam + a lam/(lam+1)), the paper's default) or concrete "
+                   "(sigma(z/lam)).")
 @click.option("--learning-rate", default=3e-4, show_default=True, type=float,
               help="Adam learning rate of the model; baselines and control variates use 10x.")
 @click.option("--steps", default=2_000_000, show_default=True, type=int, help="Training steps (minibatches).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Same seed, same results.")
-@click.option("--eval-every", default=10, show_default=True, type=int,
+@click.option("--eval-every", default=25, show_default=True, type=int,
               help="Epochs between importance-weighted evaluations on valid and test; 0 turns evaluation off "
                    "(including the final one).")
 @click.option("--eval-samples", default=100, show_default=True, type=int,
@@ -124,8 +129,8 @@ def model_options(fn):
               help="Folder with the prepared data files (default: the package's data/ or $REBAR_NP_DATA_DIR).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 @user_errors
-def train(model, task, n_layer, n_hidden, nonlinear, batch_size, learning_rate, steps, seed, eval_every,
-          eval_samples, report_every, binarization, dtype, output, data_dir, progress):
+def train(model, task, n_layer, n_hidden, nonlinear, batch_size, temperature, relaxation, learning_rate, steps,
+          seed, eval_every, eval_samples, report_every, binarization, dtype, output, data_dir, progress):
     """Train an SBN with one gradient estimator.
 
     Prints one line per epoch ("Step N: train ELBO ..., log grad var ...") and the
@@ -139,7 +144,8 @@ def train(model, task, n_layer, n_hidden, nonlinear, batch_size, learning_rate, 
     cfg = TrainConfig(model=model, task=task, n_layer=n_layer, n_hidden=n_hidden, nonlinear=nonlinear,
                       batch_size=batch_size, learning_rate=learning_rate, steps=steps, seed=seed,
                       eval_every=eval_every, eval_samples=eval_samples, report_every=report_every,
-                      dtype=dtype, binarization=binarization, output=output)
+                      dtype=dtype, binarization=binarization, temperature=temperature, relaxation=relaxation,
+                      output=output)
     cfg.validate()
     from rebar_np.model import SBN
     SBN(task, n_layer, n_hidden, nonlinear, [0.5, 0.5])  # one-line errors for impossible shapes, before loading data

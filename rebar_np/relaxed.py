@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import kernels as K
-from .model import (QLayer, generative_forward, generative_backward, transform_forward,
+from .model import (QLayer, generative_forward, generative_backward, transform_backward, transform_forward,
                     transform_backward_input, transform_backward_input_tangent, transform_tangent)
 
 
@@ -61,11 +61,16 @@ class RelaxedPass:
     g_z_dot: np.ndarray = None   # (B, H) d g_z / d tau
 
 
-def relaxed_pass(model, params, x, hp, z0, l, lam, improved, tangent):
+def relaxed_pass(model, params, x, hp, z0, l, lam, improved, tangent, grads=None, dlogits_l=None):
     """f_l, g_z and, when tangent, their temperature derivatives, for switch layer l.
 
     hp: the hard pass (its samples, logits and per-term log-likelihoods are reused
     below the switch layer, where f_l and f agree term by term); z0: logistic noise.
+    grads: when given (no tangents), also accumulate the reparameterised gradient
+    sum_n d f_l / d theta of the parameters above the switch layer's logits into
+    it, and, with dlogits_l = the per-example weight of the switch layer's own
+    logits path (e.g. for l = 0: the concrete estimator), of T_ql's parameters.
+    The terms below the switch layer are hard and not differentiated.
     """
     L, nl = model.n_layer, model.nonlinear
     B = x.shape[0]
@@ -100,7 +105,7 @@ def relaxed_pass(model, params, x, hp, z0, l, lam, improved, tangent):
 
     # ---- reverse: d f_l / d s_k from the generative terms ----------------------
     if not tangent:
-        ds = generative_backward(model, params, None, x, samples, pp, ones, True)
+        ds = generative_backward(model, params, grads, x, samples, pp, ones, True)
     else:
         ds, ds_dot = [None] * L, [None] * L
         ds[L - 1] = K.bernoulli_loglik_backward_sample(pp.prior_logits, ones)
@@ -138,10 +143,15 @@ def relaxed_pass(model, params, x, hp, z0, l, lam, improved, tangent):
                                                            inv_lam + c, -inv_lam + dc_dtau)
                 dh, dh_dot = transform_backward_input_tangent(params, f"q{k}", q.cache, qt[k], da, da_dot, nl)
                 ds_dot[k - 1] += 2.0 * dh_dot
+            elif grads is not None:
+                dh = transform_backward(params, grads, f"q{k}", q.cache, da, nl, True)
             else:
                 dh = transform_backward_input(params, f"q{k}", q.cache, da, nl)
             ds[k - 1] += 2.0 * dh
         else:
             g_z = dt * inv_lam
+            if grads is not None and dlogits_l:
+                da = K.relaxed_logits_backward(dt, q.s, q.sig, inv_lam + c)
+                transform_backward(params, grads, f"q{k}", q.cache, da, nl, False)
             g_z_dot = (dt_dot - dt) * inv_lam if tangent else None
     return RelaxedPass(l, layers, f, g_z, f_dot.astype(f.dtype) if tangent else None, g_z_dot)

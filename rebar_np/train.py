@@ -25,7 +25,7 @@ DTYPES = {"float32": np.float32, "float64": np.float64}
 
 @dataclass
 class TrainConfig:
-    model: str = "nvil"
+    model: str = "dynamic_rebar"
     task: str = "sbn"
     n_layer: int = 2
     n_hidden: int = 200
@@ -34,7 +34,7 @@ class TrainConfig:
     learning_rate: float = 3e-4
     steps: int = 2_000_000
     seed: int = 0
-    eval_every: int = 10          # epochs between evaluations; 0 turns evaluation off
+    eval_every: int = 25          # epochs between evaluations; 0 turns evaluation off
     eval_samples: int = 100       # k of the importance-weighted bound during training
     report_every: int = 0         # steps between report lines; 0 means once per epoch
     dtype: str = "float32"
@@ -44,7 +44,15 @@ class TrainConfig:
     adam_eps: float = 1e-8
     aux_lr_scale: float = 10.0    # baselines and control-variate parameters learn this much faster
     ema_decay: float = 0.999
+    temperature: float = 0.5      # REBAR family: fixed (rebar) or initial (dynamic_rebar) temperature
+    relaxation: str = "muprop"    # REBAR family: "muprop" (the paper's improved) or "concrete" (plain)
     output: str = ""
+
+    def estimator_options(self):
+        """The settings this config passes to its estimator (only the ones it knows)."""
+        known = E.get(self.model).DEFAULT_OPTIONS
+        mine = {"temperature": self.temperature, "relaxation": self.relaxation}
+        return {k: v for k, v in mine.items() if k in known}
 
     def validate(self):
         E.get(self.model)  # raises EstimatorError for unknown names
@@ -55,6 +63,10 @@ class TrainConfig:
                 raise ValueError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning-rate must be positive, got {self.learning_rate}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
+        if self.relaxation not in ("muprop", "concrete"):
+            raise ValueError(f"unknown relaxation {self.relaxation!r}; choose muprop or concrete")
         if self.binarization not in ("fixed", "dynamic"):
             raise ValueError(f"unknown binarization {self.binarization!r}; choose fixed or dynamic")
 
@@ -169,15 +181,16 @@ def build(cfg, train_x):
     dtype = DTYPES[cfg.dtype]
     model = SBN(cfg.task, cfg.n_layer, cfg.n_hidden, cfg.nonlinear, train_x.mean(axis=0, dtype=np.float64))
     params = init_params(model, cfg.seed, dtype)
-    aux = E.get(cfg.model).init_aux(model, cfg.seed + 1, dtype)
+    aux = E.get(cfg.model).init_aux(model, cfg.seed + 1, dtype, cfg.estimator_options())
     return model, params, aux
 
 
-def train_step(est, model, params, aux, x, rng, opt, aux_opt, monitor, adam_cfg, aux_lr_scale, step):
+def train_step(est, model, params, aux, x, rng, opt, aux_opt, monitor, adam_cfg, aux_lr_scale, step,
+               options=None):
     """One step: estimate the gradients on batch x, fold them into the variance
     monitor (which also checks them for NaN/inf), then update the model with Adam
     and the estimator's own parameters with aux_lr_scale times the learning rate."""
-    res = est.estimate(model, params, aux, x, rng=rng)
+    res = est.estimate(model, params, aux, x, rng=rng, options=options)
     _check_finite(step, res, monitor.update(res.grads))
     adam_update(params, res.grads, opt, adam_cfg)
     if aux:
@@ -212,6 +225,7 @@ def train(cfg, data, log=print, progress=None):
     seeds = np.random.SeedSequence(cfg.seed).spawn(2)
     rng_data, rng_noise = np.random.default_rng(seeds[0]), np.random.default_rng(seeds[1])
 
+    options = cfg.estimator_options()
     N, B = train_x.shape[0], cfg.batch_size
     if B > N:
         raise ValueError(f"batch-size {B} is larger than the training set ({N} examples)")
@@ -255,7 +269,7 @@ def train(cfg, data, log=print, progress=None):
                     break
                 x = epoch_x[order[start:start + B]]
                 res = train_step(est, model, params, aux, x, rng_noise, opt, aux_opt, monitor, adam_cfg,
-                                 cfg.aux_lr_scale, step + 1)
+                                 cfg.aux_lr_scale, step + 1, options)
                 step += 1
                 elbo_sum += float(np.sum(res.elbo, dtype=np.float64))
                 elbo_n += res.elbo.shape[0]

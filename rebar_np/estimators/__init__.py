@@ -27,7 +27,7 @@ import importlib
 
 import numpy as np
 
-ESTIMATORS = ("reinforce", "nvil", "rebar", "dynamic_rebar")
+ESTIMATORS = ("reinforce", "nvil", "concrete", "rebar", "dynamic_rebar")
 
 
 class EstimatorError(ValueError):

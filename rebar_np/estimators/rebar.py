@@ -69,7 +69,8 @@ def temperature(aux, options):
 
 
 def eta_of(aux, name):
-    return 2.0 / (1.0 + np.exp(-float(aux["psi." + name][0])))
+    """eta = 2 sigma(psi), as a Python float (a NumPy float64 would promote float32 arrays)."""
+    return float(2.0 / (1.0 + np.exp(-float(aux["psi." + name][0]))))
 
 
 def estimate(model, params, aux, x, u=None, rng=None, options=None):

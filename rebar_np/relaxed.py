@@ -11,7 +11,8 @@ relaxed ELBO f_l uses the hard samples b_k below l and relaxed samples from l up
 Only three derivatives of f_l are ever needed, and this module computes exactly those.
 
 1. g_z = d f_l / d z_l (B, H), the total derivative with respect to the switch
-   layer's logistic sample. REBAR's two relaxed paths (unconditional z_l and
+   layer's logistic sample (and d f_l / d z_k for the layers above, which the
+   joint variant uses). REBAR's two relaxed paths (unconditional z_l and
    conditional z~_l) have the same value and differ only in dz/da_l, so
 
        d f_l(z) / d theta - d f_l(z~) / d theta = backprop_{T_ql}( g_z (1 - dz~/da_l) ),
@@ -21,8 +22,8 @@ Only three derivatives of f_l are ever needed, and this module computes exactly 
    The reverse pass, top layer down (per example, so dL/df = 1):
        ds_k = d log p / d s_k (generative_backward)  - a_k                    (the -log B(s_k; a_k) term)
        dt_k = ds_k s_k (1 - s_k)
+       d f_l / d z_k = dt_k / lam
        k > l:  da_k = dt_k (1/lam + c) - (s_k - sigma(a_k)),   ds_{k-1} += 2 T_qk^T(da_k)
-       k = l:  g_z = dt_l / lam
 
 2. df_l / dtau, tau = log lam: a reverse pass gives it for free,
        df_l / dtau = sum_k < dt_k, dt_k/dtau|explicit >,   dt/dtau|explicit = -z / lam + a lam / (lam + 1)^2
@@ -56,9 +57,9 @@ class RelaxedPass:
     l: int
     layers: list            # QLayer (a_k, s_k, cache, sigma(a_k)) for k >= l
     f: np.ndarray           # (B,) f_l
-    g_z: np.ndarray         # (B, H) d f_l / d z_l
+    g_z: list               # g_z[k] = d f_l / d z_k (B, H) for k >= l (REBAR per layer uses k = l only)
     f_dot: np.ndarray = None     # (B,) d f_l / d tau          (when tangents were asked for)
-    g_z_dot: np.ndarray = None   # (B, H) d g_z / d tau
+    g_z_dot: list = None         # d g_z[k] / d tau
 
 
 def relaxed_pass(model, params, x, hp, z0, l, lam, improved, tangent, grads=None, dlogits_l=None):
@@ -127,15 +128,18 @@ def relaxed_pass(model, params, x, hp, z0, l, lam, improved, tangent, grads=None
     c = lam / (lam + 1.0) if improved else 0.0
     dc_dtau = lam / (lam + 1.0) ** 2 if improved else 0.0
     f_dot = np.zeros(B) if tangent else None
+    g_z, g_z_dot = [None] * L, [None] * L
     for k in range(L - 1, l - 1, -1):
         q = layers[k]
         ds[k] -= q.a                                              # -log B(s_k; a_k), d/ds_k = -a_k
         dt = K.sigmoid_backward(q.s, ds[k])                       # dt_k = ds_k s_k (1 - s_k)
+        g_z[k] = dt * inv_lam                                     # dt/dz = 1/lam
         if tangent:
             if k > l:
                 ds_dot[k] -= a_dot[k]
             dt_dot = K.sigmoid_backward_tangent(q.s, s_dot[k], ds[k], ds_dot[k])
             f_dot += np.sum(dt * t_exp[k], axis=1, dtype=np.float64)
+            g_z_dot[k] = (dt_dot - dt) * inv_lam                  # d(1/lam)/dtau = -1/lam
         if k > l:
             da = K.relaxed_logits_backward(dt, q.s, q.sig, inv_lam + c)
             if tangent:
@@ -148,10 +152,8 @@ def relaxed_pass(model, params, x, hp, z0, l, lam, improved, tangent, grads=None
             else:
                 dh = transform_backward_input(params, f"q{k}", q.cache, da, nl)
             ds[k - 1] += 2.0 * dh
-        else:
-            g_z = dt * inv_lam
-            if grads is not None and dlogits_l:
-                da = K.relaxed_logits_backward(dt, q.s, q.sig, inv_lam + c)
-                transform_backward(params, grads, f"q{k}", q.cache, da, nl, False)
-            g_z_dot = (dt_dot - dt) * inv_lam if tangent else None
-    return RelaxedPass(l, layers, f, g_z, f_dot.astype(f.dtype) if tangent else None, g_z_dot)
+        elif grads is not None and dlogits_l:   # the switch layer's logits (input hard, not differentiated)
+            da = K.relaxed_logits_backward(dt, q.s, q.sig, inv_lam + c)
+            transform_backward(params, grads, f"q{k}", q.cache, da, nl, False)
+    return RelaxedPass(l, layers, f, g_z, f_dot.astype(f.dtype) if tangent else None,
+                       g_z_dot if tangent else None)

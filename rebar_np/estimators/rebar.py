@@ -28,6 +28,13 @@ direction v (so sum_j v_j backprop(w)_j = sum_n <a_dot[v], w>_n), and f_l_dot,
 g_z_dot are the temperature tangents of rebar_np.relaxed. eta, c and tau move at
 10x the learning rate (the training loop's aux optimizer).
 
+Joint variant (options["joint"]): one control variate, the ELBO with every layer
+relaxed (f_0), the summed score, and every layer's conditional noise z~_k drawn
+given b_k at the *hard* logits a_k(b_{k-1}); then E_k uses g_z = d f_0 / d z_k and
+the coefficient f_0 for every layer, and the estimator stays unbiased (each
+layer's conditional derivative is matched by that layer's score term). The TF
+reference's "non-quadratic" REBAR is this variant.
+
 aux parameters: ``baseline.*`` (rebar_np.baseline), ``psi.<q tensor>`` (1,) and,
 for dynamic_rebar, ``tau`` (1,). rebar keeps lambda = options["temperature"].
 """
@@ -40,7 +47,7 @@ from ..model import (hard_pass, hard_pass_at, is_recognition, score_function_gra
 from ..relaxed import relaxed_pass
 from . import Estimate, EstimatorError, merge_options, prepare_noise
 
-DEFAULT_OPTIONS = {"temperature": 0.5, "relaxation": "muprop"}
+DEFAULT_OPTIONS = {"temperature": 0.5, "relaxation": "muprop", "joint": False}
 TRAIN_TEMPERATURE = False
 
 
@@ -92,15 +99,18 @@ def rebar_estimate(model, params, aux, x, u, rng, options):
     c, hidden = baseline_forward(aux, h0)
     grads = score_function_gradient(model, params, x, hp, hp.f - c)
 
-    # control variates, one per switch layer: E (per q tensor) and what the tuning needs
+    # control variates: E (per q tensor) and, per layer l, what the tuning needs.
+    # Per layer (default): switch layer l, its own z_l and score_l. Joint: one relaxed
+    # pass with every layer relaxed, every layer's z_k and the summed score.
     E = {k: np.zeros_like(v) for k, v in params.items() if is_recognition(k)}
     per_layer = []
+    joint_rp = relaxed_pass(model, params, x, hp, z0, 0, lam, improved, train_tau) if options["joint"] else None
     for l in range(L):
         q = hp.layers[l]
-        rp = relaxed_pass(model, params, x, hp, z0, l, lam, improved, train_tau)
+        rp = joint_rp or relaxed_pass(model, params, x, hp, z0, l, lam, improved, train_tau)
         m = 1.0 - K.dz_cond_dlogits(q.a, u[l], q.s)          # (dz - dz~)/da_l, with dz/da = 1
         score_da = q.s - q.sig                               # d log q(b_l) / d a_l
-        transform_backward(params, E, f"q{l}", q.cache, rp.g_z * m - rp.f[:, None] * score_da, nl, False)
+        transform_backward(params, E, f"q{l}", q.cache, rp.g_z[l] * m - rp.f[:, None] * score_da, nl, False)
         per_layer.append((rp, m, score_da))
     eta = {k: eta_of(aux, k) for k in E}
     for k in E:
@@ -123,7 +133,7 @@ def rebar_estimate(model, params, aux, x, u, rng, options):
         dc += (2.0 / (P * B)) * np.sum(score_da * a_dot_G, axis=1, dtype=np.float64)
         if train_tau:
             a_dot_eG, _ = transform_tangent(params, f"q{l}", q.cache, None, nl, direction=eta_grads)
-            w = rp.g_z_dot * m - rp.f_dot[:, None] * score_da
+            w = rp.g_z_dot[l] * m - rp.f_dot[:, None] * score_da
             dtau += -(2.0 / (P * B)) * float(np.sum(a_dot_eG * w, dtype=np.float64))
     baseline_backward(aux, aux_grads, h0, hidden, dc.astype(c.dtype))
     if train_tau:
@@ -160,14 +170,19 @@ def surrogate(model, params, aux, x, u, frozen, options=None):
     b, z0 = frozen["b"], frozen["z0"]
     hp = hard_pass_at(model, params, x, b)
     base = score_function_surrogate(model, params, x, b, frozen["signal"])
-    B = x.shape[0]
+    B, L = x.shape[0], model.n_layer
     out = {k: base for k in params}
-    for l in range(model.n_layer):
-        a = hp.layers[l].a
-        z0c = list(z0)
-        z0c[l] = conditional_z0(a, frozen["a"][l], u[l], b[l])
-        f_z = relaxed_pass(model, params, x, hp, z0, l, lam, improved, False).f
-        f_zc = relaxed_pass(model, params, x, hp, z0c, l, lam, improved, False).f
+    # conditional noise, a function of each layer's *hard* logits (moving with params)
+    z0c_all = [conditional_z0(hp.layers[l].a, frozen["a"][l], u[l], b[l]) for l in range(L)]
+    for l in range(L):
+        if options["joint"]:    # one relaxed ELBO, conditional at every layer, summed score
+            f_z = relaxed_pass(model, params, x, hp, z0, 0, lam, improved, False).f
+            f_zc = relaxed_pass(model, params, x, hp, z0c_all, 0, lam, improved, False).f
+        else:                   # switch layer l, conditional at layer l only
+            z0c = list(z0)
+            z0c[l] = z0c_all[l]
+            f_z = relaxed_pass(model, params, x, hp, z0, l, lam, improved, False).f
+            f_zc = relaxed_pass(model, params, x, hp, z0c, l, lam, improved, False).f
         e_l = float(np.sum(f_z - f_zc) - np.sum(frozen["f_l"][l] * hp.logq[l]))
         for k in params:
             if k.startswith(f"q{l}."):

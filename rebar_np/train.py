@@ -118,13 +118,15 @@ def all_finite(a):
 class GradVariance:
     """EMAs of G and G^2 over all model-gradient entries; log mean_j (E[G_j^2] - E[G_j]^2).
 
-    The averages start at zero and are bias-corrected by 1 - decay^t.
+    The averages start at zero and are bias-corrected by 1 - decay^t. They are kept
+    in the parameters' dtype (the update is computed in float64): the per-step pass
+    over them is memory-bound, and float32 resolves a 1e-3 EMA increment easily.
     """
 
     def __init__(self, params, decay):
         self.decay, self.t = decay, 0
-        self.m1 = {k: np.zeros(v.shape) for k, v in params.items()}
-        self.m2 = {k: np.zeros(v.shape) for k, v in params.items()}
+        self.m1 = {k: np.zeros_like(v) for k, v in params.items()}
+        self.m2 = {k: np.zeros_like(v) for k, v in params.items()}
 
     def update(self, grads):
         """Fold one gradient into the averages; returns the name of the first
@@ -142,7 +144,8 @@ class GradVariance:
         corr = 1.0 - self.decay ** self.t
         total, n = 0.0, 0
         for k in self.m1:
-            total += float(np.sum(self.m2[k] / corr - (self.m1[k] / corr) ** 2))
+            m1, m2 = self.m1[k].astype(np.float64), self.m2[k].astype(np.float64)
+            total += float(np.sum(m2 / corr - (m1 / corr) ** 2))
             n += self.m1[k].size
         return float(np.log(max(total / n, 1e-300)))
 

@@ -30,6 +30,13 @@ def _write_dict(group, d):
         group.create_dataset(k, data=v)
 
 
+def _read_dict(group):
+    """Every dataset below group, keyed by its path relative to it ("m1/q0.W" for nested groups)."""
+    out = {}
+    group.visititems(lambda name, obj: out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
+    return out
+
+
 def save_checkpoint(path, step, config, params, aux, opt_states=None, ema=None, mean_x=None):
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
@@ -70,19 +77,16 @@ def load_checkpoint(path):
     try:
         with h5py.File(path, "r") as f:
             out = {"step": int(f.attrs["step"]), "config": json.loads(f.attrs["config"]),
-                   "params": {k: v[()] for k, v in f["params"].items()},
-                   "aux": {k: v[()] for k, v in f["aux"].items()}, "opt": {}, "ema": None,
+                   "params": _read_dict(f["params"]), "aux": _read_dict(f["aux"]), "opt": {}, "ema": None,
                    "mean_x": f["model/mean_x"][()] if "model/mean_x" in f else None}
             if "opt" in f:
                 for name, g in f["opt"].items():
-                    out["opt"][name] = {"t": int(g.attrs["t"]),
-                                        "m": {k: v[()] for k, v in g["m"].items()},
-                                        "v": {k: v[()] for k, v in g["v"].items()}}
+                    out["opt"][name] = {"t": int(g.attrs["t"]), "m": _read_dict(g["m"]), "v": _read_dict(g["v"])}
             if "ema" in f:
-                out["ema"] = {k: v[()] for k, v in f["ema"].items()}
+                out["ema"] = _read_dict(f["ema"])
             return out
     except CheckpointError:
         raise
-    except (OSError, KeyError, ValueError) as e:
+    except (OSError, KeyError, ValueError, TypeError) as e:
         raise CheckpointError(f"checkpoint {path} is unreadable or incomplete ({type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else 'no detail'})") from None

@@ -1,0 +1,163 @@
+"""The training loop, Adam, the variance monitor and checkpoints, on small synthetic data."""
+import os
+import signal
+import threading
+
+import numpy as np
+import pytest
+
+from rebar_np.adam import AdamConfig, adam_init, adam_update
+from rebar_np.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from rebar_np.train import GradVariance, TrainConfig, TrainingDiverged, train
+
+
+def small_data(seed=0, n=300, d=20):
+    rng = np.random.default_rng(seed)
+    p = rng.uniform(0.05, 0.6, d)
+    x = (rng.random((n, d)) < p).astype(np.float32)
+    return {"train": x[:200], "valid": x[200:250], "test": x[250:]}
+
+
+def small_cfg(**kw):
+    base = dict(n_layer=2, n_hidden=5, batch_size=8, steps=60, eval_every=0, report_every=20)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_adam_matches_the_tf_formula():
+    rng = np.random.default_rng(0)
+    p = {"w": rng.normal(size=(3, 4))}
+    g = [{"w": rng.normal(size=(3, 4))} for _ in range(5)]
+    cfg = AdamConfig(learning_rate=0.01, beta1=0.9, beta2=0.999, eps=1e-8)
+    state = adam_init(p)
+    ref, m, v = p["w"].copy(), np.zeros((3, 4)), np.zeros((3, 4))
+    for t, gt in enumerate(g, 1):
+        adam_update(p, gt, state, cfg)
+        m = 0.9 * m + 0.1 * gt["w"]
+        v = 0.999 * v + 0.001 * gt["w"] ** 2
+        ref -= 0.01 * np.sqrt(1 - 0.999 ** t) / (1 - 0.9 ** t) * m / (np.sqrt(v) + 1e-8)
+    np.testing.assert_allclose(p["w"], ref, rtol=1e-12, atol=1e-14)
+
+
+def test_grad_variance_matches_direct_moments():
+    rng = np.random.default_rng(1)
+    params = {"a": np.zeros((4, 3)), "b": np.zeros(5)}
+    mon = GradVariance(params, decay=0.9)
+    gs = [{"a": rng.normal(size=(4, 3)) * 2, "b": rng.normal(size=5)} for _ in range(40)]
+    for g in gs:
+        assert mon.update(g) is None
+    w = 0.1 * 0.9 ** np.arange(39, -1, -1)
+    w = w / w.sum()   # bias-corrected EMA weights
+    flat = np.array([np.concatenate([g["a"].ravel(), g["b"]]) for g in gs])
+    var = (w[:, None] * flat ** 2).sum(0) - ((w[:, None] * flat).sum(0)) ** 2
+    assert abs(mon.log_variance() - np.log(var.mean())) < 1e-10
+    bad = {"a": np.zeros((4, 3)), "b": np.array([0, 0, np.nan, 0, 0.0])}
+    assert mon.update(bad) == "b"
+
+
+@pytest.mark.parametrize("model", ["nvil", "dynamic_rebar"])
+def test_same_seed_same_result_and_learning(model):
+    data = small_data()
+    r1 = train(small_cfg(model=model, steps=120), data, log=lambda s: None, progress=False)
+    r2 = train(small_cfg(model=model, steps=120), data, log=lambda s: None, progress=False)
+    for k in r1.params:
+        np.testing.assert_array_equal(r1.params[k], r2.params[k])
+    r3 = train(small_cfg(model=model, steps=120, seed=1), data, log=lambda s: None, progress=False)
+    assert any(not np.array_equal(r1.params[k], r3.params[k]) for k in r1.params)
+    # the ELBO improves over training
+    assert r1.history[-1]["train_elbo"] > r1.history[0]["train_elbo"]
+
+
+def test_report_lines_and_final_evaluation():
+    lines = []
+    res = train(small_cfg(model="dynamic_rebar", eval_every=1, eval_samples=5), small_data(),
+                log=lines.append, progress=False)
+    steps = [l for l in lines if "train ELBO" in l]
+    assert steps[0].startswith("Step 20: train ELBO ")
+    assert "temperature" in steps[0] and "eta_mean" in steps[0] and "log grad var" in steps[0]
+    assert "valid bound (5 samples)" in lines[-1] and "test bound" in lines[-1]
+    assert res.evals[-1]["step"] == 60
+    assert res.evals[-1]["valid"] < 0
+
+
+def test_dynamic_rebar_moves_the_temperature_rebar_does_not():
+    data = small_data()
+    dyn = train(small_cfg(model="dynamic_rebar", steps=100), data, log=lambda s: None, progress=False)
+    assert dyn.aux["tau"][0] != pytest.approx(np.log(0.5), abs=1e-4)
+    fixed = train(small_cfg(model="rebar", steps=100, temperature=0.3), data, log=lambda s: None, progress=False)
+    assert "tau" not in fixed.aux
+    assert {row["temperature"] for row in fixed.history} == {0.3}
+
+
+def test_checkpoint_written_and_readable(tmp_path):
+    out = tmp_path / "run"
+    res = train(small_cfg(model="nvil", output=str(out)), small_data(), log=lambda s: None, progress=False)
+    ck = load_checkpoint(out / "checkpoint.h5")
+    assert ck["step"] == 60 and ck["config"]["model"] == "nvil"
+    for k in res.params:
+        np.testing.assert_array_equal(ck["params"][k], res.params[k])
+    assert set(ck["opt"]) == {"model", "aux"} and ck["opt"]["model"]["t"] == 60
+    assert (out / "config.json").exists()
+    assert not [f for f in os.listdir(out) if f.startswith(".tmp-")]
+
+
+def test_truncated_checkpoint_is_reported(tmp_path):
+    path = tmp_path / "c.h5"
+    save_checkpoint(path, 3, {"a": 1}, {"w": np.ones(3)}, {})
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    assert "\n" not in str(err.value) and "c.h5" in str(err.value)
+
+
+def test_nan_stops_with_step_and_quantity_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    import rebar_np.estimators.nvil as nvil
+    out = tmp_path / "run"
+    data = small_data()
+    cfg = small_cfg(model="nvil", output=str(out), report_every=0, steps=200)   # 25 steps an epoch
+    real = nvil.estimate
+    calls = {"n": 0}
+
+    def poisoned(*a, **k):
+        res = real(*a, **k)
+        calls["n"] += 1
+        if calls["n"] == 37:
+            res.grads["p0.W"][0, 0] = np.nan
+        return res
+    monkeypatch.setattr(nvil, "estimate", poisoned)
+    with pytest.raises(TrainingDiverged) as err:
+        train(cfg, data, log=lambda s: None, progress=False)
+    assert "step 37" in str(err.value) and "p0.W" in str(err.value)
+    ck = load_checkpoint(out / "checkpoint.h5")
+    assert ck["step"] == 25     # the end of the first epoch: the last good state
+    assert all(np.isfinite(v).all() for v in ck["params"].values())
+
+
+def test_ctrl_c_stops_between_steps_and_saves(tmp_path, monkeypatch):
+    import rebar_np.estimators.nvil as nvil
+    out = tmp_path / "run"
+    real = nvil.estimate
+    calls = {"n": 0}
+
+    def interrupting(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 30:     # as if Ctrl-C arrived in the middle of a step
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*a, **k)
+    monkeypatch.setattr(nvil, "estimate", interrupting)
+    assert threading.current_thread() is threading.main_thread()
+    with pytest.raises(KeyboardInterrupt):
+        train(small_cfg(model="nvil", output=str(out), steps=500), small_data(), log=lambda s: None,
+              progress=False)
+    ck = load_checkpoint(out / "checkpoint.h5")
+    assert ck["step"] == 30      # the interrupted step completed, then the run stopped and saved
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_bad_config_is_a_one_line_error():
+    for kw, word in [({"model": "nope"}, "unknown model"), ({"steps": 0}, "steps"),
+                     ({"learning_rate": -1.0}, "learning-rate"), ({"relaxation": "x"}, "relaxation")]:
+        with pytest.raises(ValueError) as err:
+            train(small_cfg(**kw), small_data(), log=lambda s: None, progress=False)
+        assert word in str(err.value) and "\n" not in str(err.value)

@@ -50,11 +50,11 @@ class OneLineGroup(click.Group):
         kwargs.setdefault("standalone_mode", False)
         try:
             rv = super().main(*args, **kwargs)
-        except click.exceptions.NoArgsIsHelp as e:
-            click.echo(e.ctx.get_help())
-            sys.exit(0)
         except click.UsageError as e:
-            fail(one_line(e.format_message() if hasattr(e, "format_message") else e))
+            if type(e).__name__ == "NoArgsIsHelpError":   # click >= 8.2: a bare group prints its help
+                click.echo(e.ctx.get_help())
+                sys.exit(0)
+            fail(one_line(e.format_message()))
         except click.exceptions.Abort:
             click.echo("Aborted.", err=True)
             sys.exit(EXIT_INTERRUPTED)

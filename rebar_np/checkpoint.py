@@ -43,6 +43,7 @@ def save_checkpoint(path, step, config, params, aux, opt_states=None, ema=None, 
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".h5", dir=folder)
     os.close(fd)
+    os.chmod(tmp, 0o644)
     try:
         with h5py.File(tmp, "w") as f:
             f.attrs["format_version"] = FORMAT_VERSION

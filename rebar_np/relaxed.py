@@ -157,3 +157,43 @@ def relaxed_pass(model, params, x, hp, z0, l, lam, improved, tangent, grads=None
             transform_backward(params, grads, f"q{k}", q.cache, da, nl, False)
     return RelaxedPass(l, layers, f, g_z, f_dot.astype(f.dtype) if tangent else None,
                        g_z_dot if tangent else None)
+
+
+@dataclass
+class MeanFieldPass:
+    """The deterministic mean-field pass of MuProp and its total derivatives."""
+    layers: list            # QLayer (a_l, mu_l = sigma(a_l), cache, sigma(a_l)) per layer
+    f: np.ndarray           # (B,) f(mu) = log p(x, mu) - sum_l log B(mu_l; a_l)
+    df_dmu: list            # df_dmu[l] = d f(mu) / d mu_l (B, H): the total derivative, through every
+                            # later use of mu_l (its own -log B term, the generative terms, a_{l+1})
+
+
+def mean_field_pass(model, params, x, derivatives=True):
+    """f(mu) and d f(mu) / d mu_l for mu_0 = sigma(T_q0(x - mean_x)), mu_l = sigma(T_ql(2 mu_{l-1} - 1)).
+
+    Reverse pass, top layer down (per example):
+        dmu_l = d log p / d mu_l (generative_backward) - a_l        (the -log B(mu_l; a_l) term's value)
+        da_l  = dmu_l mu_l (1 - mu_l) - (mu_l - sigma(a_l))        (the second part is 0: mu_l = sigma(a_l))
+        dmu_{l-1} += 2 T_ql^T(da_l)
+    The derivative of mu_l itself through a_l is not part of d f / d mu_l (the total derivative
+    with respect to the value mu_l), exactly as MuProp's f'(mu_l) is defined.
+    """
+    from .model import log_q_layers, mean_sampler, recognition_forward
+    L, nl = model.n_layer, model.nonlinear
+    layers = recognition_forward(model, params, model.q_input(x), mean_sampler)
+    logq = log_q_layers(layers)
+    mus = [q.s for q in layers]
+    logp, pp = generative_forward(model, params, x, mus)
+    if not derivatives:
+        return MeanFieldPass(layers, logp - sum(logq), None)
+    ones = np.ones(x.shape[0], dtype=logp.dtype)
+    ds = generative_backward(model, params, None, x, mus, pp, ones, True)
+    df_dmu = [None] * L
+    for l in range(L - 1, -1, -1):
+        q = layers[l]
+        ds[l] -= q.a
+        df_dmu[l] = ds[l]
+        if l > 0:
+            da = K.sigmoid_backward(q.s, ds[l])          # mu_l = sigma(a_l); the log B term's d/da is 0 here
+            ds[l - 1] += 2.0 * transform_backward_input(params, f"q{l}", q.cache, da, nl)
+    return MeanFieldPass(layers, logp - sum(logq), df_dmu)

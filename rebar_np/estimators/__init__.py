@@ -27,7 +27,7 @@ import importlib
 
 import numpy as np
 
-ESTIMATORS = ("reinforce", "nvil", "concrete", "rebar", "dynamic_rebar")
+ESTIMATORS = ("reinforce", "nvil", "simple_muprop", "muprop", "concrete", "rebar", "dynamic_rebar")
 
 
 class EstimatorError(ValueError):

@@ -217,10 +217,7 @@ def train(cfg, data, log=print, progress=None):
     train_x = np.ascontiguousarray(data["train"], dtype=dtype)
     model, params, aux = build(cfg, train_x)
     check_params(model, params)
-    eval_sets = {s: data[s] for s in ("valid", "test") if s in data}
-    if cfg.binarization == "dynamic":
-        fixed = np.random.default_rng(cfg.seed + 12345)
-        eval_sets = {s: _binarize(v, fixed, dtype) for s, v in eval_sets.items()}
+    eval_sets = {s: data[s] for s in ("valid", "test") if s in data}   # binary in both settings
 
     adam_cfg = AdamConfig(cfg.learning_rate, cfg.beta1, cfg.beta2, cfg.adam_eps)
     opt, aux_opt = adam_init(params), adam_init(aux)

@@ -80,4 +80,5 @@ def test_console_entry_point_gives_one_line_not_a_traceback():
     proc = subprocess.run([sys.executable, "-c", "import cli; cli.main()", "train", "--model", "nope"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "Error: unknown model 'nope'; choose one of reinforce, nvil, concrete, rebar, dynamic_rebar"
+    assert proc.stderr.strip().startswith("Error: unknown model 'nope'; choose one of reinforce, nvil,")
+    assert len(proc.stderr.strip().splitlines()) == 1

@@ -284,6 +284,54 @@ def variance(follow, estimators, task, n_layer, n_hidden, nonlinear, steps, batc
 
 
 # --------------------------------------------------------------------------
+# compare
+# --------------------------------------------------------------------------
+@main.command()
+@click.option("--estimators", default="nvil,simple_muprop,muprop,concrete,rebar,dynamic_rebar", show_default=True)
+@model_options
+@click.option("--steps", default=20000, show_default=True, type=int, help="Training steps per estimator.")
+@click.option("--batch-size", default=24, show_default=True, type=int)
+@click.option("--learning-rate", default=3e-4, show_default=True, type=float)
+@click.option("--temperature", default=0.5, show_default=True, type=float)
+@click.option("--relaxation", default="muprop", show_default=True)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--eval-samples", default=100, show_default=True, type=int)
+@click.option("--output", default=None, type=click.Path(file_okay=False),
+              help="Folder for the runs, comparison.json and comparison.png (default: runs/compare-<time>).")
+@click.option("--data-dir", default=None, type=click.Path(file_okay=False))
+@click.option("--progress/--no-progress", default=None)
+@user_errors
+def compare(estimators, task, n_layer, n_hidden, nonlinear, steps, batch_size, learning_rate, temperature,
+            relaxation, seed, eval_samples, output, data_dir, progress):
+    """Train the same model with several estimators and compare them.
+
+    Writes a table (final train ELBO, validation and test bounds, log gradient variance,
+    time) to the console and OUTPUT/comparison.json, and OUTPUT/comparison.png (ELBO
+    against steps and wall-clock time) when matplotlib is installed (pip install rebar-np[plot]).
+    """
+    from rebar_np import estimators as E
+    from rebar_np.compare import format_table, plot_comparison, run_comparison
+    from rebar_np.data import load_task
+    from rebar_np.train import TrainConfig
+
+    names = [n.strip() for n in estimators.split(",") if n.strip()]
+    for n in names:
+        E.get(n)
+    output = output or os.path.join("runs", f"compare-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.makedirs(output, exist_ok=True)
+    cfg = TrainConfig(task=task, n_layer=n_layer, n_hidden=n_hidden, nonlinear=nonlinear, batch_size=batch_size,
+                      learning_rate=learning_rate, steps=steps, seed=seed, eval_every=0,
+                      eval_samples=eval_samples, temperature=temperature, relaxation=relaxation)
+    cfg.validate()
+    data = load_task(task, data_dir)
+    rows, histories = run_comparison(cfg, data, names, output, log=click.echo, progress=progress)
+    click.echo(format_table(rows, eval_samples))
+    png = plot_comparison(histories, os.path.join(output, "comparison.png"))
+    click.echo(f"wrote {os.path.join(output, 'comparison.json')}"
+               + (f" and {png}" if png else " (no plot: matplotlib is not installed; pip install rebar-np[plot])"))
+
+
+# --------------------------------------------------------------------------
 # gradcheck
 # --------------------------------------------------------------------------
 @main.command()

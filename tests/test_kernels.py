@@ -1,0 +1,421 @@
+"""Every kernel of rebar_np/kernels.py against central finite differences (float64),
+and against itself in float32 (same results to 1e-5 relative).
+
+A backward is checked through a random linear functional of its forward:
+L = sum(G * out), so dL/d(out) = G and the backward's result must equal the
+finite-difference gradient of L. A tangent (forward mode) is checked as the
+derivative of its forward along a straight line t -> inputs + t * tangents.
+"""
+import numpy as np
+import pytest
+from scipy.special import expit, logsumexp
+
+from rebar_np import kernels as K
+
+EPS = 1e-6
+FD_TOL = 1e-6       # relative error allowed against central differences (float64)
+F32_TOL = 1e-5      # relative error allowed between float32 and float64 results
+
+
+def rng_for(seed=0):
+    return np.random.default_rng(seed)
+
+
+def rel_err(got, want):
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    scale = max(float(np.max(np.abs(want))) if want.size else 0.0,
+                float(np.max(np.abs(got))) if got.size else 0.0, 1e-300)
+    return float(np.max(np.abs(got - want))) / scale if want.size else 0.0
+
+
+def assert_close(name, got, want, tol=FD_TOL):
+    assert np.shape(got) == np.shape(want), f"{name}: shape {np.shape(got)} != {np.shape(want)}"
+    err = rel_err(got, want)
+    assert err < tol, f"{name}: relative error {err:.3e} (tolerance {tol:.0e})"
+
+
+def fd(fn, arr, eps=EPS):
+    """Central differences of the scalar fn() with respect to every entry of arr (perturbed in place)."""
+    g = np.empty(arr.shape)
+    flat, gflat = arr.reshape(-1), g.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + eps
+        fp = fn()
+        flat[i] = old - eps
+        fm = fn()
+        flat[i] = old
+        gflat[i] = (fp - fm) / (2 * eps)
+    return g
+
+
+def fd_line(fn, eps=EPS):
+    """d fn(t) / dt at t = 0 by central differences (fn returns an array)."""
+    return (np.asarray(fn(eps), np.float64) - np.asarray(fn(-eps), np.float64)) / (2 * eps)
+
+
+def as32(v):
+    if isinstance(v, np.ndarray) and v.dtype.kind == "f":
+        return np.ascontiguousarray(v, dtype=np.float32)
+    return v
+
+
+def as64(v):
+    if isinstance(v, np.ndarray) and v.dtype.kind == "f":
+        return np.ascontiguousarray(v, dtype=np.float64)
+    return v
+
+
+def assert_float32_agrees(name, kernel, *args, out_dtype=np.float32, tol=F32_TOL):
+    """kernel(float32 args) has float32 outputs equal to kernel(the same values in float64) to tol."""
+    a32 = [as32(a) for a in args]
+    a64 = [as64(a) for a in a32]          # identical values, so only the arithmetic differs
+    o32, o64 = kernel(*a32), kernel(*a64)
+    if not isinstance(o32, tuple):
+        o32, o64 = (o32,), (o64,)
+    for k, (p, q) in enumerate(zip(o32, o64)):
+        if p.size == 0:
+            continue
+        want_dtype = np.float64 if out_dtype is np.float64 else out_dtype
+        assert p.dtype == want_dtype, f"{name} output {k}: dtype {p.dtype}, expected {np.dtype(want_dtype)}"
+        assert_close(f"{name} output {k} (float32 vs float64)", p, q, tol)
+
+
+# --------------------------------------------------------------------------
+# Dense layer
+# --------------------------------------------------------------------------
+def dense_setup(seed=0, B=4, n_in=5, n_out=3):
+    r = rng_for(seed)
+    return r.normal(size=(B, n_in)), r.normal(size=(n_in, n_out)), r.normal(size=n_out), r.normal(size=(B, n_out))
+
+
+def test_dense_forward_value():
+    h, W, c, _ = dense_setup()
+    assert_close("dense_forward", K.dense_forward(h, W, c), h @ W + c, 1e-12)
+
+
+def test_dense_backward_matches_finite_differences():
+    h, W, c, G = dense_setup()
+    L = lambda: float(np.sum(G * K.dense_forward(h, W, c)))
+    dW0, dc0 = rng_for(1).normal(size=W.shape), rng_for(2).normal(size=c.shape)   # backward accumulates
+    dW, dc = dW0.copy(), dc0.copy()
+    dh = K.dense_backward(h, W, G, dW, dc, True)
+    assert_close("dense_backward dh", dh, fd(L, h))
+    assert_close("dense_backward dW (accumulated)", dW - dW0, fd(L, W))
+    assert_close("dense_backward dc (accumulated)", dc - dc0, fd(L, c))
+    dW2, dc2 = np.zeros_like(W), np.zeros_like(c)
+    empty = K.dense_backward(h, W, G, dW2, dc2, False)
+    assert empty.shape == (0, 0), f"need_dh=False must return an empty (0, 0) array, got {empty.shape}"
+    assert_close("dense_backward dW (need_dh=False)", dW2, dW - dW0, 1e-12)
+    assert_close("dense_backward_input", K.dense_backward_input(W, G), dh, 1e-12)
+
+
+def test_dense_tangent_matches_finite_differences():
+    h, W, c, _ = dense_setup()
+    r = rng_for(3)
+    h_dot, W_dot, c_dot = r.normal(size=h.shape), r.normal(size=W.shape), r.normal(size=c.shape)
+    e2, e1 = np.empty((0, 0)), np.empty(0)
+    cases = {
+        "input and parameters": (h_dot, W_dot, c_dot),
+        "input only": (h_dot, None, None),
+        "parameters only": (None, W_dot, c_dot),
+        "weights only": (None, W_dot, None),
+    }
+    for label, (hd, Wd, cd) in cases.items():
+        line = lambda t: K.dense_forward(h + t * (0 if hd is None else hd), W + t * (0 if Wd is None else Wd),
+                                         c + t * (0 if cd is None else cd))
+        got = K.dense_tangent(e2 if hd is None else hd, W, h, e2 if Wd is None else Wd, e1 if cd is None else cd)
+        assert_close(f"dense_tangent ({label})", got, fd_line(line))
+
+
+def test_dense_float32():
+    h, W, c, G = dense_setup()
+    assert_float32_agrees("dense_forward", K.dense_forward, h, W, c)
+    assert_float32_agrees("dense_backward", lambda *a: K.dense_backward(*a, True), h, W, G,
+                          np.zeros_like(W), np.zeros_like(c))
+    dW32, dc32 = np.zeros(W.shape, np.float32), np.zeros(c.shape, np.float32)
+    K.dense_backward(as32(h), as32(W), as32(G), dW32, dc32, False)
+    dW64, dc64 = np.zeros_like(W), np.zeros_like(c)
+    K.dense_backward(as64(as32(h)), as64(as32(W)), as64(as32(G)), dW64, dc64, False)
+    assert_close("dense_backward dW float32", dW32, dW64, F32_TOL)
+    assert_close("dense_backward dc float32", dc32, dc64, F32_TOL)
+    assert_float32_agrees("dense_backward_input", K.dense_backward_input, W, G)
+    assert_float32_agrees("dense_tangent", K.dense_tangent, h, W, h, W, c)
+
+
+# --------------------------------------------------------------------------
+# Pointwise nonlinearities
+# --------------------------------------------------------------------------
+def pointwise_setup(seed=0, shape=(4, 5), scale=2.0):
+    r = rng_for(seed)
+    return r.normal(size=shape) * scale, r.normal(size=shape)
+
+
+def test_tanh_forward_backward():
+    a, G = pointwise_setup()
+    h = K.tanh_forward(a)
+    assert_close("tanh_forward", h, np.tanh(a), 1e-14)
+    assert_close("tanh_backward", K.tanh_backward(h, G), fd(lambda: float(np.sum(G * K.tanh_forward(a))), a))
+
+
+def test_tanh_tangents():
+    a, G = pointwise_setup()
+    r = rng_for(5)
+    a_dot, G_dot = r.normal(size=a.shape), r.normal(size=a.shape)
+    h = K.tanh_forward(a)
+    assert_close("tanh_tangent", K.tanh_tangent(h, a_dot), fd_line(lambda t: K.tanh_forward(a + t * a_dot)))
+    # the backward dpre = dh (1 - h^2) with h = tanh(a + t a_dot) and dh = G + t G_dot
+    h_dot = K.tanh_tangent(h, a_dot)
+    line = lambda t: K.tanh_backward(K.tanh_forward(a + t * a_dot), G + t * G_dot)
+    assert_close("tanh_backward_tangent", K.tanh_backward_tangent(h, h_dot, G, G_dot), fd_line(line))
+
+
+def test_sigmoid_forward_backward():
+    a, G = pointwise_setup()
+    s = K.sigmoid_forward(a)
+    assert_close("sigmoid_forward", s, expit(a), 1e-14)
+    assert_close("mean_sample_forward", K.mean_sample_forward(a), expit(a), 1e-14)
+    assert_close("sigmoid_backward", K.sigmoid_backward(s, G),
+                 fd(lambda: float(np.sum(G * K.sigmoid_forward(a))), a))
+
+
+def test_sigmoid_backward_tangent():
+    a, G = pointwise_setup()
+    r = rng_for(6)
+    a_dot, G_dot = r.normal(size=a.shape), r.normal(size=a.shape)
+    s = K.sigmoid_forward(a)
+    s_dot = s * (1 - s) * a_dot
+    line = lambda t: K.sigmoid_backward(K.sigmoid_forward(a + t * a_dot), G + t * G_dot)
+    assert_close("sigmoid_backward_tangent", K.sigmoid_backward_tangent(s, s_dot, G, G_dot), fd_line(line))
+
+
+def test_softplus_value_and_stability():
+    a, _ = pointwise_setup(scale=5.0)
+    assert_close("softplus", K.softplus(a), np.logaddexp(0.0, a), 1e-14)
+    extreme = np.array([[1000.0, -1000.0, 0.0, 50.0, -50.0, 710.0, -745.0]])
+    for dtype in (np.float64, np.float32):
+        out = K.softplus(extreme.astype(dtype))
+        assert out.dtype == dtype
+        assert np.all(np.isfinite(out)), f"softplus({extreme}) in {np.dtype(dtype)} is not finite: {out}"
+        want = np.logaddexp(0.0, extreme)
+        assert_close(f"softplus at extremes ({np.dtype(dtype)})", out, want, 1e-6)
+        assert float(out[0, 0]) == 1000.0 and 0.0 <= float(out[0, 1]) < 1e-30, out
+    # the derivative of softplus is sigmoid
+    assert_close("d softplus / da", K.sigmoid_forward(a), fd(lambda: float(np.sum(K.softplus(a))), a))
+    s = K.sigmoid_forward(extreme)
+    assert np.all(np.isfinite(s)) and s[0, 0] == 1.0 and s[0, 1] == 0.0
+
+
+def test_pointwise_float32():
+    a, G = pointwise_setup()
+    h, s = np.tanh(a), expit(a)
+    assert_float32_agrees("tanh_forward", K.tanh_forward, a)
+    assert_float32_agrees("tanh_backward", K.tanh_backward, h, G)
+    assert_float32_agrees("tanh_tangent", K.tanh_tangent, h, G)
+    assert_float32_agrees("tanh_backward_tangent", K.tanh_backward_tangent, h, G, G * 0.5, a)
+    assert_float32_agrees("sigmoid_forward", K.sigmoid_forward, a)
+    assert_float32_agrees("mean_sample_forward", K.mean_sample_forward, a)
+    assert_float32_agrees("sigmoid_backward", K.sigmoid_backward, s, G)
+    assert_float32_agrees("sigmoid_backward_tangent", K.sigmoid_backward_tangent, s, G, G * 0.5, a)
+    assert_float32_agrees("softplus", K.softplus, a)
+
+
+# --------------------------------------------------------------------------
+# Bernoulli log-likelihood
+# --------------------------------------------------------------------------
+def bernoulli_setup(seed=0, B=4, n=6, relaxed=False):
+    r = rng_for(seed)
+    a = r.normal(size=(B, n)) * 3
+    y = r.uniform(0.02, 0.98, (B, n)) if relaxed else (r.random((B, n)) < 0.5).astype(np.float64)
+    return y, a, r.normal(size=B)
+
+
+@pytest.mark.parametrize("relaxed", [False, True])
+def test_bernoulli_loglik_forward_and_backward(relaxed):
+    y, a, g = bernoulli_setup(relaxed=relaxed)
+    ll, sig = K.bernoulli_loglik_forward(y, a)
+    assert_close("bernoulli_loglik_forward ll", ll, np.sum(y * a - np.logaddexp(0, a), axis=1), 1e-13)
+    assert_close("bernoulli_loglik_forward sig", sig, expit(a), 1e-14)
+    L = lambda: float(np.sum(g * K.bernoulli_loglik_forward(y, a)[0]))
+    assert_close("bernoulli_loglik_backward (d/da)", K.bernoulli_loglik_backward(y, sig, g), fd(L, a))
+    assert_close("bernoulli_loglik_backward_sample (d/dy)", K.bernoulli_loglik_backward_sample(a, g), fd(L, y))
+
+
+def test_bernoulli_loglik_backward_tangent():
+    y, a, g = bernoulli_setup(relaxed=True)
+    r = rng_for(7)
+    y_dot, a_dot = r.normal(size=y.shape), r.normal(size=a.shape)
+    sig = expit(a)
+    both = lambda t: K.bernoulli_loglik_backward(y + t * y_dot, expit(a + t * a_dot), g)
+    assert_close("bernoulli_loglik_backward_tangent (y and a move)",
+                 K.bernoulli_loglik_backward_tangent(y_dot, sig, a_dot, g), fd_line(both))
+    a_only = lambda t: K.bernoulli_loglik_backward(y, expit(a + t * a_dot), g)
+    assert_close("bernoulli_loglik_backward_tangent (y fixed)",
+                 K.bernoulli_loglik_backward_tangent(np.empty((0, 0)), sig, a_dot, g), fd_line(a_only))
+
+
+def test_bernoulli_loglik_extremes():
+    a = np.array([[1000.0, -1000.0, 1000.0, -1000.0]])
+    y = np.array([[1.0, 0.0, 0.0, 1.0]])
+    for dtype in (np.float64, np.float32):
+        ll, sig = K.bernoulli_loglik_forward(y.astype(dtype), a.astype(dtype))
+        assert np.all(np.isfinite(ll)) and np.all(np.isfinite(sig))
+        assert_close(f"bernoulli_loglik_forward at +-1000 ({np.dtype(dtype)})", ll, [-2000.0], 1e-7)
+        assert list(sig[0]) == [1.0, 0.0, 1.0, 0.0]
+
+
+def test_bernoulli_float32():
+    y, a, g = bernoulli_setup(relaxed=True)
+    assert_float32_agrees("bernoulli_loglik_forward", K.bernoulli_loglik_forward, y, a)
+    assert_float32_agrees("bernoulli_loglik_backward", K.bernoulli_loglik_backward, y, expit(a), g)
+    assert_float32_agrees("bernoulli_loglik_backward_sample", K.bernoulli_loglik_backward_sample, a, g)
+    assert_float32_agrees("bernoulli_loglik_backward_tangent", K.bernoulli_loglik_backward_tangent,
+                          y, expit(a), a, g)
+
+
+# --------------------------------------------------------------------------
+# Noise and samplers
+# --------------------------------------------------------------------------
+def test_logistic_noise_values_and_clipping():
+    u = np.array([[0.0, 1.0, 0.5, 0.25, 1e-12, 1 - 1e-12, 0.9]])
+    lo, hi = np.log(1e-8) - np.log1p(-1e-8), np.log1p(-1e-8) - np.log(1e-8)
+    want = np.array([[lo, hi, 0.0, np.log(0.25 / 0.75), lo, hi, np.log(9.0)]])
+    for dtype in (np.float64, np.float32):
+        z0 = K.logistic_noise(u.astype(dtype))
+        assert z0.dtype == dtype
+        assert np.all(np.isfinite(z0)), f"logistic_noise({u}) in {np.dtype(dtype)}: {z0}"
+        assert_close(f"logistic_noise ({np.dtype(dtype)})", z0, want, 1e-6 if dtype == np.float32 else 1e-8)
+    r = rng_for(8).random((5, 7))
+    assert_close("logistic_noise", K.logistic_noise(r), np.log(r) - np.log1p(-r), 1e-12)
+    assert_float32_agrees("logistic_noise", K.logistic_noise, r)
+
+
+def test_hard_sample_is_bernoulli_sigmoid():
+    r = rng_for(9)
+    a = np.array([[-2.0, -0.5, 0.0, 0.7, 3.0]])
+    z0 = K.logistic_noise(r.random((1, 5)))
+    assert np.array_equal(K.hard_sample_forward(a, z0), (a + z0 > 0).astype(np.float64))
+    n = 40000
+    A = np.ascontiguousarray(np.repeat(a, n, axis=0))
+    b = K.hard_sample_forward(A, K.logistic_noise(r.random(A.shape)))
+    p = expit(a[0])
+    z = (b.mean(axis=0) - p) / np.sqrt(p * (1 - p) / n)
+    assert np.all(np.abs(z) < 4.5), f"hard sample frequencies off sigma(a): z = {z}"
+    assert_float32_agrees("hard_sample_forward", K.hard_sample_forward, a, z0)
+
+
+@pytest.mark.parametrize("improved", [False, True])
+def test_relaxed_sample_forward_backward(improved):
+    r = rng_for(10)
+    a = r.normal(size=(4, 5)) * 2
+    z0 = K.logistic_noise(r.random(a.shape))
+    G = r.normal(size=a.shape)
+    lam = 0.6
+    s = K.relaxed_sample_forward(a, z0, lam, improved)
+    t = (a + z0) / lam + (a * lam / (lam + 1) if improved else 0.0)
+    assert_close("relaxed_sample_forward", s, expit(t), 1e-13)
+    L = lambda: float(np.sum(G * K.relaxed_sample_forward(a, z0, lam, improved)))
+    assert_close(f"relaxed_sample_backward (improved={improved}, dz/da = 1)",
+                 K.relaxed_sample_backward(s, lam, improved, G, np.ones_like(a)), fd(L, a))
+    # a general noise path: z0 moves with a so that dz/da = d
+    d = r.normal(size=a.shape)
+    a0 = a.copy()
+    Ld = lambda: float(np.sum(G * K.relaxed_sample_forward(a, z0 + (d - 1) * (a - a0), lam, improved)))
+    assert_close(f"relaxed_sample_backward (improved={improved}, dz/da = d)",
+                 K.relaxed_sample_backward(s, lam, improved, G, d), fd(Ld, a))
+    assert_float32_agrees("relaxed_sample_forward", K.relaxed_sample_forward, a, z0, lam, improved)
+    assert_float32_agrees("relaxed_sample_backward", K.relaxed_sample_backward, s, lam, improved, G, d)
+
+
+@pytest.mark.parametrize("improved", [False, True])
+def test_relaxed_sample_tangent(improved):
+    r = rng_for(11)
+    a = r.normal(size=(3, 4))
+    a_dot = r.normal(size=a.shape)
+    z0 = K.logistic_noise(r.random(a.shape))
+    lam = 0.7
+    tau = np.log(lam)
+    s = K.relaxed_sample_forward(a, z0, lam, improved)
+    s_dot, t_exp = K.relaxed_sample_tangent(s, a, z0, a_dot, lam, improved)
+    line = lambda t: K.relaxed_sample_forward(a + t * a_dot, z0, np.exp(tau + t), improved)
+    assert_close(f"relaxed_sample_tangent s_dot (improved={improved})", s_dot, fd_line(line))
+    t_of = lambda t: (a + z0) / np.exp(tau + t) + (a * np.exp(tau + t) / (np.exp(tau + t) + 1) if improved else 0)
+    assert_close(f"relaxed_sample_tangent t_explicit (improved={improved})", t_exp, fd_line(t_of))
+    s_dot0, _ = K.relaxed_sample_tangent(s, a, z0, np.empty((0, 0)), lam, improved)
+    fixed = lambda t: K.relaxed_sample_forward(a, z0, np.exp(tau + t), improved)
+    assert_close(f"relaxed_sample_tangent, logits fixed (improved={improved})", s_dot0, fd_line(fixed))
+    assert_float32_agrees("relaxed_sample_tangent", K.relaxed_sample_tangent, s, a, z0, a_dot, lam, improved)
+
+
+def test_relaxed_logits_backward_and_tangent():
+    r = rng_for(12)
+    a, dt, s = r.normal(size=(3, 4)), r.normal(size=(3, 4)), r.uniform(0.05, 0.95, (3, 4))
+    z0 = K.logistic_noise(r.random(a.shape))
+    lam = 0.8
+    k1 = lambda lm: 1 / lm + lm / (lm + 1)
+    # F(a) = sum(dt * t(a)) - sum log B(s; a) with t = (a + z0)/lam + c a, s held fixed
+    F = lambda: float(np.sum(dt * ((a + z0) / lam + a * lam / (lam + 1)))
+                      - np.sum(K.bernoulli_loglik_forward(s, a)[0]))
+    da = K.relaxed_logits_backward(dt, s, expit(a), k1(lam))
+    assert_close("relaxed_logits_backward", da, fd(F, a))
+    # tangent in tau = log lam, with dt, s and a moving along straight lines
+    dt_dot, s_dot, a_dot = r.normal(size=a.shape), r.normal(size=a.shape), r.normal(size=a.shape)
+    tau = np.log(lam)
+    dk1 = -1 / lam + lam / (lam + 1) ** 2          # d k1 / d tau
+    line = lambda t: K.relaxed_logits_backward(dt + t * dt_dot, s + t * s_dot, expit(a + t * a_dot),
+                                               k1(np.exp(tau + t)))
+    got = K.relaxed_logits_backward_tangent(dt, dt_dot, s_dot, expit(a), a_dot, k1(lam), dk1)
+    assert_close("relaxed_logits_backward_tangent", got, fd_line(line))
+    assert_float32_agrees("relaxed_logits_backward", K.relaxed_logits_backward, dt, s, expit(a), k1(lam))
+    assert_float32_agrees("relaxed_logits_backward_tangent", K.relaxed_logits_backward_tangent,
+                          dt, dt_dot, s_dot, expit(a), a_dot, k1(lam), dk1)
+
+
+def test_dz_cond_dlogits():
+    """z~(a') built from the threshold u'(a') = sigma(-a') with r (b = 1) or r' (b = 0) held fixed."""
+    r = rng_for(13)
+    a = r.normal(size=(6, 5)) * 1.5
+    u = r.random(a.shape)
+    b = K.hard_sample_forward(a, K.logistic_noise(u))
+    assert 0 < b.mean() < 1
+    up0 = expit(-a)
+    assert np.array_equal(b == 1, u > up0)
+    rr = np.where(b == 1, (u - up0) / (1 - up0), u / up0)
+
+    def z_tilde(t):
+        ap = a + t
+        up = expit(-ap)
+        uu = np.where(b == 1, up + rr * (1 - up), rr * up)
+        return ap + np.log(uu) - np.log1p(-uu)
+    assert_close("conditional z~ has the value of z", z_tilde(0.0), a + np.log(u) - np.log1p(-u), 1e-10)
+    assert_close("dz_cond_dlogits", K.dz_cond_dlogits(a, u, b), fd_line(z_tilde))
+    # SPEC section 2's formulas
+    want = np.where(b == 1, 1 - up0 / u, 1 - (1 - up0) / (1 - u))
+    assert_close("dz_cond_dlogits (closed form)", K.dz_cond_dlogits(a, u, b), want, 1e-12)
+    assert_float32_agrees("dz_cond_dlogits", K.dz_cond_dlogits, a, u, b, tol=1e-4)
+
+
+# --------------------------------------------------------------------------
+# Reductions
+# --------------------------------------------------------------------------
+def test_leave_one_out_center():
+    f = rng_for(14).normal(size=7) * 10
+    want = np.array([f[n] - np.mean(np.delete(f, n)) for n in range(f.size)])
+    assert_close("leave_one_out_center", K.leave_one_out_center(f), want, 1e-12)
+    assert_close("leave_one_out_center (B=2)", K.leave_one_out_center(f[:2]), [f[0] - f[1], f[1] - f[0]], 1e-12)
+    assert_float32_agrees("leave_one_out_center", K.leave_one_out_center, f)
+
+
+def test_logmeanexp_rows():
+    r = rng_for(15)
+    F = r.normal(size=(4, 9)) * 5
+    F[1] -= 5000.0            # would underflow exp
+    F[2] += 800.0             # would overflow exp
+    F[3, 0] = 1e4             # one dominant term
+    got = K.logmeanexp_rows(F)
+    want = logsumexp(F, axis=1) - np.log(F.shape[1])
+    assert np.all(np.isfinite(got))
+    assert got.dtype == np.float64
+    err = float(np.max(np.abs(got - want) / np.maximum(1.0, np.abs(want))))
+    assert err < 1e-12, f"logmeanexp_rows: relative error {err:.3e}"
+    assert_float32_agrees("logmeanexp_rows", K.logmeanexp_rows, F, out_dtype=np.float64)

@@ -84,12 +84,15 @@ def main():
 # --------------------------------------------------------------------------
 # train
 # --------------------------------------------------------------------------
-def model_options(fn):
+def model_options(fn=None, *, n_hidden=200):
+    """The architecture options; ``@model_options(n_hidden=8)`` changes the width's default."""
+    if fn is None:
+        return lambda f: model_options(f, n_hidden=n_hidden)
     opts = [
         click.option("--task", default="sbn", show_default=True,
                      help="sbn (binarized MNIST), omni (Omniglot) or sp (MNIST top half -> bottom half)."),
         click.option("--n-layer", default=2, show_default=True, type=int, help="Stochastic layers."),
-        click.option("--n-hidden", default=200, show_default=True, type=int, help="Units per stochastic layer."),
+        click.option("--n-hidden", default=n_hidden, show_default=True, type=int, help="Units per stochastic layer."),
         click.option("--nonlinear/--linear", default=False, show_default=True,
                      help="Transforms between layers: one dense layer, or dense-tanh x2 then dense."),
     ]
@@ -100,7 +103,7 @@ def model_options(fn):
 
 @main.command()
 @click.option("--model", default="dynamic_rebar", show_default=True,
-              help="Gradient estimator: reinforce, nvil, rebar or dynamic_rebar.")
+              help="Gradient estimator: reinforce, nvil, simple_muprop, muprop, concrete, rebar or dynamic_rebar.")
 @model_options
 @click.option("--batch-size", default=24, show_default=True, type=int)
 @click.option("--temperature", default=0.5, show_default=True, type=float,
@@ -336,7 +339,7 @@ def compare(estimators, task, n_layer, n_hidden, nonlinear, steps, batch_size, l
 # --------------------------------------------------------------------------
 @main.command()
 @click.option("--model", default="nvil", show_default=True, help="Estimator to check (or 'all').")
-@model_options
+@model_options(n_hidden=8)
 @click.option("--n-input", default=16, show_default=True, type=int, help="Pixels of the small random instance.")
 @click.option("--batch-size", default=5, show_default=True, type=int)
 @click.option("--seed", default=0, show_default=True, type=int)

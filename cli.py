@@ -35,7 +35,7 @@ def user_errors(fn):
         from rebar_np.model import ModelError
         try:
             return fn(*args, **kwargs)
-        except (ModelError, EstimatorError, DataError, CheckpointError, ValueError) as err:
+        except (ModelError, EstimatorError, DataError, CheckpointError, ValueError, OSError) as err:
             fail(one_line(err))
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
@@ -123,43 +123,120 @@ def model_options(fn):
               help="fixed (the standard binarized MNIST) or dynamic (resample from grey levels every epoch; "
                    "needs `rebar-np data import mnist-grey`).")
 @click.option("--dtype", default="float32", show_default=True, help="float32 or float64.")
+@click.option("--joint/--per-layer", default=False, show_default=True,
+              help="REBAR family: one control variate with every layer relaxed (the reference's quadratic=False) "
+                   "instead of one per layer.")
+@click.option("--beta2", default=0.99999, show_default=True, type=float, help="Adam beta2 (both optimizers).")
+@click.option("--checkpoint-every", default=0, show_default=True, type=int,
+              help="Steps between checkpoints; 0: at the end of every epoch. Also written at the end and on Ctrl-C.")
 @click.option("--output", default=None, type=click.Path(file_okay=False),
-              help="Run folder for config.json and checkpoint.h5 (default: runs/<model>-<task>-<time>).")
+              help="Run folder: config.json, metrics.h5, checkpoint.h5, status.json "
+                   "(default: runs/<model>-<task>-<time>). Must not hold another run.")
+@click.option("--resume", default=None, type=click.Path(file_okay=False),
+              help="Continue the run in this folder from its checkpoint, exactly as if it had not stopped. Only "
+                   "--steps, --eval-every, --eval-samples, --report-every and --checkpoint-every may change.")
+@click.option("--hparams", default=None,
+              help="The TF reference's hparams string, e.g. \"model=SBNDynamicRebar,learning_rate=0.0003,n_layer=2\" "
+                   "(keys it does not name keep this command's defaults; see rebar_np/hparams.py).")
+@click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False),
+              help="Start from the settings in this JSON file (e.g. another run's config.json); flags override it.")
 @click.option("--data-dir", default=None, type=click.Path(file_okay=False),
-              help="Folder with the prepared data files (default: the package's data/ or $REBAR_NP_DATA_DIR).")
+              help="Folder with the prepared data files (default: the package's data/ or $REBAR_NP_DATA_DIR; "
+                   "on --resume, the run's own).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 @user_errors
 def train(model, task, n_layer, n_hidden, nonlinear, batch_size, temperature, relaxation, learning_rate, steps,
-          seed, eval_every, eval_samples, report_every, binarization, dtype, output, data_dir, progress):
+          seed, eval_every, eval_samples, report_every, binarization, dtype, joint, beta2, checkpoint_every, output,
+          resume, hparams, config_file, data_dir, progress):
     """Train an SBN with one gradient estimator.
 
     Prints one line per epoch ("Step N: train ELBO ..., log grad var ...") and the
     importance-weighted bounds on validation and test every --eval-every epochs and at the end.
+    Ctrl-C stops after the current step and saves a checkpoint; --resume continues it.
     """
     from rebar_np.data import load_task
-    from rebar_np.train import TrainConfig, TrainingDiverged, train as run_training
+    from rebar_np.train import TrainingDiverged, train as run_training
+    from rebar_np import rundir
 
-    if output is None:
-        output = os.path.join("runs", f"{model}-{task}-{time.strftime('%Y%m%d-%H%M%S')}")
-    cfg = TrainConfig(model=model, task=task, n_layer=n_layer, n_hidden=n_hidden, nonlinear=nonlinear,
-                      batch_size=batch_size, learning_rate=learning_rate, steps=steps, seed=seed,
-                      eval_every=eval_every, eval_samples=eval_samples, report_every=report_every,
-                      dtype=dtype, binarization=binarization, temperature=temperature, relaxation=relaxation,
-                      output=output)
-    cfg.validate()
+    ctx = click.get_current_context()
+    given = {n: ctx.params[n] for n in TRAIN_SETTINGS
+             if ctx.get_parameter_source(n) is click.core.ParameterSource.COMMANDLINE}
+    if resume:
+        if hparams or config_file:
+            raise ValueError("--resume continues a run with its own settings; it takes no --hparams or --config")
+        if output and os.path.abspath(output) != os.path.abspath(resume):
+            raise ValueError("--output and --resume name different folders; a resumed run stays in its folder")
+        cfg, record = rundir.resume_config(resume, given)
+        data_dir = data_dir or record["data"]["dir"]
+    else:
+        cfg, record = new_train_config({n: ctx.params[n] for n in TRAIN_SETTINGS}, given, hparams, config_file,
+                                       output), None
     from rebar_np.model import SBN
-    SBN(task, n_layer, n_hidden, nonlinear, [0.5, 0.5])  # one-line errors for impossible shapes, before loading data
-    data = load_task(task, data_dir, binarization)
-    click.echo(f"Training {model} on {task}: {n_layer} {'nonlinear' if nonlinear else 'linear'} layer(s) of "
-               f"{n_hidden}, batch {batch_size}, lr {learning_rate:g}, {steps} steps; run folder {output}")
+    SBN(cfg.task, cfg.n_layer, cfg.n_hidden, cfg.nonlinear, [0.5, 0.5])  # one-line errors before loading data
+    data = load_task(cfg.task, data_dir, cfg.binarization)
+    ckpt = None
+    if resume:
+        rundir.check_data(record, data, resume)
+        ckpt = rundir.load_resume_checkpoint(cfg)
+        for change in rundir.environment_changes(record):
+            click.echo(f"Warning: {change} since the run started; the continuation may differ in the last bits "
+                       "from an uninterrupted run", err=True)
+        if ckpt is not None and ckpt["step"] == cfg.steps:
+            click.echo(f"The run in {resume} is already finished (step {cfg.steps}); nothing to do")
+            return
+    recorder = rundir.recorder_for(cfg, data, data_dir, record)
+    what = (f"{cfg.model} on {cfg.task}: {cfg.n_layer} {'nonlinear' if cfg.nonlinear else 'linear'} layer(s) of "
+            f"{cfg.n_hidden}, batch {cfg.batch_size}, lr {cfg.learning_rate:g}, {cfg.steps} steps; run folder "
+            f"{cfg.output}")
+    if ckpt is not None:
+        click.echo(f"Resuming {what}, from step {ckpt['step']}")
+    else:
+        click.echo(f"{'Restarting' if resume else 'Training'} {what}")
     try:
-        result = run_training(cfg, data, log=click.echo, progress=progress)
+        result = run_training(cfg, data, log=click.echo, progress=progress, resume=ckpt, recorder=recorder)
     except TrainingDiverged as err:
-        ckpt = os.path.join(output, "checkpoint.h5")
-        kept = f"; last good checkpoint kept at {ckpt}" if os.path.exists(ckpt) else "; no checkpoint was written yet"
+        ckpt_file = os.path.join(cfg.output, "checkpoint.h5")
+        kept = (f"; last good checkpoint kept at {ckpt_file}" if os.path.exists(ckpt_file)
+                else "; no checkpoint was written yet")
         fail(f"training diverged: {err}{kept}", EXIT_DIVERGED)
     if result.checkpoint:
         click.echo(f"Saved {result.checkpoint}")
+
+
+# TrainConfig settings that are options of `train` (the rest keep their defaults, or come from --config)
+TRAIN_SETTINGS = ("model", "task", "n_layer", "n_hidden", "nonlinear", "batch_size", "temperature", "relaxation",
+                  "learning_rate", "steps", "seed", "eval_every", "eval_samples", "report_every", "binarization",
+                  "dtype", "joint", "beta2", "checkpoint_every")
+
+
+def new_train_config(options, given, hparams, config_file, output):
+    """The TrainConfig of a new run: defaults, then --config's settings, then --hparams, then the flags
+    given on the command line (a flag and an hparams key for the same setting is an error)."""
+    from dataclasses import asdict
+    from rebar_np import rundir
+    from rebar_np.hparams import hparams_settings
+    settings = dict(options)
+    if config_file:
+        settings.update({k: v for k, v in asdict(rundir.config_from_record(
+            rundir.read_json(config_file, "settings file"), config_file)).items() if k != "output"})
+    if hparams:
+        from_hparams = hparams_settings(hparams)
+        clash = sorted(set(from_hparams) & set(given))
+        if clash:
+            raise ValueError(f"--{clash[0].replace('_', '-')} and --hparams both set {clash[0]}; give it once")
+        settings.update(from_hparams)
+    settings.update(given)
+    if output is None:
+        stem = os.path.join("runs", f"{settings['model']}-{settings['task']}-{time.strftime('%Y%m%d-%H%M%S')}")
+        output, n = stem, 1
+        while os.path.exists(output):
+            n += 1
+            output = f"{stem}-{n}"
+    rundir.refuse_existing_run(output)
+    from rebar_np.train import TrainConfig
+    cfg = TrainConfig(**settings, output=output)
+    cfg.validate()
+    return cfg
 
 
 # --------------------------------------------------------------------------
@@ -168,44 +245,30 @@ def train(model, task, n_layer, n_hidden, nonlinear, batch_size, temperature, re
 @main.command("eval")
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--split", default="test", show_default=True, help="valid, test or train.")
-@click.option("--samples", default=100, show_default=True, type=int, help="k of the importance-weighted bound.")
+@click.option("--samples", default=100, show_default=True, type=int,
+              help="k of the importance-weighted bound (the paper's final numbers use 5000).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--limit", default=0, type=int, help="Evaluate only the first N examples (0: all).")
-@click.option("--data-dir", default=None, type=click.Path(file_okay=False))
-@click.option("--progress/--no-progress", default=None)
+@click.option("--chunk-rows", default=10_000, show_default=True, type=int,
+              help="Most (example, sample) rows evaluated at once; bounds the memory used.")
+@click.option("--data-dir", default=None, type=click.Path(file_okay=False),
+              help="Folder with the data files (default: the run's own).")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 @user_errors
-def eval_cmd(run_dir, split, samples, seed, limit, data_dir, progress):
+def eval_cmd(run_dir, split, samples, seed, limit, chunk_rows, data_dir, progress):
     """Importance-weighted bound log (1/k sum_i exp f(b_i)) of a saved model on a split.
 
-    Writes the result to RUN_DIR/eval-<split>-<samples>.json.
+    Writes the result (mean bound, its standard error over examples, step) to
+    RUN_DIR/eval-<split>-<samples>.json.
     """
-    import numpy as np
-    from rebar_np.checkpoint import load_checkpoint
-    from rebar_np.data import load_task
-    from rebar_np.model import SBN, check_params
-    from rebar_np.train import evaluate
+    from rebar_np.evaluation import final_bound
 
-    if split not in ("train", "valid", "test"):
-        raise ValueError(f"unknown split {split!r}; choose train, valid or test")
-    if samples < 1:
-        raise ValueError(f"samples must be at least 1, got {samples}")
-    ckpt = load_checkpoint(os.path.join(run_dir, "checkpoint.h5"))
-    cfg = ckpt["config"]
-    data = load_task(cfg["task"], data_dir, "fixed")
-    mean_x = ckpt["mean_x"] if ckpt["mean_x"] is not None else data["train"].mean(axis=0, dtype=np.float64)
-    model = SBN(cfg["task"], cfg["n_layer"], cfg["n_hidden"], cfg["nonlinear"], mean_x)
-    check_params(model, ckpt["params"])
-    x = data[split][:limit] if limit else data[split]
     show = sys.stderr.isatty() if progress is None else progress
-    t0 = time.perf_counter()
-    bound = evaluate(model, ckpt["params"], x, samples, seed=seed, progress=show, desc=f"{split} bound")
-    seconds = time.perf_counter() - t0
-    click.echo(f"{split} bound ({samples} samples, {x.shape[0]} examples, step {ckpt['step']}): {bound:.3f} "
-               f"[{seconds:.1f} s]")
-    out = os.path.join(run_dir, f"eval-{split}-{samples}.json")
-    with open(out, "w") as fh:
-        json.dump({"split": split, "samples": samples, "examples": int(x.shape[0]), "step": ckpt["step"],
-                   "bound": bound, "seconds": seconds, "seed": seed}, fh, indent=2)
+    r = final_bound(run_dir, split, samples, seed, limit, data_dir, chunk_rows, show)
+    err = f" +- {r['stderr']:.3f}" if r["stderr"] is not None else ""
+    click.echo(f"{split} bound ({samples} samples, {r['examples']} examples, step {r['step']}): {r['bound']:.3f}"
+               f"{err} [{r['seconds']:.1f} s]")
+    click.echo(f"wrote {os.path.join(run_dir, f'eval-{split}-{samples}.json')}")
 
 
 # --------------------------------------------------------------------------

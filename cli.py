@@ -313,6 +313,71 @@ def samples(run_dir, n_images, split, seed, output, data_dir):
 
 
 # --------------------------------------------------------------------------
+# sweep
+# --------------------------------------------------------------------------
+@main.command()
+@click.argument("grid", type=click.Path())
+@click.option("--workers", default=None, type=int,
+              help="Runs at a time (default: the grid's `workers`, else the number of CPU cores).")
+@click.option("--engine", default=None, type=click.Choice(["local", "dask"]),
+              help="local: one process per run on this machine; dask: tasks of a Dask cluster "
+                   "(pip install 'rebar-np[cluster]'). Default: the grid's `engine`, else local.")
+@click.option("--scheduler", default=None,
+              help="Dask: address of an existing cluster's scheduler (default: a local cluster of --workers).")
+@click.option("--report", "report_only", is_flag=True, help="Only gather the finished runs into the table.")
+@click.option("--paper", is_flag=True, help="Also print the paper's layout (estimators as columns).")
+@click.option("--dry-run", is_flag=True, help="List the runs and what running the sweep would do to each.")
+@user_errors
+def sweep(grid, workers, engine, scheduler, report_only, paper, dry_run):
+    """Run a grid of training runs (estimators x architectures x tasks x learning rates x seeds)
+    described in GRID (a TOML file; see rebar_np/sweep.py), or, with --report, tabulate them.
+
+    Finished runs are skipped, unfinished ones resumed exactly, missing ones started; then the
+    report: for each cell, the learning rate with the best validation bound and its train ELBO at
+    the end, bounds and seeds (also OUTPUT/report.json and report.csv). GRID may also be the sweep's
+    folder (it holds a copy of the grid file).
+    """
+    from rebar_np import sweep as S
+    g = S.load_grid(grid)
+    specs = S.expand(g)
+    workers = workers or g.workers
+    jobs, failed = [], {}
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    if not report_only:
+        if dry_run:
+            for spec in specs:
+                state, step = S.run_state(spec)
+                click.echo(f"{state + (f' (step {step})' if step else ''):<22}{spec.dir}")
+            return
+        S.copy_grid(g)
+        jobs, finished = S.plan(g, specs)
+        click.echo(f"Sweep {g.output}: {len(specs)} runs, {len(finished)} finished, {len(jobs)} to run, "
+                   f"{workers} at a time ({engine or g.engine})")
+        if jobs:
+            t0 = time.perf_counter()
+            if (engine or g.engine) == "dask":
+                out = S.run_dask(jobs, workers, scheduler, log=click.echo)
+            else:
+                out = S.run_local(jobs, workers, log=click.echo)
+            failed = {n: c for n, c in out["codes"].items() if c != 0}
+            click.echo(f"{len(jobs)} run(s) done in {time.perf_counter() - t0:.0f} s"
+                       + (f", up to {out['peak']} at once" if "peak" in out else ""))
+    rows, n_done = S.report_rows(g, specs)
+    cell_keys = [k for k in g.axes if k not in ("learning_rate", "seed")]
+    click.echo(f"{n_done} of {len(specs)} runs finished; best learning rate per cell by validation bound:")
+    click.echo(S.format_report(rows, cell_keys))
+    if paper:
+        click.echo(S.format_paper_table(rows, cell_keys))
+    S.write_report(g, rows)
+    if failed:
+        for n, c in failed.items():
+            click.echo(f"run {n} {'diverged' if c == 3 else 'failed'} (exit {c}); see "
+                       f"{os.path.join(g.output, n, 'train.log')}", err=True)
+        sys.exit(1)
+
+
+# --------------------------------------------------------------------------
 # variance
 # --------------------------------------------------------------------------
 @main.command()

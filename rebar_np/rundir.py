@@ -149,6 +149,7 @@ class NullRecorder:
     def finish(self, step): pass
     def interrupted(self, step): pass
     def diverged(self, step, message): pass
+    def close(self): pass
 
 
 class RunRecorder(NullRecorder):
@@ -159,12 +160,14 @@ class RunRecorder(NullRecorder):
         self.fixed_temperature = fixed_temperature   # lambda of estimators that do not report it
         self.metrics = None
         self.status = {}
+        self._lock = None
 
     def _path(self, name):
         return os.path.join(self.dir, name)
 
     def start(self, step):
         os.makedirs(self.dir, exist_ok=True)
+        self._lock = lock_run(self.dir)
         remove_stale_temporaries(self.dir)
         path = self._path(CONFIG)
         if not os.path.exists(path) or read_config(self.dir) != self.record:
@@ -214,6 +217,34 @@ class RunRecorder(NullRecorder):
 
     def diverged(self, step, message):
         self._end("diverged", step, message)
+
+    def close(self):
+        if getattr(self, "_lock", None) is not None:
+            self._lock.close()          # releases the lock
+            self._lock = None
+
+
+def lock_run(run_dir):
+    """Hold an exclusive lock on run_dir/.lock while training, so that two processes (two sweeps,
+    a sweep and a hand-started resume) never train the same run at once. The operating system
+    drops the lock when the process ends, however it ends. Returns the open lock file."""
+    try:
+        import fcntl
+    except ImportError:                 # no advisory locks on this platform
+        return None
+    fh = open(os.path.join(run_dir, ".lock"), "a+")
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.seek(0)
+        holder = fh.read().strip() or "another process"
+        fh.close()
+        raise RunDirError(f"{run_dir} is being trained by {holder}; wait for it or stop it first") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"pid {os.getpid()} on {socket.gethostname()}")
+    fh.flush()
+    return fh
 
 
 def recorder_for(cfg, data, data_dir=None, record=None):
@@ -273,7 +304,6 @@ def load_resume_checkpoint(cfg):
     """The checkpoint to resume cfg's run from, or None when the run never wrote one (it then
     starts over with the same settings). One-line errors when it cannot be continued."""
     path = os.path.join(cfg.output, CHECKPOINT)
-    remove_stale_temporaries(cfg.output)
     if not os.path.exists(path):
         return None
     ckpt = load_checkpoint(path)

@@ -41,8 +41,10 @@ import math
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
@@ -286,9 +288,14 @@ def plan(grid, specs):
 
 def run_local(jobs, workers, log=print, poll=0.2):
     """Run the jobs, `workers` processes at a time. Returns {"codes": {name: exit code}, "peak": the
-    most runs seen alive at once}. Ctrl-C stops the runs (each saves a checkpoint) and re-raises."""
+    most runs seen alive at once}. Ctrl-C or SIGTERM stops the runs (each saves a checkpoint, once:
+    they run in their own sessions, so a terminal's Ctrl-C reaches them only through here) and
+    re-raises KeyboardInterrupt."""
     env = child_env(workers, code_root())
     pending, running, codes, peak = list(jobs), {}, {}, 0
+    old_term = None
+    if threading.current_thread() is threading.main_thread():
+        old_term = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         while pending or running:
             while pending and len(running) < workers:
@@ -297,7 +304,8 @@ def run_local(jobs, workers, log=print, poll=0.2):
                 fh.write(f"$ rebar-np {' '.join(job.args)}\n")
                 fh.flush()
                 proc = subprocess.Popen([sys.executable, "-m", "cli", *job.args], stdout=fh,
-                                        stderr=subprocess.STDOUT, env={**os.environ, **env})
+                                        stderr=subprocess.STDOUT, env={**os.environ, **env},
+                                        start_new_session=True)
                 running[proc] = (job, fh)
                 peak = max(peak, sum(1 for p in running if p.poll() is None))
                 log(f"[{len(codes) + len(running)}/{len(jobs)}] {job.action}: {job.spec.name}")
@@ -309,16 +317,20 @@ def run_local(jobs, workers, log=print, poll=0.2):
             if running:
                 time.sleep(poll)
     except KeyboardInterrupt:
+        log(f"Interrupted: stopping {len(running)} run(s) after their current step")
         for proc in running:
             if proc.poll() is None:
-                proc.send_signal(__import__("signal").SIGINT)
+                proc.send_signal(signal.SIGINT)
         for proc, (job, fh) in running.items():
             try:
-                proc.wait(timeout=120)
+                proc.wait(timeout=600)
             except subprocess.TimeoutExpired:
                 proc.kill()
             fh.close()
         raise
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
     return {"codes": codes, "peak": peak}
 
 

@@ -16,6 +16,7 @@ from . import estimators as E
 from .adam import AdamConfig, adam_init, adam_update
 from .checkpoint import save_checkpoint
 from .resume import LoopState, capture_state, restore_state
+from .rundir import recorder_for
 from .kernels import fast_kernel, kernel
 from .model import SBN, init_params, iw_bound, check_params
 
@@ -225,7 +226,6 @@ def train(cfg, data, log=print, progress=None, resume=None, recorder=None):
     recorder: receives report rows and the run's progress (rebar_np.rundir.RunRecorder);
     by default the one for cfg.output (config.json, metrics.h5, status.json), or none.
     """
-    from .rundir import recorder_for
     cfg.validate()
     dtype = DTYPES[cfg.dtype]
     est = E.get(cfg.model)
@@ -348,6 +348,7 @@ def train(cfg, data, log=print, progress=None, resume=None, recorder=None):
     finally:
         bar.close()
         stop.restore()
+        recorder.close()
     return result
 
 
@@ -356,15 +357,17 @@ class StopBetweenSteps(KeyboardInterrupt):
 
 
 class StopFlag:
-    """Turns Ctrl-C (SIGINT) into a flag the loop checks after each step, so an
-    interrupt never lands in the middle of a parameter update. A second Ctrl-C
-    interrupts immediately."""
+    """Turns Ctrl-C (SIGINT) and SIGTERM (what schedulers and `kill` send before killing) into
+    a flag the loop checks after each step, so an interrupt never lands in the middle of a
+    parameter update. A second one interrupts immediately."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.requested = False
-        self._old = None
+        self._old = {}
         if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handle)
+            self._old = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
 
     def _handle(self, signum, frame):
         if self.requested:
@@ -372,9 +375,9 @@ class StopFlag:
         self.requested = True
 
     def restore(self):
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
-            self._old = None
+        for s, old in self._old.items():
+            signal.signal(s, old)
+        self._old = {}
 
 
 def _check_finite(step, res, bad_model_grad):

@@ -267,3 +267,42 @@ def test_eval_writes_the_bound_into_the_run_folder(tiny_data_dir, tmp_path):
                        (["--split", "dev"], "split")]:
         res = run("eval", out, *args)
         assert res.exit_code == 2 and word in res.output
+
+
+def wait_for(path, proc, what, limit=240):
+    deadline = time.monotonic() + limit
+    while not path.exists():
+        assert proc.poll() is None, f"the process ended before {what}"
+        assert time.monotonic() < deadline, f"no {what} after {limit} s"
+        time.sleep(0.02)
+
+
+def test_sigterm_stops_after_the_step_and_saves(tiny_data_dir, tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "cli.py", "train", *map(str, tiny(tiny_data_dir)), "--steps", "100000000",
+                             "--report-every", "10", "--eval-every", "0", "--output", str(out)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(out / "metrics.h5", proc, "report")
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, output
+    status = json.loads((out / "status.json").read_text())
+    step = load_checkpoint(out / "checkpoint.h5")["step"]
+    assert status["state"] == "interrupted" and status["checkpoint_step"] == step == status["step"] > 0
+    assert f"Interrupted at step {step}; checkpoint saved" in output
+
+
+def test_two_processes_never_train_the_same_run(tiny_data_dir, tmp_path):
+    from rebar_np.rundir import lock_run
+    out = tmp_path / "run"
+    assert run("train", *tiny(tiny_data_dir), "--steps", 4, "--eval-every", 0, "--output", out).exit_code == 0
+    held = lock_run(out)              # as if another process were training it
+    try:
+        res = run("train", "--resume", out, "--steps", 8)
+        assert res.exit_code == 2 and "is being trained by pid" in res.output, res.output
+    finally:
+        held.close()
+    assert run("train", "--resume", out, "--steps", 8).exit_code == 0

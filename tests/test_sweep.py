@@ -112,3 +112,32 @@ def test_sweep_on_a_local_dask_cluster(tiny_data_dir, tmp_path):
     assert rows[0]["learning_rate"] == max(valid, key=valid.get)       # best learning rate by validation bound
     assert rows[0]["valid_bound"] == max(valid.values())
     assert all(np.isfinite(v) for v in valid.values())
+
+
+def test_ctrl_c_stops_a_sweep_and_its_runs_save_checkpoints(tiny_data_dir, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+    path = write_grid(tmp_path / "c.toml", tiny_data_dir, 'estimator = ["nvil"]\nseed = [0, 1]',
+                      settings="steps = 100000000\nreport_every = 10\ncheckpoint_every = 50", top="workers = 2")
+    specs = S.expand(S.load_grid(path))
+    proc = subprocess.Popen([sys.executable, "cli.py", "sweep", str(path)], cwd=Path(cli.__file__).parent,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not all((Path(s.dir) / "metrics.h5").exists() for s in specs):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, output
+    for spec in specs:
+        status = json.loads((Path(spec.dir) / "status.json").read_text())
+        assert status["state"] == "interrupted", status     # each run saved once, after its current step
+        assert load_checkpoint(Path(spec.dir) / "checkpoint.h5")["step"] == status["step"]
+    res = run("sweep", path, "--dry-run")
+    assert res.output.count("unfinished (step") == 2

@@ -35,7 +35,7 @@ def user_errors(fn):
         from rebar_np.model import ModelError
         try:
             return fn(*args, **kwargs)
-        except (ModelError, EstimatorError, DataError, CheckpointError, ValueError) as err:
+        except (ModelError, EstimatorError, DataError, CheckpointError, ValueError, OSError) as err:
             fail(one_line(err))
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
@@ -126,43 +126,120 @@ def model_options(fn=None, *, n_hidden=200):
               help="fixed (the standard binarized MNIST) or dynamic (resample from grey levels every epoch; "
                    "needs `rebar-np data import mnist-grey`).")
 @click.option("--dtype", default="float32", show_default=True, help="float32 or float64.")
+@click.option("--joint/--per-layer", default=False, show_default=True,
+              help="REBAR family: one control variate with every layer relaxed (the reference's quadratic=False) "
+                   "instead of one per layer.")
+@click.option("--beta2", default=0.99999, show_default=True, type=float, help="Adam beta2 (both optimizers).")
+@click.option("--checkpoint-every", default=0, show_default=True, type=int,
+              help="Steps between checkpoints; 0: at the end of every epoch. Also written at the end and on Ctrl-C.")
 @click.option("--output", default=None, type=click.Path(file_okay=False),
-              help="Run folder for config.json and checkpoint.h5 (default: runs/<model>-<task>-<time>).")
+              help="Run folder: config.json, metrics.h5, checkpoint.h5, status.json "
+                   "(default: runs/<model>-<task>-<time>). Must not hold another run.")
+@click.option("--resume", default=None, type=click.Path(file_okay=False),
+              help="Continue the run in this folder from its checkpoint, exactly as if it had not stopped. Only "
+                   "--steps, --eval-every, --eval-samples, --report-every and --checkpoint-every may change.")
+@click.option("--hparams", default=None,
+              help="The TF reference's hparams string, e.g. \"model=SBNDynamicRebar,learning_rate=0.0003,n_layer=2\" "
+                   "(keys it does not name keep this command's defaults; see rebar_np/hparams.py).")
+@click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False),
+              help="Start from the settings in this JSON file (e.g. another run's config.json); flags override it.")
 @click.option("--data-dir", default=None, type=click.Path(file_okay=False),
-              help="Folder with the prepared data files (default: the package's data/ or $REBAR_NP_DATA_DIR).")
+              help="Folder with the prepared data files (default: the package's data/ or $REBAR_NP_DATA_DIR; "
+                   "on --resume, the run's own).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 @user_errors
 def train(model, task, n_layer, n_hidden, nonlinear, batch_size, temperature, relaxation, learning_rate, steps,
-          seed, eval_every, eval_samples, report_every, binarization, dtype, output, data_dir, progress):
+          seed, eval_every, eval_samples, report_every, binarization, dtype, joint, beta2, checkpoint_every, output,
+          resume, hparams, config_file, data_dir, progress):
     """Train an SBN with one gradient estimator.
 
     Prints one line per epoch ("Step N: train ELBO ..., log grad var ...") and the
     importance-weighted bounds on validation and test every --eval-every epochs and at the end.
+    Ctrl-C stops after the current step and saves a checkpoint; --resume continues it.
     """
     from rebar_np.data import load_task
-    from rebar_np.train import TrainConfig, TrainingDiverged, train as run_training
+    from rebar_np.train import TrainingDiverged, train as run_training
+    from rebar_np import rundir
 
-    if output is None:
-        output = os.path.join("runs", f"{model}-{task}-{time.strftime('%Y%m%d-%H%M%S')}")
-    cfg = TrainConfig(model=model, task=task, n_layer=n_layer, n_hidden=n_hidden, nonlinear=nonlinear,
-                      batch_size=batch_size, learning_rate=learning_rate, steps=steps, seed=seed,
-                      eval_every=eval_every, eval_samples=eval_samples, report_every=report_every,
-                      dtype=dtype, binarization=binarization, temperature=temperature, relaxation=relaxation,
-                      output=output)
-    cfg.validate()
+    ctx = click.get_current_context()
+    given = {n: ctx.params[n] for n in TRAIN_SETTINGS
+             if ctx.get_parameter_source(n) is click.core.ParameterSource.COMMANDLINE}
+    if resume:
+        if hparams or config_file:
+            raise ValueError("--resume continues a run with its own settings; it takes no --hparams or --config")
+        if output and os.path.abspath(output) != os.path.abspath(resume):
+            raise ValueError("--output and --resume name different folders; a resumed run stays in its folder")
+        cfg, record = rundir.resume_config(resume, given)
+        data_dir = data_dir or record["data"]["dir"]
+    else:
+        cfg, record = new_train_config({n: ctx.params[n] for n in TRAIN_SETTINGS}, given, hparams, config_file,
+                                       output), None
     from rebar_np.model import SBN
-    SBN(task, n_layer, n_hidden, nonlinear, [0.5, 0.5])  # one-line errors for impossible shapes, before loading data
-    data = load_task(task, data_dir, binarization)
-    click.echo(f"Training {model} on {task}: {n_layer} {'nonlinear' if nonlinear else 'linear'} layer(s) of "
-               f"{n_hidden}, batch {batch_size}, lr {learning_rate:g}, {steps} steps; run folder {output}")
+    SBN(cfg.task, cfg.n_layer, cfg.n_hidden, cfg.nonlinear, [0.5, 0.5])  # one-line errors before loading data
+    data = load_task(cfg.task, data_dir, cfg.binarization)
+    ckpt = None
+    if resume:
+        rundir.check_data(record, data, resume)
+        ckpt = rundir.load_resume_checkpoint(cfg)
+        for change in rundir.environment_changes(record):
+            click.echo(f"Warning: {change} since the run started; the continuation may differ in the last bits "
+                       "from an uninterrupted run", err=True)
+        if ckpt is not None and ckpt["step"] == cfg.steps:
+            click.echo(f"The run in {resume} is already finished (step {cfg.steps}); nothing to do")
+            return
+    recorder = rundir.recorder_for(cfg, data, data_dir, record)
+    what = (f"{cfg.model} on {cfg.task}: {cfg.n_layer} {'nonlinear' if cfg.nonlinear else 'linear'} layer(s) of "
+            f"{cfg.n_hidden}, batch {cfg.batch_size}, lr {cfg.learning_rate:g}, {cfg.steps} steps; run folder "
+            f"{cfg.output}")
+    if ckpt is not None:
+        click.echo(f"Resuming {what}, from step {ckpt['step']}")
+    else:
+        click.echo(f"{'Restarting' if resume else 'Training'} {what}")
     try:
-        result = run_training(cfg, data, log=click.echo, progress=progress)
+        result = run_training(cfg, data, log=click.echo, progress=progress, resume=ckpt, recorder=recorder)
     except TrainingDiverged as err:
-        ckpt = os.path.join(output, "checkpoint.h5")
-        kept = f"; last good checkpoint kept at {ckpt}" if os.path.exists(ckpt) else "; no checkpoint was written yet"
+        ckpt_file = os.path.join(cfg.output, "checkpoint.h5")
+        kept = (f"; last good checkpoint kept at {ckpt_file}" if os.path.exists(ckpt_file)
+                else "; no checkpoint was written yet")
         fail(f"training diverged: {err}{kept}", EXIT_DIVERGED)
     if result.checkpoint:
         click.echo(f"Saved {result.checkpoint}")
+
+
+# TrainConfig settings that are options of `train` (the rest keep their defaults, or come from --config)
+TRAIN_SETTINGS = ("model", "task", "n_layer", "n_hidden", "nonlinear", "batch_size", "temperature", "relaxation",
+                  "learning_rate", "steps", "seed", "eval_every", "eval_samples", "report_every", "binarization",
+                  "dtype", "joint", "beta2", "checkpoint_every")
+
+
+def new_train_config(options, given, hparams, config_file, output):
+    """The TrainConfig of a new run: defaults, then --config's settings, then --hparams, then the flags
+    given on the command line (a flag and an hparams key for the same setting is an error)."""
+    from dataclasses import asdict
+    from rebar_np import rundir
+    from rebar_np.hparams import hparams_settings
+    settings = dict(options)
+    if config_file:
+        settings.update({k: v for k, v in asdict(rundir.config_from_record(
+            rundir.read_json(config_file, "settings file"), config_file)).items() if k != "output"})
+    if hparams:
+        from_hparams = hparams_settings(hparams)
+        clash = sorted(set(from_hparams) & set(given))
+        if clash:
+            raise ValueError(f"--{clash[0].replace('_', '-')} and --hparams both set {clash[0]}; give it once")
+        settings.update(from_hparams)
+    settings.update(given)
+    if output is None:
+        stem = os.path.join("runs", f"{settings['model']}-{settings['task']}-{time.strftime('%Y%m%d-%H%M%S')}")
+        output, n = stem, 1
+        while os.path.exists(output):
+            n += 1
+            output = f"{stem}-{n}"
+    rundir.refuse_existing_run(output)
+    from rebar_np.train import TrainConfig
+    cfg = TrainConfig(**settings, output=output)
+    cfg.validate()
+    return cfg
 
 
 # --------------------------------------------------------------------------
@@ -171,44 +248,136 @@ def train(model, task, n_layer, n_hidden, nonlinear, batch_size, temperature, re
 @main.command("eval")
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--split", default="test", show_default=True, help="valid, test or train.")
-@click.option("--samples", default=100, show_default=True, type=int, help="k of the importance-weighted bound.")
+@click.option("--samples", default=100, show_default=True, type=int,
+              help="k of the importance-weighted bound (the paper's final numbers use 5000).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--limit", default=0, type=int, help="Evaluate only the first N examples (0: all).")
-@click.option("--data-dir", default=None, type=click.Path(file_okay=False))
-@click.option("--progress/--no-progress", default=None)
+@click.option("--chunk-rows", default=10_000, show_default=True, type=int,
+              help="Most (example, sample) rows evaluated at once; bounds the memory used.")
+@click.option("--data-dir", default=None, type=click.Path(file_okay=False),
+              help="Folder with the data files (default: the run's own).")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 @user_errors
-def eval_cmd(run_dir, split, samples, seed, limit, data_dir, progress):
+def eval_cmd(run_dir, split, samples, seed, limit, chunk_rows, data_dir, progress):
     """Importance-weighted bound log (1/k sum_i exp f(b_i)) of a saved model on a split.
 
-    Writes the result to RUN_DIR/eval-<split>-<samples>.json.
+    Writes the result (mean bound, its standard error over examples, step) to
+    RUN_DIR/eval-<split>-<samples>.json.
     """
-    import numpy as np
-    from rebar_np.checkpoint import load_checkpoint
-    from rebar_np.data import load_task
-    from rebar_np.model import SBN, check_params
-    from rebar_np.train import evaluate
+    from rebar_np.evaluation import final_bound
 
-    if split not in ("train", "valid", "test"):
-        raise ValueError(f"unknown split {split!r}; choose train, valid or test")
-    if samples < 1:
-        raise ValueError(f"samples must be at least 1, got {samples}")
-    ckpt = load_checkpoint(os.path.join(run_dir, "checkpoint.h5"))
-    cfg = ckpt["config"]
-    data = load_task(cfg["task"], data_dir, "fixed")
-    mean_x = ckpt["mean_x"] if ckpt["mean_x"] is not None else data["train"].mean(axis=0, dtype=np.float64)
-    model = SBN(cfg["task"], cfg["n_layer"], cfg["n_hidden"], cfg["nonlinear"], mean_x)
-    check_params(model, ckpt["params"])
-    x = data[split][:limit] if limit else data[split]
     show = sys.stderr.isatty() if progress is None else progress
-    t0 = time.perf_counter()
-    bound = evaluate(model, ckpt["params"], x, samples, seed=seed, progress=show, desc=f"{split} bound")
-    seconds = time.perf_counter() - t0
-    click.echo(f"{split} bound ({samples} samples, {x.shape[0]} examples, step {ckpt['step']}): {bound:.3f} "
-               f"[{seconds:.1f} s]")
-    out = os.path.join(run_dir, f"eval-{split}-{samples}.json")
-    with open(out, "w") as fh:
-        json.dump({"split": split, "samples": samples, "examples": int(x.shape[0]), "step": ckpt["step"],
-                   "bound": bound, "seconds": seconds, "seed": seed}, fh, indent=2)
+    r = final_bound(run_dir, split, samples, seed, limit, data_dir, chunk_rows, show)
+    err = f" +- {r['stderr']:.3f}" if r["stderr"] is not None else ""
+    click.echo(f"{split} bound ({samples} samples, {r['examples']} examples, step {r['step']}): {r['bound']:.3f}"
+               f"{err} [{r['seconds']:.1f} s]")
+    click.echo(f"wrote {os.path.join(run_dir, f'eval-{split}-{samples}.json')}")
+
+
+# --------------------------------------------------------------------------
+# plot, samples
+# --------------------------------------------------------------------------
+@main.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--output", default=None, type=click.Path(dir_okay=False),
+              help="PNG to write (default: RUN_DIR/metrics.png for one run, plot.png here for several).")
+@user_errors
+def plot(run_dirs, output):
+    """Train ELBO, validation bound, log gradient variance and temperature of one or several runs,
+    against training steps and wall-clock time, to a PNG (needs matplotlib: pip install 'rebar-np[plot]').
+    Works while the runs are still training."""
+    from rebar_np.plots import plot_runs
+    output = output or (os.path.join(run_dirs[0], "metrics.png") if len(run_dirs) == 1 else "plot.png")
+    click.echo(f"wrote {plot_runs(list(run_dirs), output)}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--n", "n_images", default=64, show_default=True, type=int, help="Images in each grid.")
+@click.option("--split", default="test", show_default=True, help="Split whose images are reconstructed.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--output", default=None, type=click.Path(dir_okay=False),
+              help="PNG to write (default: RUN_DIR/samples.png).")
+@click.option("--data-dir", default=None, type=click.Path(file_okay=False),
+              help="Folder with the data files (default: the run's own).")
+@user_errors
+def samples(run_dir, n_images, split, seed, output, data_dir):
+    """A grid of images generated by the run's model (pixel probabilities of ancestral samples)
+    and a grid of reconstructions of SPLIT images (needs matplotlib)."""
+    from rebar_np.evaluation import SPLITS, load_run
+    from rebar_np.plots import draw_samples, pyplot
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose train, valid or test")
+    pyplot()   # the missing-matplotlib message before any work
+    model, ckpt, data = load_run(run_dir, data_dir)
+    output = output or os.path.join(run_dir, "samples.png")
+    title = f"{ckpt['config']['model']} on {ckpt['config']['task']}, step {ckpt['step']}"
+    click.echo(f"wrote {draw_samples(model, ckpt['params'], data[split], output, n_images, seed, title)}")
+
+
+# --------------------------------------------------------------------------
+# sweep
+# --------------------------------------------------------------------------
+@main.command()
+@click.argument("grid", type=click.Path())
+@click.option("--workers", default=None, type=int,
+              help="Runs at a time (default: the grid's `workers`, else the number of CPU cores).")
+@click.option("--engine", default=None, type=click.Choice(["local", "dask"]),
+              help="local: one process per run on this machine; dask: tasks of a Dask cluster "
+                   "(pip install 'rebar-np[cluster]'). Default: the grid's `engine`, else local.")
+@click.option("--scheduler", default=None,
+              help="Dask: address of an existing cluster's scheduler (default: a local cluster of --workers).")
+@click.option("--report", "report_only", is_flag=True, help="Only gather the finished runs into the table.")
+@click.option("--paper", is_flag=True, help="Also print the paper's layout (estimators as columns).")
+@click.option("--dry-run", is_flag=True, help="List the runs and what running the sweep would do to each.")
+@user_errors
+def sweep(grid, workers, engine, scheduler, report_only, paper, dry_run):
+    """Run a grid of training runs (estimators x architectures x tasks x learning rates x seeds)
+    described in GRID (a TOML file; see rebar_np/sweep.py), or, with --report, tabulate them.
+
+    Finished runs are skipped, unfinished ones resumed exactly, missing ones started; then the
+    report: for each cell, the learning rate with the best validation bound and its train ELBO at
+    the end, bounds and seeds (also OUTPUT/report.json and report.csv). GRID may also be the sweep's
+    folder (it holds a copy of the grid file).
+    """
+    from rebar_np import sweep as S
+    g = S.load_grid(grid)
+    specs = S.expand(g)
+    workers = workers or g.workers
+    jobs, failed = [], {}
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    if not report_only:
+        if dry_run:
+            for spec in specs:
+                state, step = S.run_state(spec)
+                click.echo(f"{state + (f' (step {step})' if step else ''):<22}{spec.dir}")
+            return
+        S.copy_grid(g)
+        jobs, finished = S.plan(g, specs)
+        click.echo(f"Sweep {g.output}: {len(specs)} runs, {len(finished)} finished, {len(jobs)} to run, "
+                   f"{workers} at a time ({engine or g.engine})")
+        if jobs:
+            t0 = time.perf_counter()
+            if (engine or g.engine) == "dask":
+                out = S.run_dask(jobs, workers, scheduler, log=click.echo)
+            else:
+                out = S.run_local(jobs, workers, log=click.echo)
+            failed = {n: c for n, c in out["codes"].items() if c != 0}
+            click.echo(f"{len(jobs)} run(s) done in {time.perf_counter() - t0:.0f} s"
+                       + (f", up to {out['peak']} at once" if "peak" in out else ""))
+    rows, n_done = S.report_rows(g, specs)
+    cell_keys = [k for k in g.axes if k not in ("learning_rate", "seed")]
+    click.echo(f"{n_done} of {len(specs)} runs finished; best learning rate per cell by validation bound:")
+    click.echo(S.format_report(rows, cell_keys))
+    if paper:
+        click.echo(S.format_paper_table(rows, cell_keys))
+    S.write_report(g, rows)
+    if failed:
+        for n, c in failed.items():
+            click.echo(f"run {n} {'diverged' if c == 3 else 'failed'} (exit {c}); see "
+                       f"{os.path.join(g.output, n, 'train.log')}", err=True)
+        sys.exit(1)
 
 
 # --------------------------------------------------------------------------

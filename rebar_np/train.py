@@ -2,7 +2,6 @@
 10x Adam for the estimator's own parameters, the EMA gradient-variance monitor,
 per-epoch report lines, periodic importance-weighted evaluation, checkpoints.
 """
-import json
 import os
 import signal
 import sys
@@ -13,10 +12,11 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from tqdm import tqdm
 
-from . import __version__
 from . import estimators as E
 from .adam import AdamConfig, adam_init, adam_update
 from .checkpoint import save_checkpoint
+from .resume import LoopState, capture_state, restore_state
+from .rundir import recorder_for
 from .kernels import fast_kernel, kernel
 from .model import SBN, init_params, iw_bound, check_params
 
@@ -46,12 +46,14 @@ class TrainConfig:
     ema_decay: float = 0.999
     temperature: float = 0.5      # REBAR family: fixed (rebar) or initial (dynamic_rebar) temperature
     relaxation: str = "muprop"    # REBAR family: "muprop" (the paper's improved) or "concrete" (plain)
+    joint: bool = False           # REBAR family: one fully relaxed control variate instead of one per layer
+    checkpoint_every: int = 0     # steps between checkpoints; 0 means at the end of every epoch
     output: str = ""
 
     def estimator_options(self):
         """The settings this config passes to its estimator (only the ones it knows)."""
         known = E.get(self.model).DEFAULT_OPTIONS
-        mine = {"temperature": self.temperature, "relaxation": self.relaxation}
+        mine = {"temperature": self.temperature, "relaxation": self.relaxation, "joint": self.joint}
         return {k: v for k, v in mine.items() if k in known}
 
     def validate(self):
@@ -61,6 +63,9 @@ class TrainConfig:
         for name in ("n_layer", "n_hidden", "batch_size", "steps", "eval_samples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("eval_every", "report_every", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning-rate must be positive, got {self.learning_rate}")
         if not self.temperature > 0:
@@ -157,7 +162,7 @@ class GradVariance:
 # Evaluation
 # --------------------------------------------------------------------------
 def evaluate(model, params, x, n_samples, seed=0, examples_per_chunk=None, progress=False, desc="eval",
-             workers=None):
+             workers=None, out=None):
     """Mean over the examples of the n_samples-sample importance-weighted bound.
 
     Examples are processed in chunks of about 10,000 (example, sample) rows per
@@ -167,29 +172,32 @@ def evaluate(model, params, x, n_samples, seed=0, examples_per_chunk=None, progr
     release the GIL, so every core works on matrix products and on elementwise
     work alike. Chunk i draws its noise from SeedSequence(seed).spawn()[i]: the
     result depends on seed and chunking, not on the number of workers.
+    out: optional (N,) array that receives every example's bound.
     """
     from concurrent.futures import ThreadPoolExecutor
     from threadpoolctl import threadpool_limits
 
     k_chunk = min(n_samples, 100)
+    workers = workers or len(os.sched_getaffinity(0))
     per = examples_per_chunk or max(1, 10_000 // k_chunk)
+    per = min(per, -(-x.shape[0] // workers))          # a few examples still keep every worker busy
     dtype = next(iter(params.values())).dtype
     starts = list(range(0, x.shape[0], per))
     seeds = np.random.SeedSequence(seed).spawn(len(starts))
-    workers = workers or len(os.sched_getaffinity(0))
 
-    def bound_sum(i):
+    def bound_values(i):
         xb = np.ascontiguousarray(x[starts[i]:starts[i] + per], dtype=dtype)
-        rng = np.random.default_rng(seeds[i])
-        return float(np.sum(iw_bound(model, params, xb, n_samples, rng, chunk=k_chunk))), xb.shape[0]
+        return iw_bound(model, params, xb, n_samples, np.random.default_rng(seeds[i]), chunk=k_chunk)
 
     total = 0.0
     bar = tqdm(total=x.shape[0], desc=desc, unit="ex", disable=not progress, leave=False, file=sys.stderr)
     with threadpool_limits(limits=1 if workers > 1 else None, user_api="blas"), \
             ThreadPoolExecutor(max_workers=workers) as pool:
-        for s, n in pool.map(bound_sum, range(len(starts))):
-            total += s
-            bar.update(n)
+        for i, bounds in zip(range(len(starts)), pool.map(bound_values, range(len(starts)))):
+            if out is not None:
+                out[starts[i]:starts[i] + bounds.shape[0]] = bounds
+            total += float(np.sum(bounds))
+            bar.update(bounds.shape[0])
     bar.close()
     return total / x.shape[0]
 
@@ -223,11 +231,16 @@ def _binarize(grey, rng, dtype):
     return (rng.random(grey.shape) < grey).astype(dtype)
 
 
-def train(cfg, data, log=print, progress=None):
+def train(cfg, data, log=print, progress=None, resume=None, recorder=None):
     """Train cfg.model on data = {"train", "valid", "test"} arrays (N, D).
 
     log receives the report lines. Raises TrainingDiverged on a NaN or inf (the
     last good checkpoint, if an output folder is set, is left untouched).
+
+    resume: a checkpoint of this configuration (checkpoint.load_checkpoint): training
+    continues from it exactly as if it had never stopped (rebar_np.resume).
+    recorder: receives report rows and the run's progress (rebar_np.rundir.RunRecorder);
+    by default the one for cfg.output (config.json, metrics.h5, status.json), or none.
     """
     cfg.validate()
     dtype = DTYPES[cfg.dtype]
@@ -242,6 +255,10 @@ def train(cfg, data, log=print, progress=None):
     monitor = GradVariance(params, cfg.ema_decay)
     seeds = np.random.SeedSequence(cfg.seed).spawn(2)
     rng_data, rng_noise = np.random.default_rng(seeds[0]), np.random.default_rng(seeds[1])
+    loop = LoopState()
+    if resume is not None:
+        loop = restore_state(resume, params, aux, opt, aux_opt, monitor, rng_noise)
+        rng_data.bit_generator.state = loop.epoch_rng_state   # the epoch is replayed below
 
     options = cfg.estimator_options()
     N, B = train_x.shape[0], cfg.batch_size
@@ -249,18 +266,20 @@ def train(cfg, data, log=print, progress=None):
         raise ValueError(f"batch-size {B} is larger than the training set ({N} examples)")
     steps_per_epoch = -(-N // B)
     report_every = cfg.report_every or steps_per_epoch
-    result = TrainResult(model, params, aux, 0)
+    result = TrainResult(model, params, aux, loop.step)
     ckpt_path = os.path.join(cfg.output, "checkpoint.h5") if cfg.output else ""
-    if cfg.output:
-        os.makedirs(cfg.output, exist_ok=True)
-        with open(os.path.join(cfg.output, "config.json"), "w") as fh:
-            json.dump({**asdict(cfg), "version": __version__}, fh, indent=2, sort_keys=True)
+    recorder = recorder or recorder_for(cfg, data)
+    recorder.start(loop.step)
 
     def save(step):
+        loop.wall_time = time.perf_counter() - t_start
+        recorder.flush()          # metrics always cover the checkpoint's step
         if ckpt_path:
             save_checkpoint(ckpt_path, step, asdict(cfg), params, aux,
-                            {"model": opt, "aux": aux_opt}, monitor.state(), model.mean_x)
+                            {"model": opt, "aux": aux_opt}, monitor.state(), model.mean_x,
+                            train_state=capture_state(loop, monitor, rng_noise))
             result.checkpoint = ckpt_path
+            recorder.saved(step)
 
     def run_eval(step):
         row = {"step": step}
@@ -270,75 +289,101 @@ def train(cfg, data, log=print, progress=None):
         result.evals.append(row)
         log(f"Step {step}: " + ", ".join(f"{s} bound ({cfg.eval_samples} samples) {row[s]:.2f}"
                                          for s in eval_sets))
+        return {f"{s}_bound": row[s] for s in eval_sets}
 
-    bar = tqdm(total=cfg.steps, unit="step", disable=(progress is False) or None, file=sys.stderr,
-               mininterval=1.0, dynamic_ncols=True)
-    step, elbo_sum, elbo_n, t_report = 0, 0.0, 0, time.perf_counter()
-    t_start = t_report
+    bar = tqdm(total=cfg.steps, initial=loop.step, unit="step", disable=(progress is False) or None,
+               file=sys.stderr, mininterval=1.0, dynamic_ncols=True)
+    step, t_report, last_report = loop.step, time.perf_counter(), loop.step
+    t_start = t_report - loop.wall_time
     epoch_x = train_x
     stop = StopFlag()
     try:
         while step < cfg.steps:
+            loop.epoch_rng_state = rng_data.bit_generator.state
             if cfg.binarization == "dynamic":
                 epoch_x = _binarize(train_x, rng_data, dtype)
             order = rng_data.permutation(N)
-            for start in range(0, N, B):
+            first = 0
+            if resume is not None:       # the replayed epoch of a resumed run: continue mid-epoch
+                if not np.array_equal(order, loop.order):
+                    raise ValueError("the resumed epoch's data order differs from the checkpoint's "
+                                     "(different data or NumPy version?)")
+                first, resume = loop.position, None
+            loop.order = order
+            for start in range(first, N, B):
                 if step >= cfg.steps:
                     break
                 x = epoch_x[order[start:start + B]]
                 res = train_step(est, model, params, aux, x, rng_noise, opt, aux_opt, monitor, adam_cfg,
                                  cfg.aux_lr_scale, step + 1, options)
                 step += 1
-                elbo_sum += float(np.sum(res.elbo, dtype=np.float64))
-                elbo_n += res.elbo.shape[0]
+                loop.step, loop.position = step, start + B
+                loop.elbo_sum += float(np.sum(res.elbo, dtype=np.float64))
+                loop.elbo_n += res.elbo.shape[0]
                 if step % 50 == 0:
                     bar.update(50)
-                if step % report_every == 0 or step == cfg.steps:
+                epoch_done = step % steps_per_epoch == 0
+                eval_due = bool(cfg.eval_every and eval_sets) and (
+                    step == cfg.steps or (epoch_done and (step // steps_per_epoch) % cfg.eval_every == 0))
+                if step % report_every == 0 or step == cfg.steps or eval_due:
                     now = time.perf_counter()
-                    row = {"step": step, "train_elbo": elbo_sum / max(elbo_n, 1),
+                    row = {"step": step, "train_elbo": loop.elbo_sum / max(loop.elbo_n, 1),
                            "log_grad_var": monitor.log_variance(), "wall_time": now - t_start,
                            **res.stats}
-                    rate = (step - (result.history[-1]["step"] if result.history else 0)) / (now - t_report)
+                    rate = (step - last_report) / (now - t_report)
                     result.history.append(row)
                     log(f"Step {step}: train ELBO {row['train_elbo']:.2f}, "
                         f"log grad var {row['log_grad_var']:.3f}"
                         + "".join(f", {k} {v:.4g}" for k, v in res.stats.items())
                         + f", {rate:.0f} steps/s")
-                    elbo_sum, elbo_n, t_report = 0.0, 0, time.perf_counter()
-                    epoch_done = step % steps_per_epoch == 0
-                    if epoch_done or step == cfg.steps:
-                        save(step)
-                    if cfg.eval_every and epoch_done and (step // steps_per_epoch) % cfg.eval_every == 0 \
-                            and step != cfg.steps:
-                        run_eval(step)
+                    loop.elbo_sum, loop.elbo_n = 0.0, 0
+                    bounds = run_eval(step) if eval_due else {}
+                    recorder.report({**row, **bounds}, aux)
+                    t_report, last_report = time.perf_counter(), step
+                if step == cfg.steps or (step % cfg.checkpoint_every == 0 if cfg.checkpoint_every else epoch_done):
+                    save(step)
                 if stop.requested:
-                    raise KeyboardInterrupt
+                    raise StopBetweenSteps
         result.step = step
-        if cfg.eval_every and eval_sets:
-            run_eval(step)
-    except KeyboardInterrupt:
-        # only raised between steps (see StopFlag), so params are a consistent state
+        recorder.finish(step)
+    except KeyboardInterrupt as err:
         bar.close()
         result.step = step
-        save(step)
-        log(f"Interrupted at step {step}" + (f"; checkpoint saved to {ckpt_path}" if ckpt_path else ""))
+        if isinstance(err, StopBetweenSteps):   # params are a consistent state: save them
+            save(step)
+            recorder.interrupted(step)
+            log(f"Interrupted at step {step}" + (f"; checkpoint saved to {ckpt_path}" if ckpt_path else ""))
+        else:                                   # a second Ctrl-C, possibly mid-update: keep the last checkpoint
+            recorder.flush()
+            recorder.interrupted(None)
+            log(f"Interrupted again after step {step}; the last checkpoint is kept")
+        raise
+    except TrainingDiverged as err:
+        recorder.diverged(step, str(err))
         raise
     finally:
         bar.close()
         stop.restore()
+        recorder.close()
     return result
 
 
+class StopBetweenSteps(KeyboardInterrupt):
+    """Ctrl-C honoured at a step boundary (see StopFlag)."""
+
+
 class StopFlag:
-    """Turns Ctrl-C (SIGINT) into a flag the loop checks after each step, so an
-    interrupt never lands in the middle of a parameter update. A second Ctrl-C
-    interrupts immediately."""
+    """Turns Ctrl-C (SIGINT) and SIGTERM (what schedulers and `kill` send before killing) into
+    a flag the loop checks after each step, so an interrupt never lands in the middle of a
+    parameter update. A second one interrupts immediately."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.requested = False
-        self._old = None
+        self._old = {}
         if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handle)
+            self._old = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
 
     def _handle(self, signum, frame):
         if self.requested:
@@ -346,9 +391,9 @@ class StopFlag:
         self.requested = True
 
     def restore(self):
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
-            self._old = None
+        for s, old in self._old.items():
+            signal.signal(s, old)
+        self._old = {}
 
 
 def _check_finite(step, res, bad_model_grad):

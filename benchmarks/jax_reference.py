@@ -33,7 +33,7 @@ Estimators (task sbn; linear or nonlinear transforms, any number of layers):
   dynamic_rebar) follow jax.grad of V = mean_j G_j^2: reverse mode over the
   reverse-mode gradient G, which JAX differentiates like any other function.
   JAX does not know the two relaxed paths share every value, so it runs both
-  (rebar_np runs one): see benchmarks/README notes in the main README.
+  (rebar_np runs one), about twice rebar_np's multiply-adds (hlo_macs counts them).
 
 Everything is float32 unless the parameters given are float64 (the checks run
 in float64 under jax.enable_x64).
@@ -158,7 +158,9 @@ class JaxReference:
         for l in range(self.L):
             al = self.T(params, f"q{l}", h)
             bl = (al + z0[l] > 0).astype(x.dtype) if b is None else b[l]
-            a.append(al), bs.append(bl), logq.append(log_bernoulli(bl, al))
+            a.append(al)
+            bs.append(bl)
+            logq.append(log_bernoulli(bl, al))
             h = 2.0 * bl - 1.0
         return a, bs, logq, self.log_p(params, x, bs)
 
@@ -250,6 +252,11 @@ class JaxReference:
                 "ema1": zeros(p), "ema2": zeros(p), "t": jnp.zeros((), jnp.int32),
                 "key": jax.random.PRNGKey(seed)}
 
+    def draw_noise(self, key, B, dtype=jnp.float32):
+        """u_l ~ U(0, 1)^{B x H}, one array per layer. The step draws its noise with
+        draw_noise(jax.random.split(state["key"])[1], ...), so it can be reproduced outside."""
+        return [jax.random.uniform(k, (B, self.H), dtype) for k in jax.random.split(key, self.L)]
+
     def _step(self, state, x):
         """Draw u, estimate, monitor, and Adam on both parameter sets. Returns (state, (f, number of non-finite))."""
         cfg = self.cfg
@@ -257,7 +264,7 @@ class JaxReference:
         dtype = next(iter(params.values())).dtype
         x = x.astype(dtype)
         key, sub = jax.random.split(state["key"])
-        u = [jax.random.uniform(k, (x.shape[0], self.H), dtype) for k in jax.random.split(sub, self.L)]
+        u = self.draw_noise(sub, x.shape[0], dtype)
         G, aux_grads, f = self._estimate(params, state["aux"], x, u)
         t = state["t"] + 1
         tf = t.astype(dtype)

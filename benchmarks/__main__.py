@@ -23,6 +23,14 @@ benchmarks/numpy_reference.py. Rates are medians over `--repeats` windows; the r
 to JAX is the median of the per-round ratios. Every row records the load: the CPU
 cores other processes used while it was measured. --scaling prints a markdown table
 of step time against batch size and layer width instead.
+
+Columns: MMAC = million multiply-adds of the step's matrix products; steps/s = median
+wall-clock rate; cpu/s = steps per CPU-second of this process (with --threads 1, the
+rate a quiet core would give); GFLOP/s = 2 MMAC steps/s / 1000; matmul = GFLOP/s of
+NumPy running the same products; frac = GFLOP/s / matmul; np_nvil = the NumPy NVIL
+step's rate; others = CPU cores used by other processes meanwhile; jax/s, np/jax =
+rebar_np / JAX steps/s, jaxMMAC = multiply-adds in JAX's compiled program, jaxfrac =
+JAX's GFLOP/s (its own MACs) / matmul.
 """
 import argparse
 import json
@@ -219,14 +227,16 @@ def measure(name, arch, B, H, args, data, numpy_nvil_rate=None):
         if not jax_info["elbo_check"]["passed"]:
             print(f"warning: JAX and rebar_np ELBOs differ for {name} {arch}: {jax_info['elbo_check']}",
                   file=sys.stderr)
-    rates, load = T.interleaved(candidates, args.repeats, args.window)
+    rates, cpu_rates, load = T.interleaved(candidates, args.repeats, args.window)
     rate, mm_rate = T.median(rates["rebar_np"]), T.median(rates["matmul"])
     gflops, mm_gflops = rate * 2 * macs / 1e9, mm_rate * 2 * macs / 1e9
     row = {"estimator": name, "arch": arch, "batch": B, "width": H,
            "steps_per_s": rate, "ms_per_step": 1e3 / rate, "steps_per_s_windows": rates["rebar_np"],
+           "steps_per_cpu_s": T.median(cpu_rates["rebar_np"]),
            "macs": macs, "macs_by_stage": M.macs_by_stage(products), "macs_count_matches_trace": count_ok,
            "gflops": gflops, "matmul_gflops": mm_gflops, "fraction_of_matmul": gflops / mm_gflops,
            "fraction_of_matmul_paired": T.paired_ratio(rates["rebar_np"], rates["matmul"]),
+           "fraction_of_matmul_cpu": T.paired_ratio(cpu_rates["rebar_np"], cpu_rates["matmul"]),
            "load": load}
     if numpy_nvil_rate is not None:
         row["numpy_nvil_steps_per_s"] = numpy_nvil_rate
@@ -235,7 +245,9 @@ def measure(name, arch, B, H, args, data, numpy_nvil_rate=None):
         jr = T.median(rates["jax"])
         jgf = jr * 2 * jax_info["hlo_macs"] / 1e9
         row["jax"] = {"steps_per_s": jr, "ms_per_step": 1e3 / jr, "steps_per_s_windows": rates["jax"],
+                      "steps_per_cpu_s": T.median(cpu_rates["jax"]),
                       "ratio_rebar_np_to_jax": T.paired_ratio(rates["rebar_np"], rates["jax"]),
+                      "ratio_rebar_np_to_jax_cpu": T.paired_ratio(cpu_rates["rebar_np"], cpu_rates["jax"]),
                       "gflops": jgf, "fraction_of_matmul": jgf / mm_gflops, **jax_info}
     return row
 
@@ -251,7 +263,7 @@ def run_steps(args, results):
     from . import timing as T
     B, H = args.batch, args.width
     data = make_data(B)
-    head = (f"{'estimator':<14}{'arch':<11}{'MMAC':>7}{'steps/s':>9}{'GFLOP/s':>9}{'matmul':>8}{'frac':>6}"
+    head = (f"{'estimator':<14}{'arch':<11}{'MMAC':>7}{'steps/s':>9}{'cpu/s':>7}{'GFLOP/s':>9}{'matmul':>8}{'frac':>6}"
             f"{'np_nvil':>8}{'others':>7}")
     if args.jax:
         head += f"{'jax/s':>8}{'np/jax':>7}{'jaxMMAC':>8}{'jaxfrac':>8}"
@@ -260,13 +272,14 @@ def run_steps(args, results):
         n_layer, nonlinear = ARCHS[arch]
         ref_rate = None
         if not nonlinear:
-            rates, _ = T.interleaved({"numpy_nvil": numpy_nvil_step(n_layer, B, H, data)}, args.repeats,
-                                     args.window)
+            rates, _, _ = T.interleaved({"numpy_nvil": numpy_nvil_step(n_layer, B, H, data)}, args.repeats,
+                                        args.window)
             ref_rate = T.median(rates["numpy_nvil"])
         for name in args.estimators:
             row = measure(name, arch, B, H, args, data, ref_rate)
             results["rows"].append(row)
-            line = (f"{name:<14}{arch:<11}{row['macs'] / 1e6:>7.1f}{row['steps_per_s']:>9.0f}{row['gflops']:>9.1f}"
+            line = (f"{name:<14}{arch:<11}{row['macs'] / 1e6:>7.1f}{row['steps_per_s']:>9.0f}"
+                    f"{row['steps_per_cpu_s']:>7.0f}{row['gflops']:>9.1f}"
                     f"{row['matmul_gflops']:>8.1f}{row['fraction_of_matmul']:>6.2f}"
                     f"{fmt(ref_rate, '.0f'):>8}{fmt(row['load']['other_cores'], '.2f'):>7}")
             if args.jax:
@@ -371,7 +384,7 @@ def probe(results):
     for label, (m, k, n) in {"24x784x200": (24, 784, 200), "1024x1024x1024": (1024, 1024, 1024)}.items():
         a, b = rng.random((m, k), dtype=np.float32), rng.random((k, n), dtype=np.float32)
         c = np.empty((m, n), np.float32)
-        rates, load = T.interleaved({"mm": lambda: np.matmul(a, b, out=c)}, 3, 0.3)
+        rates, _, load = T.interleaved({"mm": lambda: np.matmul(a, b, out=c)}, 3, 0.3)
         out[label] = {"gflops": 2 * m * k * n * T.median(rates["mm"]) / 1e9, "load": load}
     results["matmul_probe"] = out
     print("matmul probe: " + ", ".join(f"{k} {v['gflops']:.1f} GFLOP/s" for k, v in out.items())

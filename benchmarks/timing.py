@@ -1,7 +1,7 @@
 """Timing under a noisy, shared 2-core machine: interleaved windows, medians, and a
 record of how much CPU the *other* processes took while we measured.
 
-    rates, load = interleaved({"rebar_np": step, "jax": jax_step}, repeats=5, window=0.5)
+    rates, cpu_rates, load = interleaved({"rebar_np": step, "jax": jax_step}, repeats=5, window=0.5)
 
 Each candidate is warmed up, then timed in `repeats` rounds; in every round each
 candidate gets one window of at least `window` seconds (and at least `min_calls`
@@ -57,14 +57,16 @@ class LoadMeter:
 # Windows
 # --------------------------------------------------------------------------
 def window_rate(fn, window, min_calls=2):
-    """Calls per second of fn over one window of at least `window` seconds and min_calls calls."""
-    n, t0 = 0, time.perf_counter()
+    """(calls per wall-clock second, calls per CPU second of this process) of fn over one
+    window of at least `window` seconds and min_calls calls. With one thread, the second
+    is what the rate would be if no other process competed for the core (cache sharing aside)."""
+    n, t0, c0 = 0, time.perf_counter(), time.process_time()
     while True:
         fn()
         n += 1
         dt = time.perf_counter() - t0
         if dt >= window and n >= min_calls:
-            return n / dt
+            return n / dt, n / max(time.process_time() - c0, 1e-9)
 
 
 def warm_up(fn, seconds=0.5, min_calls=3):
@@ -77,16 +79,20 @@ def warm_up(fn, seconds=0.5, min_calls=3):
 
 
 def interleaved(candidates, repeats, window, min_calls=2, warmup=0.5):
-    """{name: [rate per round]} for the callables in `candidates`, timed in interleaved
-    rounds (see the module docstring), and the LoadMeter record of the whole measurement."""
+    """{name: [wall-clock rate per round]} and {name: [CPU-time rate per round]} for the
+    callables in `candidates`, timed in interleaved rounds (see the module docstring), and
+    the LoadMeter record of the whole measurement."""
     for fn in candidates.values():
         warm_up(fn, warmup)
     meter = LoadMeter().start()
     rates = {name: [] for name in candidates}
+    cpu_rates = {name: [] for name in candidates}
     for _ in range(repeats):
         for name, fn in candidates.items():
-            rates[name].append(window_rate(fn, window, min_calls))
-    return rates, meter.stop()
+            wall, cpu = window_rate(fn, window, min_calls)
+            rates[name].append(wall)
+            cpu_rates[name].append(cpu)
+    return rates, cpu_rates, meter.stop()
 
 
 def median(rates):

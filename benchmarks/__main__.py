@@ -409,6 +409,10 @@ def main(argv=None):
             return 2
     results = {"meta": meta(args, argv), "rows": [], "scaling": []}
     probe(results)
+    others = results["matmul_probe"]["24x784x200"]["load"]["other_cores"]
+    if args.threads != 1 and others is not None and others > 0.5:
+        print(f"note: other processes are using {others:.1f} cores; multi-threaded BLAS slows down badly "
+              "when it competes for cores (try --threads 1)", file=sys.stderr)
     if args.scaling:
         run_scaling(args, results)
     else:

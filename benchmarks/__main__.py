@@ -208,7 +208,6 @@ def jax_step(name, n_layer, nonlinear, B, H, data):
 # One measured row
 # --------------------------------------------------------------------------
 def measure(name, arch, B, H, args, data, numpy_nvil_rate=None):
-    import numpy as np
     from . import macs as M
     from . import timing as T
     n_layer, nonlinear = ARCHS[arch]

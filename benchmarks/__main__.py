@@ -1,154 +1,430 @@
 """Time rebar-np's training step against references measured in the same process.
 
-    python -m benchmarks [--estimators nvil,reinforce] [--archs linear1,linear2,nonlinear1]
-                         [--batch-size 24] [--seconds 3] [--json results.json]
+    python -m benchmarks [--estimators nvil,dynamic_rebar] [--arch linear1,linear2,nonlinear1]
+                         [--batch 24] [--repeats 5] [--window 0.5] [--jax] [--threads N]
+                         [--json results.json] [--compare old.json]
+    python -m benchmarks --scaling [--estimators dynamic_rebar,nvil] [--arch linear2]
+                         [--batches 24,64,256,1024] [--widths 200,500,1000] [--jax]
 
-For each estimator and architecture it times `rebar_np.train.train_step` (the
-exact step `rebar-np train` runs: estimate, variance monitor and NaN check, Adam
-updates) on random binary data of MNIST's size, after warm-up, and reports the
-median steps/s over several timing windows. In the same process it times
+For each estimator and architecture it times `rebar_np.train.train_step` (the exact
+step `rebar-np train` runs: estimate, variance monitor and NaN check, Adam on the
+model and, at 10x, on the estimator's own parameters) on random binary data of
+MNIST's size, and, interleaved with it in the same process (see benchmarks/timing.py),
 
-- `numpy_nvil`: the straightforward NumPy NVIL step of benchmarks/numpy_reference.py
-  (same architecture and batch), the yardstick of issue 2;
-- `matmul`: this machine's float32 matrix-product rate for the step's own shapes,
+- `matmul`: NumPy float32 np.matmul running exactly the matrix products of that
+  step (benchmarks/macs.py: shapes, transposes, count), so that
+  fraction = step's GFLOP/s / matmul's GFLOP/s = time of the products alone / time of the step;
+- `jax` (with --jax): the independent jax.jit step of benchmarks/jax_reference.py
+  (nvil, concrete, rebar, dynamic_rebar), whose ELBO is first checked against
+  rebar_np's for the same parameters, batch and noise;
 
-and reports each estimator's ratio to the NumPy step and its achieved GFLOP/s
-(2 x multiply-adds of the step's dense layers / time) as a fraction of the
-measured matrix-product rate. Results are printed and written as JSON.
+and, once per linear architecture, `numpy_nvil`, the straightforward NumPy NVIL step of
+benchmarks/numpy_reference.py. Rates are medians over `--repeats` windows; the ratio
+to JAX is the median of the per-round ratios. Every row records the load: the CPU
+cores other processes used while it was measured. --scaling prints a markdown table
+of step time against batch size and layer width instead.
+
+Columns: MMAC = million multiply-adds of the step's matrix products; steps/s = median
+wall-clock rate; cpu/s = steps per CPU-second of this process (with --threads 1, the
+rate a quiet core would give); GFLOP/s = 2 MMAC steps/s / 1000; matmul = GFLOP/s of
+NumPy running the same products; frac = GFLOP/s / matmul; np_nvil = the NumPy NVIL
+step's rate; others = CPU cores used by other processes meanwhile; jax/s, np/jax =
+rebar_np / JAX steps/s, jaxMMAC = multiply-adds in JAX's compiled program, jaxfrac =
+JAX's GFLOP/s (its own MACs) / matmul.
 """
 import argparse
 import json
+import os
 import platform
+import subprocess
 import sys
 import time
 
-import numpy as np
-
-from rebar_np import __version__
-from rebar_np import estimators as E
-from rebar_np.adam import AdamConfig, adam_init
-from rebar_np.model import SBN, init_params
-from rebar_np.train import GradVariance, train_step
-
-from .numpy_reference import NumpyNVIL
-
 ARCHS = {"linear1": (1, False), "linear2": (2, False), "nonlinear1": (1, True), "nonlinear2": (2, True)}
+ALL_ESTIMATORS = ("reinforce", "nvil", "simple_muprop", "muprop", "concrete", "rebar", "dynamic_rebar")
+THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+D = 784
 
 
-def time_windows(fn, seconds, windows=5):
-    """Median rate (calls per second) over `windows` windows of about seconds/windows each."""
-    per = seconds / windows
-    rates = []
-    for _ in range(windows):
-        n, t0 = 0, time.perf_counter()
-        while True:
-            fn()
-            n += 1
-            dt = time.perf_counter() - t0
-            if dt >= per:
-                break
-        rates.append(n / dt)
-    return float(np.median(rates))
+class UsageError(Exception):
+    pass
 
 
-def dense_shapes(n_layer, nonlinear, D=784, H=200, baseline=True):
-    """(n_in, n_out) of every dense layer a score-function step runs forward (q, p and baseline)."""
-    shapes = []
-    for l in range(n_layer):
-        ins = [D if l == 0 else H, H]
-        outs = [H, D if l == 0 else H]
-        for n_in, n_out in zip(ins, outs):
-            shapes += [(n_in, H), (H, H), (H, n_out)] if nonlinear else [(n_in, n_out)]
-    if baseline:
-        shapes += [(D, 100), (100, 1)]
-    return shapes
+class Parser(argparse.ArgumentParser):
+    def error(self, message):          # one line and exit 2, like rebar-np's own CLI
+        raise UsageError(message)
 
 
-def step_macs(n_layer, nonlinear, B, D=784, H=200):
-    """Multiply-adds of a score-function step: each dense layer's forward (B n_in n_out) and its
-    weight gradient (the same again); hard samples need no input gradients."""
-    return sum(2 * B * i * o for i, o in dense_shapes(n_layer, nonlinear, D, H))
+def int_list(text):
+    try:
+        values = [int(v) for v in text.split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
 
 
-def matmul_rate(n_layer, nonlinear, B, seconds, D=784, H=200):
-    """GFLOP/s of float32 products with the step's shapes (forward h W and weight gradient h^T da)."""
-    rng = np.random.default_rng(0)
-    mats = [(rng.random((B, i), dtype=np.float32), rng.random((i, o), dtype=np.float32),
-             rng.random((B, o), dtype=np.float32)) for i, o in dense_shapes(n_layer, nonlinear, D, H)]
+def parse_args(argv):
+    ap = Parser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    ap.add_argument("--estimators", default=None,
+                    help=f"comma-separated, from {','.join(ALL_ESTIMATORS)} (default: all; "
+                         "with --scaling: dynamic_rebar,nvil)")
+    ap.add_argument("--arch", "--archs", dest="arch", default=None,
+                    help=f"comma-separated, from {','.join(ARCHS)} (default linear1,linear2,nonlinear1; "
+                         "with --scaling: linear2)")
+    ap.add_argument("--batch", "--batch-size", dest="batch", type=int, default=24, help="batch size (default 24)")
+    ap.add_argument("--width", type=int, default=200, help="units per stochastic layer (default 200)")
+    ap.add_argument("--repeats", type=int, default=5, help="timing windows per measurement; medians are reported")
+    ap.add_argument("--window", type=float, default=0.5, help="seconds per timing window (default 0.5)")
+    ap.add_argument("--jax", action="store_true", help="also time the JAX reference (needs jax installed)")
+    ap.add_argument("--scaling", action="store_true", help="step time against batch size and width")
+    ap.add_argument("--batches", type=int_list, default=[24, 64, 256, 1024], help="--scaling batch sizes")
+    ap.add_argument("--widths", type=int_list, default=[200, 500, 1000], help="--scaling layer widths")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="BLAS/Numba/XLA threads (re-executes with OPENBLAS_NUM_THREADS etc. set); "
+                         "default: the libraries' own choice")
+    ap.add_argument("--json", default=None, metavar="PATH", help="write all results as JSON to PATH")
+    ap.add_argument("--compare", default=None, metavar="PATH", help="a previous --json file: print new/old rates")
+    args = ap.parse_args(argv)
+    default_est = "dynamic_rebar,nvil" if args.scaling else ",".join(ALL_ESTIMATORS)
+    default_arch = "linear2" if args.scaling else "linear1,linear2,nonlinear1"
+    args.estimators = [e for e in (args.estimators or default_est).split(",") if e]
+    args.arch = [a for a in (args.arch or default_arch).split(",") if a]
+    bad = [e for e in args.estimators if e not in ALL_ESTIMATORS]
+    if bad:
+        raise UsageError(f"unknown estimator(s) {','.join(bad)}; choose from {','.join(ALL_ESTIMATORS)}")
+    bad = [a for a in args.arch if a not in ARCHS]
+    if bad:
+        raise UsageError(f"unknown architecture(s) {','.join(bad)}; choose from {','.join(ARCHS)}")
+    for name in ("batch", "width", "repeats"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name} must be at least 1")
+    if args.window <= 0:
+        raise UsageError("--window must be positive")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError("--threads must be at least 1")
+    if args.compare and not os.path.exists(args.compare):
+        raise UsageError(f"--compare: no such file {args.compare}")
+    return args
 
-    def run():
-        for h, W, da in mats:
-            h @ W
-            h.T @ da
-    rate = time_windows(run, seconds)
-    return rate * 2 * step_macs(n_layer, nonlinear, B, D, H) / 1e9
+
+def set_threads(n, argv):
+    """Thread counts must be set before NumPy, Numba and XLA load: set them and re-execute."""
+    want = {v: str(n) for v in THREAD_VARS}
+    want["XLA_FLAGS"] = f"--xla_cpu_multi_thread_eigen={'false' if n == 1 else 'true'} " \
+                        f"intra_op_parallelism_threads={n}"
+    if all(os.environ.get(k) == v for k, v in want.items()):
+        return
+    os.environ.update(want)
+    os.execv(sys.executable, [sys.executable, "-m", "benchmarks", *argv])
 
 
-def bench_estimator(name, n_layer, nonlinear, B, seconds, data):
-    mean_x = data.mean(axis=0, dtype=np.float64)
-    model = SBN("sbn", n_layer, 200, nonlinear, mean_x)
-    params = init_params(model, 0, np.float32)
+# --------------------------------------------------------------------------
+# The steps being timed
+# --------------------------------------------------------------------------
+def make_data(B, n_batches=8, seed=0):
+    import numpy as np
+    return (np.random.default_rng(seed).random((B * n_batches, D)) < 0.13).astype(np.float32)
+
+
+def batches(data, B):
+    n = data.shape[0] // B
+    return [data[i * B:(i + 1) * B] for i in range(n)]
+
+
+def rebar_np_setup(name, n_layer, nonlinear, H, data):
+    """model, params, aux of rebar_np as `rebar-np train` builds them (float32, seed 0)."""
+    import numpy as np
+    from rebar_np import estimators as E
+    from rebar_np.model import SBN, init_params
+    model = SBN("sbn", n_layer, H, nonlinear, data.mean(axis=0, dtype=np.float64))
     est = E.get(name)
-    aux = est.init_aux(model, 1, np.float32)
-    opt, aux_opt = adam_init(params), adam_init(aux)
-    monitor = GradVariance(params, 0.999)
-    cfg = AdamConfig()
+    return est, model, init_params(model, 0, np.float32), est.init_aux(model, 1, np.float32)
+
+
+def rebar_np_step(name, n_layer, nonlinear, B, H, data):
+    """A callable running one rebar_np.train.train_step on the next batch."""
+    import numpy as np
+    from rebar_np.adam import AdamConfig, adam_init
+    from rebar_np.train import GradVariance, train_step
+    est, model, params, aux = rebar_np_setup(name, n_layer, nonlinear, H, data)
+    opt, aux_opt, monitor, cfg = adam_init(params), adam_init(aux), GradVariance(params, 0.999), AdamConfig()
+    rng, xs, state = np.random.default_rng(0), batches(data, B), {"t": 0}
+
+    def step():
+        state["t"] += 1
+        train_step(est, model, params, aux, xs[state["t"] % len(xs)], rng, opt, aux_opt, monitor, cfg, 10.0,
+                   state["t"])
+    return step
+
+
+def numpy_nvil_step(n_layer, B, H, data):
+    import numpy as np
+    from .numpy_reference import NumpyNVIL
+    ref = NumpyNVIL(data.mean(axis=0, dtype=np.float64), n_layer, H)
+    xs, state = batches(data, B), {"t": 0}
+
+    def step():
+        state["t"] += 1
+        ref.step(xs[state["t"] % len(xs)])
+    return step
+
+
+def jax_step(name, n_layer, nonlinear, B, H, data):
+    """The JAX reference's jitted step as a callable (blocking on each step's result), and
+    what we know about it: compile time, MACs of its XLA program, and the ELBO check:
+    its first step's hard ELBO against rebar_np's for the same parameters, batch and noise."""
+    import jax
+    import numpy as np
+    from .jax_reference import JaxReference, hlo_macs
+    est, model, params, aux = rebar_np_setup(name, n_layer, nonlinear, H, data)
+    ref = JaxReference(name, model.mean_x, n_layer, H, nonlinear)
+    xs = batches(data, B)
+    state = ref.init_state(params, aux, seed=0)
+    t0 = time.perf_counter()
+    macs, flops = hlo_macs(ref.step, state, xs[0])
+    u = [np.asarray(ul) for ul in ref.draw_noise(jax.random.split(state["key"])[1], B)]
+    state, (f, bad) = ref.step(state, xs[0])
+    f = np.asarray(f)
+    compile_s = time.perf_counter() - t0
+    f_np = est.estimate(model, params, aux, xs[0], u=u).elbo
+    diff = float(np.max(np.abs(f - f_np)))
+    check = {"max_abs_diff": diff, "max_rel_diff": diff / float(np.max(np.abs(f_np))),
+             "elbo_mean_jax": float(np.mean(f)), "elbo_mean_rebar_np": float(np.mean(f_np)),
+             "passed": bool(diff <= 1e-4 * float(np.max(np.abs(f_np))))}
+    holder = {"state": state, "t": 0}
+
+    def step():
+        holder["t"] += 1
+        holder["state"], (f, bad) = ref.step(holder["state"], xs[holder["t"] % len(xs)])
+        f.block_until_ready()
+    return step, {"compile_s": round(compile_s, 2), "hlo_macs": macs, "xla_flops": flops, "elbo_check": check}
+
+
+# --------------------------------------------------------------------------
+# One measured row
+# --------------------------------------------------------------------------
+def measure(name, arch, B, H, args, data, numpy_nvil_rate=None):
+    from . import macs as M
+    from . import timing as T
+    n_layer, nonlinear = ARCHS[arch]
+    products = M.step_products(name, n_layer, nonlinear, B, D, H)
+    macs = sum(p.macs for p in products)
+    traced = M.traced_products(name, n_layer, nonlinear, B, D, H)
+    count_ok = traced == M.counted(products)
+    if not count_ok:
+        print(f"warning: benchmarks/macs.py's count for {name} {arch} no longer matches the products "
+              "rebar_np runs; update step_products", file=sys.stderr)
+    candidates = {"rebar_np": rebar_np_step(name, n_layer, nonlinear, B, H, data),
+                  "matmul": T.matmul_replay(products)}
+    jax_info = None
+    if args.jax and name in JAX_ESTIMATORS:
+        candidates["jax"], jax_info = jax_step(name, n_layer, nonlinear, B, H, data)
+        if not jax_info["elbo_check"]["passed"]:
+            print(f"warning: JAX and rebar_np ELBOs differ for {name} {arch}: {jax_info['elbo_check']}",
+                  file=sys.stderr)
+    rates, cpu_rates, load = T.interleaved(candidates, args.repeats, args.window)
+    rate, mm_rate = T.median(rates["rebar_np"]), T.median(rates["matmul"])
+    gflops, mm_gflops = rate * 2 * macs / 1e9, mm_rate * 2 * macs / 1e9
+    row = {"estimator": name, "arch": arch, "batch": B, "width": H,
+           "steps_per_s": rate, "ms_per_step": 1e3 / rate, "steps_per_s_windows": rates["rebar_np"],
+           "steps_per_cpu_s": T.median(cpu_rates["rebar_np"]),
+           "macs": macs, "macs_by_stage": M.macs_by_stage(products), "macs_count_matches_trace": count_ok,
+           "gflops": gflops, "matmul_gflops": mm_gflops, "fraction_of_matmul": gflops / mm_gflops,
+           "fraction_of_matmul_paired": T.paired_ratio(rates["rebar_np"], rates["matmul"]),
+           "fraction_of_matmul_cpu": T.paired_ratio(cpu_rates["rebar_np"], cpu_rates["matmul"]),
+           "load": load}
+    if numpy_nvil_rate is not None:
+        row["numpy_nvil_steps_per_s"] = numpy_nvil_rate
+        row["ratio_to_numpy_nvil"] = rate / numpy_nvil_rate
+    if jax_info is not None:
+        jr = T.median(rates["jax"])
+        jgf = jr * 2 * jax_info["hlo_macs"] / 1e9
+        row["jax"] = {"steps_per_s": jr, "ms_per_step": 1e3 / jr, "steps_per_s_windows": rates["jax"],
+                      "steps_per_cpu_s": T.median(cpu_rates["jax"]),
+                      "ratio_rebar_np_to_jax": T.paired_ratio(rates["rebar_np"], rates["jax"]),
+                      "ratio_rebar_np_to_jax_cpu": T.paired_ratio(cpu_rates["rebar_np"], cpu_rates["jax"]),
+                      "gflops": jgf, "fraction_of_matmul": jgf / mm_gflops, **jax_info}
+    return row
+
+
+JAX_ESTIMATORS = ("nvil", "concrete", "rebar", "dynamic_rebar")
+
+
+def fmt(v, spec):
+    return "-" if v is None or v != v else format(v, spec)
+
+
+def run_steps(args, results):
+    from . import timing as T
+    B, H = args.batch, args.width
+    data = make_data(B)
+    head = (f"{'estimator':<14}{'arch':<11}{'MMAC':>7}{'steps/s':>9}{'cpu/s':>7}{'GFLOP/s':>9}{'matmul':>8}{'frac':>6}"
+            f"{'np_nvil':>8}{'others':>7}")
+    if args.jax:
+        head += f"{'jax/s':>8}{'np/jax':>7}{'jaxMMAC':>8}{'jaxfrac':>8}"
+    print(head)
+    for arch in args.arch:
+        n_layer, nonlinear = ARCHS[arch]
+        ref_rate = None
+        if not nonlinear:
+            rates, _, _ = T.interleaved({"numpy_nvil": numpy_nvil_step(n_layer, B, H, data)}, args.repeats,
+                                        args.window)
+            ref_rate = T.median(rates["numpy_nvil"])
+        for name in args.estimators:
+            row = measure(name, arch, B, H, args, data, ref_rate)
+            results["rows"].append(row)
+            line = (f"{name:<14}{arch:<11}{row['macs'] / 1e6:>7.1f}{row['steps_per_s']:>9.0f}"
+                    f"{row['steps_per_cpu_s']:>7.0f}{row['gflops']:>9.1f}"
+                    f"{row['matmul_gflops']:>8.1f}{row['fraction_of_matmul']:>6.2f}"
+                    f"{fmt(ref_rate, '.0f'):>8}{fmt(row['load']['other_cores'], '.2f'):>7}")
+            if args.jax:
+                j = row.get("jax")
+                line += (f"{j['steps_per_s']:>8.0f}{j['ratio_rebar_np_to_jax']:>7.2f}{j['hlo_macs'] / 1e6:>8.1f}"
+                         f"{j['fraction_of_matmul']:>8.2f}" if j else f"{'-':>8}{'-':>7}{'-':>8}{'-':>8}")
+            print(line, flush=True)
+
+
+def run_scaling(args, results):
+    B_max = max(args.batches)
+    data = make_data(B_max, n_batches=4)
+    rows = []
+    for arch in args.arch:
+        for H in args.widths:
+            for B in args.batches:
+                for name in args.estimators:
+                    row = measure(name, arch, B, H, args, data)
+                    row["mode"] = "scaling"
+                    rows.append(row)
+                    results["scaling"].append(row)
+                    j = row.get("jax")
+                    print(f"  {name:<14}{arch:<10} B={B:<5} H={H:<5} {row['ms_per_step']:9.2f} ms/step "
+                          f"{row['gflops']:7.1f} GFLOP/s  frac {row['fraction_of_matmul']:.2f}"
+                          + (f"  jax {j['ms_per_step']:.2f} ms/step" if j else "")
+                          + f"  (other cores {fmt(row['load']['other_cores'], '.2f')})", flush=True)
+    print()
+    print(scaling_table(rows, args))
+
+
+def scaling_table(rows, args):
+    """Markdown: one line per (arch, width, batch); per estimator ms/step and the fraction of the
+    matrix-product rate (and JAX's ms/step with --jax)."""
+    cols = []
+    for name in args.estimators:
+        cols += [f"{name} ms/step", f"{name} frac"] + ([f"{name} JAX ms/step"] if args.jax and name in JAX_ESTIMATORS
+                                                       else [])
+    lines = ["| arch | width | batch | " + " | ".join(cols) + " |",
+             "|---|---:|---:|" + "---:|" * len(cols)]
+    index = {(r["arch"], r["width"], r["batch"], r["estimator"]): r for r in rows}
+    for arch in args.arch:
+        for H in args.widths:
+            for B in args.batches:
+                cells = []
+                for name in args.estimators:
+                    r = index[arch, H, B, name]
+                    cells += [f"{r['ms_per_step']:.2f}", f"{r['fraction_of_matmul']:.2f}"]
+                    if args.jax and name in JAX_ESTIMATORS:
+                        cells.append(f"{r['jax']['ms_per_step']:.2f}")
+                lines.append(f"| {arch} | {H} | {B} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def compare(old_path, results):
+    with open(old_path) as fh:
+        old = json.load(fh)
+    key = lambda r: (r["estimator"], r["arch"], r["batch"], r.get("width", 200))
+    before = {key(r): r for r in old.get("rows", []) + old.get("scaling", [])}
+    print(f"\ncompared with {old_path}: steps/s new / old")
+    for r in results["rows"] + results["scaling"]:
+        o = before.get(key(r))
+        if o:
+            extra = ""
+            if "jax" in r and "jax" in o:
+                extra = f"   jax {o['jax']['steps_per_s']:.0f} -> {r['jax']['steps_per_s']:.0f}"
+            print(f"  {r['estimator']:<14}{r['arch']:<11}B={r['batch']:<5}H={r.get('width', 200):<5}"
+                  f"{o['steps_per_s']:>8.0f} -> {r['steps_per_s']:<8.0f}x{r['steps_per_s'] / o['steps_per_s']:.2f}"
+                  + extra)
+
+
+def meta(args, argv):
+    import numba
+    import numpy as np
+    import rebar_np
+    here = os.path.dirname(os.path.dirname(os.path.abspath(rebar_np.__file__)))
+    try:
+        commit = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = bool(subprocess.run(["git", "-C", here, "status", "--porcelain", "rebar_np"], capture_output=True,
+                                    text=True, timeout=10).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = "", None
+    m = {"version": rebar_np.__version__, "rebar_np_path": here, "git_commit": commit, "rebar_np_dirty": dirty,
+         "argv": argv, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "python": sys.version.split()[0],
+         "numpy": np.__version__, "numba": numba.__version__, "machine": platform.machine(),
+         "processor": platform.processor(), "cpu_count": os.cpu_count(),
+         "threads": {k: os.environ.get(k) for k in (*THREAD_VARS, "XLA_FLAGS")},
+         "loadavg_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+         "options": {k: v for k, v in vars(args).items()}}
+    if args.jax:
+        import jax
+        m["jax"] = jax.__version__
+    return m
+
+
+def probe(results):
+    """This machine's matrix-product rate on the issue's two reference shapes, for the record."""
+    import numpy as np
+    from . import timing as T
     rng = np.random.default_rng(0)
-    state = {"i": 0}
-
-    def step():
-        i = state["i"] = (state["i"] + 1) % (data.shape[0] // B)
-        train_step(est, model, params, aux, data[i * B:(i + 1) * B], rng, opt, aux_opt, monitor, cfg, 10.0,
-                   i + 1)
-    for _ in range(20):
-        step()
-    return time_windows(step, seconds)
-
-
-def bench_numpy(n_layer, B, seconds, data):
-    ref = NumpyNVIL(data.mean(axis=0, dtype=np.float64), n_layer)
-    state = {"i": 0}
-
-    def step():
-        i = state["i"] = (state["i"] + 1) % (data.shape[0] // B)
-        ref.step(data[i * B:(i + 1) * B])
-    for _ in range(20):
-        step()
-    return time_windows(step, seconds)
+    out = {}
+    for label, (m, k, n) in {"24x784x200": (24, 784, 200), "1024x1024x1024": (1024, 1024, 1024)}.items():
+        a, b = rng.random((m, k), dtype=np.float32), rng.random((k, n), dtype=np.float32)
+        c = np.empty((m, n), np.float32)
+        rates, _, load = T.interleaved({"mm": lambda: np.matmul(a, b, out=c)}, 3, 0.3)
+        out[label] = {"gflops": 2 * m * k * n * T.median(rates["mm"]) / 1e9, "load": load}
+    results["matmul_probe"] = out
+    print("matmul probe: " + ", ".join(f"{k} {v['gflops']:.1f} GFLOP/s" for k, v in out.items())
+          + f" (other processes' cores: {out['24x784x200']['load']['other_cores']})")
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--estimators", default=",".join(E.ESTIMATORS))
-    ap.add_argument("--archs", default="linear1,linear2,nonlinear1")
-    ap.add_argument("--batch-size", type=int, default=24)
-    ap.add_argument("--seconds", type=float, default=3.0, help="timing per measurement (after warm-up)")
-    ap.add_argument("--json", default="benchmarks/results.json")
-    args = ap.parse_args(argv)
-    B = args.batch_size
-    data = (np.random.default_rng(0).random((B * 200, 784)) < 0.13).astype(np.float32)
-    results = {"version": __version__, "python": sys.version.split()[0], "machine": platform.machine(),
-               "processor": platform.processor(), "numpy": np.__version__, "batch_size": B, "rows": []}
-    print(f"{'estimator':<16}{'arch':<12}{'steps/s':>10}{'numpy_nvil':>12}{'ratio':>8}"
-          f"{'GFLOP/s':>10}{'matmul':>9}{'frac':>7}")
-    for arch in args.archs.split(","):
-        n_layer, nonlinear = ARCHS[arch]
-        mm = matmul_rate(n_layer, nonlinear, B, args.seconds)
-        ref = bench_numpy(n_layer, B, args.seconds, data) if not nonlinear else float("nan")
-        for name in args.estimators.split(","):
-            rate = bench_estimator(name, n_layer, nonlinear, B, args.seconds, data)
-            gflops = rate * 2 * step_macs(n_layer, nonlinear, B) / 1e9
-            row = {"estimator": name, "arch": arch, "steps_per_s": rate, "numpy_nvil_steps_per_s": ref,
-                   "ratio_to_numpy_nvil": rate / ref, "step_macs": step_macs(n_layer, nonlinear, B),
-                   "gflops": gflops, "matmul_gflops": mm, "fraction_of_matmul": gflops / mm}
-            results["rows"].append(row)
-            print(f"{name:<16}{arch:<12}{rate:>10.0f}{ref:>12.0f}{rate / ref:>8.2f}{gflops:>10.1f}{mm:>9.1f}"
-                  f"{gflops / mm:>7.2f}")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parse_args(argv)
+    except UsageError as e:
+        print(f"python -m benchmarks: error: {e}", file=sys.stderr)
+        return 2
+    if args.threads is not None:
+        set_threads(args.threads, argv)
+    if args.jax:
+        try:
+            import jax  # noqa: F401
+        except ImportError:
+            print("python -m benchmarks: error: --jax needs JAX, which is not installed "
+                  "(pip install -e '.[bench]' or pip install jax)", file=sys.stderr)
+            return 2
+    results = {"meta": meta(args, argv), "rows": [], "scaling": []}
+    probe(results)
+    others = results["matmul_probe"]["24x784x200"]["load"]["other_cores"]
+    if args.threads != 1 and others is not None and others > 0.5:
+        print(f"note: other processes are using {others:.1f} cores; multi-threaded BLAS slows down badly "
+              "when it competes for cores (try --threads 1)", file=sys.stderr)
+    if args.scaling:
+        run_scaling(args, results)
+    else:
+        run_steps(args, results)
+    results["meta"]["loadavg_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    if args.compare:
+        compare(args.compare, results)
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump(results, fh, indent=2)
+            json.dump(results, fh, indent=1)
         print(f"wrote {args.json}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""The benchmark's own claims: its multiply-add count is the products rebar_np runs, its
+JAX reference computes the same estimator as rebar_np (float64, every gradient) and the
+same hard ELBO in its float32 training step, and its command line behaves.
+
+The JAX tests are skipped only when jax is not installed, and say so."""
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import macs as M  # noqa: E402
+from rebar_np import estimators as E  # noqa: E402
+from rebar_np.model import SBN, draw_noise, init_params  # noqa: E402
+
+JAX_MISSING = "jax is not installed (pip install -e '.[bench]'); the JAX reference tests are skipped"
+
+
+def x64():
+    """float64 in JAX for the duration of a with-block (jax.enable_x64, or the older experimental form)."""
+    import jax
+    if callable(getattr(jax, "enable_x64", None)):
+        return jax.enable_x64(True)
+    from jax.experimental import enable_x64
+    return enable_x64()
+
+
+def need_jax():
+    try:
+        import jax  # noqa: F401
+    except ImportError:
+        warnings.warn(JAX_MISSING)
+        pytest.skip(JAX_MISSING)
+
+
+@pytest.mark.parametrize("nonlinear", [False, True])
+@pytest.mark.parametrize("n_layer", [1, 2, 3])
+@pytest.mark.parametrize("name", E.ESTIMATORS)
+def test_mac_count_is_what_rebar_np_runs(name, n_layer, nonlinear):
+    want = M.counted(M.step_products(name, n_layer, nonlinear, 5, D=12, H=7))
+    got = M.traced_products(name, n_layer, nonlinear, 5, D=12, H=7)
+    assert got == want, (f"{name} L={n_layer} nonlinear={nonlinear}: rebar_np runs {got}, "
+                         f"benchmarks/macs.py counts {want}: update step_products")
+
+
+def test_mac_count_of_the_issue_set_up():
+    # 2-layer linear 784-200-200 at batch 24 (issue 6): hand-checked totals
+    B, q0, q1 = 24, 24 * 784 * 200, 24 * 200 * 200
+    hard = 2 * (q0 + q1)                     # q0, q1, p0, p1 forward
+    assert M.step_macs("reinforce", 2, False, B) == 2 * hard
+    assert M.step_macs("dynamic_rebar", 2, False, B) == 63_405_600
+
+
+def small_instance(n_layer, nonlinear, seed=0, D=20, H=6, B=5):
+    rng = np.random.default_rng(seed)
+    mean_x = rng.uniform(0.1, 0.9, D)
+    model = SBN("sbn", n_layer, H, nonlinear, mean_x)
+    params = init_params(model, seed, np.float64)
+    for v in params.values():
+        if v.ndim == 1:
+            v[:] = rng.normal(0, 0.5, v.shape)
+    x = (rng.random((B, D)) < mean_x).astype(np.float64)
+    return model, params, x, draw_noise(model, B, rng, np.float64), rng
+
+
+@pytest.mark.parametrize("arch", [(1, False), (2, False), (2, True)])
+@pytest.mark.parametrize("name", ["nvil", "concrete", "rebar", "dynamic_rebar"])
+def test_jax_reference_matches_rebar_np_float64(name, arch):
+    need_jax()
+    from benchmarks.jax_reference import JaxReference
+    n_layer, nonlinear = arch
+    model, params, x, u, rng = small_instance(n_layer, nonlinear)
+    est = E.get(name)
+    aux = est.init_aux(model, 1, np.float64)
+    for k, v in aux.items():
+        if v.ndim == 1 and k != "tau":     # eta != 1 and a baseline far from 0, so no term hides
+            v[:] = rng.normal(0, 0.5, v.shape)
+    want = est.estimate(model, params, aux, x, u)
+    with x64():
+        G, aux_grads, f = JaxReference(name, model.mean_x, n_layer, model.n_hidden, nonlinear).estimate(
+            params, aux, x, u)
+    np.testing.assert_allclose(np.asarray(f), want.elbo, rtol=1e-12, atol=1e-10)
+    for got, ref in ((G, want.grads), (aux_grads, want.aux_grads)):
+        assert set(got) == set(ref)
+        for k in ref:
+            scale = max(float(np.max(np.abs(ref[k]))), 1e-12)
+            err = float(np.max(np.abs(np.asarray(got[k]) - ref[k]))) / scale
+            assert err < 1e-10, f"{name} {k}: relative difference {err:.2e}"
+
+
+@pytest.mark.parametrize("name", ["nvil", "dynamic_rebar"])
+def test_jax_step_elbo_matches_rebar_np_float32(name):
+    """The timed float32 step itself, on the issue's set-up: its hard ELBO for the noise it draws."""
+    need_jax()
+    import jax
+    from benchmarks.jax_reference import JaxReference
+    rng = np.random.default_rng(0)
+    x = (rng.random((24, 784)) < 0.13).astype(np.float32)
+    model = SBN("sbn", 2, 200, False, np.clip(x.mean(axis=0, dtype=np.float64), 0.02, 0.98))
+    est = E.get(name)
+    params, aux = init_params(model, 0, np.float32), est.init_aux(model, 1, np.float32)
+    ref = JaxReference(name, model.mean_x, 2, 200, False)
+    state = ref.init_state(params, aux, seed=3)
+    u = [np.asarray(ul) for ul in ref.draw_noise(jax.random.split(state["key"])[1], 24)]
+    state, (f, bad) = ref.step(state, x)
+    want = est.estimate(model, params, aux, x, u=u).elbo
+    assert int(bad) == 0
+    np.testing.assert_allclose(np.asarray(f), want, rtol=2e-5)
+    assert int(state["t"]) == 1
+
+
+def run_benchmarks(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "benchmarks", *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=600)
+
+
+def test_jax_flag_without_jax_is_one_line_and_exit_2(tmp_path):
+    blocker = tmp_path / "jax"
+    blocker.mkdir()
+    (blocker / "__init__.py").write_text("raise ImportError('jax blocked for this test')\n")
+    r = run_benchmarks("--jax", "--estimators", "nvil", env={"PYTHONPATH": str(tmp_path)})
+    assert r.returncode == 2, r.stderr
+    assert r.stdout == "" and len(r.stderr.strip().splitlines()) == 1 and "jax" in r.stderr
+
+
+@pytest.mark.parametrize("args", [["--estimators", "nope"], ["--arch", "linear9"], ["--repeats", "0"],
+                                  ["--scaling", "--batches", "0"]])
+def test_bad_options_are_one_line_and_exit_2(args):
+    r = run_benchmarks(*args)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_a_small_run_writes_json(tmp_path):
+    import json
+    out = tmp_path / "r.json"
+    r = run_benchmarks("--estimators", "nvil,dynamic_rebar", "--arch", "linear1", "--repeats", "1",
+                       "--window", "0.02", "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["estimator"] for row in rows] == ["nvil", "dynamic_rebar"]
+    for row in rows:
+        assert row["macs"] == M.step_macs(row["estimator"], 1, False, 24) and row["macs_count_matches_trace"]
+        assert row["steps_per_s"] > 0 and 0 < row["fraction_of_matmul"]
+
+
+def test_scaling_prints_a_markdown_table():
+    r = run_benchmarks("--scaling", "--estimators", "nvil", "--batches", "4,8", "--widths", "16",
+                       "--repeats", "1", "--window", "0.01")
+    assert r.returncode == 0, r.stderr
+    table = [line for line in r.stdout.splitlines() if line.startswith("|")]
+    assert table[0].startswith("| arch | width | batch | nvil ms/step") and len(table) == 4

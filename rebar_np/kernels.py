@@ -476,6 +476,26 @@ def leave_one_out_center(f):
     return out
 
 
+@arith_kernel
+def sum_squares(a):
+    """sum_i a_i^2 over every entry, accumulated in float64 (no float64 copy of a)."""
+    af = a.reshape(-1)
+    acc = 0.0
+    for i in range(af.size):
+        acc += np.float64(af[i]) * af[i]
+    return acc
+
+
+@arith_kernel
+def dot(a, b):
+    """sum_i a_i b_i over every entry of two arrays of one shape, accumulated in float64."""
+    af, bf = a.reshape(-1), b.reshape(-1)
+    acc = 0.0
+    for i in range(af.size):
+        acc += np.float64(af[i]) * bf[i]
+    return acc
+
+
 def logmeanexp_rows(F):
     """log (1/k sum_i exp F[n, i]) per row n of F (B, k), stable: the importance-weighted bound.
 

@@ -118,10 +118,10 @@ def rebar_estimate(model, params, aux, x, u, rng, options):
 
     # tuning gradients of V = mean_j G_j^2
     P = sum(g.size for g in grads.values())
-    V = sum(float(np.sum(g.astype(np.float64) ** 2)) for g in grads.values()) / P
+    V = sum(K.sum_squares(g) for g in grads.values()) / P
     aux_grads = zeros_like(aux)
     for k in E:
-        dV_deta = (2.0 / P) * float(np.sum(grads[k] * (-E[k] / B), dtype=np.float64))
+        dV_deta = -(2.0 / (P * B)) * K.dot(grads[k], E[k])        # dG_k/deta_k = -E_k / B
         e = eta[k] / 2.0                                       # sigma(psi)
         aux_grads["psi." + k][0] = dV_deta * 2.0 * e * (1.0 - e)
     dc = np.zeros(B, dtype=np.float64)

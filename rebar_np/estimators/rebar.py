@@ -160,7 +160,8 @@ def _logit_tangents(params, name, cache, nonlinear, grads, eta, with_eta):
         return (transform_tangent(params, name, cache, None, nonlinear, direction=grads)[0],
                 transform_tangent(params, name, cache, None, nonlinear, direction=eta_grads)[0])
     (h,) = cache
-    hG = h @ grads[name + ".W"]
+    e2, e1 = np.empty((0, 0), h.dtype), np.empty(0, h.dtype)
+    hG = K.dense_tangent(e2, params[name + ".W"], h, grads[name + ".W"], e1)   # h G_W (Numba's BLAS)
     eta_W, eta_c = eta[name + ".W"], eta[name + ".c"]
     G_c = grads[name + ".c"]
     return hG + G_c, eta_W * hG + eta_c * G_c

@@ -45,7 +45,8 @@ computes dW on both layers and dh on the second):
 |               | reverse (same transforms), control-variate dW of q_l; the variance objective's           |
 |               | parameter-direction tangent of q_l along G                                               |
 | dynamic_rebar | rebar, with every relaxed pass also carrying its temperature tangent (tan_in on the       |
-|               | forward, backward_input_tangent on the reverse) and a second tangent of q_l along eta G  |
+|               | forward, backward_input_tangent on the reverse) and, for nonlinear q_l, a second tangent |
+|               | of q_l along eta G (a linear q_l shares the product h G_W between G and eta G)           |
 
 The hard pass's logits of the switch layer are reused (the relaxed pass starts
 from them), and the relaxed passes' values below the switch layer are the hard
@@ -245,7 +246,7 @@ def step_products(estimator, n_layer, nonlinear, B, D=D_MNIST, H=200):
         s.stage = "variance objective"
         for l in range(L):
             s.tangent_direction(f"q{l}")
-            if dynamic:
+            if dynamic and nonlinear:   # along eta G: shares the product with G for a linear q_l
                 s.tangent_direction(f"q{l}")
         s.baseline_backward()
     else:

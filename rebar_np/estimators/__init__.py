@@ -35,7 +35,7 @@ import importlib
 import numpy as np
 
 ESTIMATORS = ("reinforce", "nvil", "simple_muprop", "muprop", "concrete", "rebar", "dynamic_rebar",
-              "arm", "disarm", "reinforce_loo", "vimco")
+              "relax", "arm", "disarm", "reinforce_loo", "vimco")
 # estimators of the K-sample bound log (1/K) sum_k exp f(b^k) (option "samples"), not of the ELBO
 K_SAMPLE_ESTIMATORS = ("reinforce_loo", "vimco")
 

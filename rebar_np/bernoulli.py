@@ -278,9 +278,10 @@ def rebar(f, df_ds, a, u, eta=1.0, temperature=0.5, relaxation="muprop"):
     return ((t.f_b - eta * t.f_s)[..., None] * t.score + eta * t.g_z * t.m).astype(a.dtype)
 
 
-def init_relax_net(n_variables, width=DEFAULT_WIDTH, seed=0, dtype=np.float64):
-    """Parameters of RELAX's r(z) for H = n_variables (rebar_np.control_net), keys 'relax.*'."""
-    return init_control_net(n_variables, width, np.random.default_rng(seed), dtype, "relax")
+def init_relax_net(n_variables, width=DEFAULT_WIDTH, seed=0, dtype=np.float64, n_context=0):
+    """Parameters of RELAX's r(z; ctx) for H = n_variables and an optional context of n_context
+    features per row (rebar_np.control_net), keys 'relax.*'."""
+    return init_control_net(n_variables, width, np.random.default_rng(seed), dtype, "relax", n_context)
 
 
 @dataclass
@@ -290,8 +291,9 @@ class RelaxResult:
     variance: float         # V
 
 
-def relax(f, df_ds, a, u, net, eta=1.0, temperature=0.5, relaxation="muprop"):
-    """RELAX for one layer, with control variate c(z) = eta f(s(z)) + r(z), r = the network `net` (init_relax_net):
+def relax(f, df_ds, a, u, net, eta=1.0, temperature=0.5, relaxation="muprop", context=None):
+    """RELAX for one layer, with control variate c(z) = eta f(s(z)) + r(z), r = the network `net` (init_relax_net;
+    with a context, an array (..., m) of features that do not depend on b, r(z; context)):
 
         g = [f(b) - eta f(s) - r(z)] (b - sigma(a)) + (eta g_z + rho(z)) (1 - dz~/da),   rho = dr/dz
 
@@ -303,7 +305,9 @@ def relax(f, df_ds, a, u, net, eta=1.0, temperature=0.5, relaxation="muprop"):
     """
     a, t = _relaxed_terms(f, df_ds, a, u, temperature, relaxation)
     z = _rows(t.z)
-    r, cache = control_net_forward(net, "relax", z)
+    if (context is None) != ("relax.V1" not in net):
+        raise BernoulliError("pass a context exactly when the network was made with n_context > 0")
+    r, cache = control_net_forward(net, "relax", z, None if context is None else _rows(context))
     rho = control_net_input_grad(net, "relax", cache).reshape(a.shape)
     r = r.reshape(a.shape[:-1])
     g = (t.f_b - eta * t.f_s - r)[..., None] * t.score + (eta * t.g_z + rho) * t.m
@@ -312,5 +316,5 @@ def relax(f, df_ds, a, u, net, eta=1.0, temperature=0.5, relaxation="muprop"):
     grads = {k: np.zeros_like(v) for k, v in net.items()}
     grads["eta"] = float(np.sum(dV_dg * (-t.f_s[..., None] * t.score + t.g_z * t.m)))
     control_net_tangent_backward(net, grads, "relax", cache, _rows(dV_dg * t.m),
-                                 np.sum(dV_dg * t.score, axis=-1).reshape(-1).astype(cache[1].dtype))
+                                 np.sum(dV_dg * t.score, axis=-1).reshape(-1).astype(z.dtype))
     return RelaxResult(g.astype(a.dtype), grads, float(np.mean(g.astype(np.float64) ** 2)))

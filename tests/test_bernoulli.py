@@ -115,18 +115,26 @@ def test_estimates_are_deterministic_in_the_noise_and_disarm_beats_arm():
     np.testing.assert_allclose(bern.disarm(f, A[1], U[0, 1]), disarm[0, 1])
 
 
-def test_relax_variance_gradients_match_finite_differences():
+@pytest.mark.parametrize("with_context", [False, True])
+def test_relax_variance_gradients_match_finite_differences(with_context):
     rng = np.random.default_rng(4)
     u = rng.random(A.shape)
-    net = {k: v.copy() for k, v in NET.items()}
+    if with_context:   # r(z; ctx) with per-row features the user supplies
+        net, ctx = bern.init_relax_net(H, width=5, seed=3, n_context=2), rng.normal(0, 1, (2, 2))
+        net["relax.w2"][:] = rng.normal(0, 2.0, 5)
+    else:
+        net, ctx = {k: v.copy() for k, v in NET.items()}, None
     net["relax.c1"][:] = rng.normal(0, 1, 5)
     tun = {"eta": np.array([1.3])}
-    res = bern.relax(f, df_ds, A, u, net, eta=1.3, temperature=0.4)
-    V = lambda: bern.relax(f, df_ds, A, u, net, eta=float(tun["eta"][0]), temperature=0.4).variance
+    res = bern.relax(f, df_ds, A, u, net, eta=1.3, temperature=0.4, context=ctx)
+    V = lambda: bern.relax(f, df_ds, A, u, net, eta=float(tun["eta"][0]), temperature=0.4, context=ctx).variance
     for arrays, key in ((net, None), (tun, "eta")):
         for k, (idx, vals) in finite_difference(V, arrays).items():
             g = np.ravel(res.variance_grads[k])[idx]
             assert np.max(np.abs(g - vals)) <= 1e-6 * max(np.max(np.abs(vals)), 1e-3), (k, g, vals)
+    assert ("relax.V1" in res.variance_grads) == with_context
+    if with_context:
+        return
     # the variance gradients are useful: a few descent steps on eta and r lower V on fresh noise
     U = rng.random((400,) + A.shape)
     mean_v = lambda n, e: np.mean([bern.relax(f, df_ds, A, uu, n, eta=e).variance for uu in U])
@@ -160,6 +168,7 @@ def test_readme_api_example_runs():
     (lambda: bern.reinforce_loo(f, A, np.zeros((1,) + A.shape)), "K >= 2"),
     (lambda: bern.rebar(f, df_ds, A, np.full(A.shape, 0.5), relaxation="gumbel"), "unknown relaxation"),
     (lambda: bern.rebar(f, df_ds, A, np.full(A.shape, 0.5), temperature=0.0), "temperature must be positive"),
+    (lambda: bern.relax(f, df_ds, A, np.full(A.shape, 0.5), NET, context=np.zeros((2, 1))), "context"),
 ])
 def test_bad_input_is_a_one_line_error(call, words):
     with pytest.raises(bern.BernoulliError, match=words) as err:

@@ -4,8 +4,10 @@ free-form term, with every control-variate parameter and the temperature tuned o
 Per switch layer l (rebar_np.estimators.rebar, rebar_np.relaxed), REBAR's control variate
 eta f_l(z) becomes
 
-    c_l(z) = eta f_l(z) + r_l(z_l),      r_l = a small tanh network of the layer's logistic
-                                          sample z_l = a_l + z0_l (rebar_np.control_net, width an option)
+    c_l(z) = eta f_l(z) + r_l(z_l; x, b_{<l}),   r_l = a small tanh network (rebar_np.control_net,
+             width an option) of the layer's logistic sample z_l = a_l + z0_l and, as its context,
+             the data and the hard samples below layer l (options["context"], default on; the
+             RELAX authors' multilayer code conditions r the same way)
 
 and, since the conditional path z~ has the value of z and differs only in dz/da_l, the ascent
 estimate per example is
@@ -21,8 +23,8 @@ So for each tensor k of T_ql the loss gradient is
     R_k = backprop( rho_l m_l - r_l (b_l - sigma(a_l)) ),   m_l = 1 - dz~/da_l,
 
 and the generative tensors get d log p(x, b) / d theta_p. Unbiased for any eta, r and lambda:
-R is REBAR's argument applied to r_l(z_l), a function of z_l alone (its value on both paths
-is r_l(z_l), and only the switch layer's dz/da differs).
+R is REBAR's argument applied to r_l, a function of z_l and of a context that does not depend
+on b_l (its value on both paths is r_l(z_l), and only the switch layer's dz/da differs).
 
 Tuning: minimise V = (1/P) sum_j G_j^2 over psi (eta = 2 sigma(psi), per recognition tensor),
 the baseline c, tau = log lambda and r's parameters phi_l. The first three are REBAR's
@@ -38,7 +40,8 @@ along v = a_dot_l[G] m_l, then its reverse pass). eta, c, lambda and r move at 1
 learning rate (the training loop's aux optimizer).
 
 aux parameters: REBAR's ``baseline.*``, ``psi.<q tensor>``, ``tau`` and, per layer l,
-``relax{l}.W1`` (H, M), ``relax{l}.c1`` (M,), ``relax{l}.w2`` (M,), ``relax{l}.c2`` (1,).
+``relax{l}.W1`` (H, M), ``relax{l}.V1`` (D + l H, M) (the context's weights), ``relax{l}.c1`` (M,),
+``relax{l}.w2`` (M,), ``relax{l}.c2`` (1,).
 """
 import numpy as np
 
@@ -53,7 +56,7 @@ from . import Estimate, EstimatorError, merge_options, prepare_noise
 from .rebar import check_options as check_rebar_options, conditional_z0, eta_of, init_aux as rebar_init_aux, \
     temperature
 
-DEFAULT_OPTIONS = {"temperature": 0.5, "relaxation": "muprop", "hidden": DEFAULT_WIDTH}
+DEFAULT_OPTIONS = {"temperature": 0.5, "relaxation": "muprop", "hidden": DEFAULT_WIDTH, "context": True}
 
 
 def check_options(options):
@@ -61,6 +64,8 @@ def check_options(options):
     h = options["hidden"]
     if not isinstance(h, (int, np.integer)) or isinstance(h, bool) or h < 1:
         raise EstimatorError(f"relax hidden width must be a positive integer, got {h!r}")
+    if not isinstance(options["context"], bool):
+        raise EstimatorError(f"relax context must be True or False, got {options['context']!r}")
 
 
 def init_aux(model, seed=0, dtype=np.float32, options=None):
@@ -70,8 +75,17 @@ def init_aux(model, seed=0, dtype=np.float32, options=None):
     aux = rebar_init_aux(model, seed, dtype, rebar_opts, train_temperature=True)
     rng = np.random.default_rng([seed, 8])
     for l in range(model.n_layer):
-        aux.update(init_control_net(model.n_hidden, int(options["hidden"]), rng, dtype, prefix=f"relax{l}"))
+        n_context = model.n_cond + l * model.n_hidden if options["context"] else 0
+        aux.update(init_control_net(model.n_hidden, int(options["hidden"]), rng, dtype, f"relax{l}", n_context))
     return aux
+
+
+def context_of(model, h0, b, l, options):
+    """What r_l sees besides z_l: [x - mean_x, 2 b_0 - 1, ..., 2 b_{l-1} - 1] (the data and the hard
+    samples below layer l, none of which depends on b_l), or None when options["context"] is off."""
+    if not options["context"]:
+        return None
+    return np.concatenate([h0] + [2.0 * b[k] - 1.0 for k in range(l)], axis=1)
 
 
 def estimate(model, params, aux, x, u=None, rng=None, options=None):
@@ -100,7 +114,7 @@ def estimate(model, params, aux, x, u=None, rng=None, options=None):
         rp = relaxed_pass(model, params, x, hp, z0, l, lam, improved, True)
         m = 1.0 - K.dz_cond_dlogits(q.a, u[l], q.s)          # (dz - dz~)/da_l, with dz/da = 1
         score_da = q.s - q.sig                               # d log q(b_l) / d a_l
-        r, rcache = control_net_forward(aux, f"relax{l}", q.a + z0[l])
+        r, rcache = control_net_forward(aux, f"relax{l}", q.a + z0[l], context_of(model, h0, hp.b, l, options))
         rho = control_net_input_grad(aux, f"relax{l}", rcache)
         transform_backward(params, E, f"q{l}", q.cache, rp.g_z[l] * m - rp.f[:, None] * score_da, nl, False)
         transform_backward(params, R, f"q{l}", q.cache, rho * m - r[:, None] * score_da, nl, False)
@@ -165,8 +179,9 @@ def surrogate(model, params, aux, x, u, frozen, options=None):
         f_z = relaxed_pass(model, params, x, hp, z0, l, lam, improved, False).f
         f_zc = relaxed_pass(model, params, x, hp, z0c, l, lam, improved, False).f
         e_l = float(np.sum(f_z - f_zc) - np.sum(frozen["f_l"][l] * hp.logq[l]))
-        r_z, _ = control_net_forward(aux, f"relax{l}", a + z0[l])
-        r_zc, _ = control_net_forward(aux, f"relax{l}", a + z0c[l])
+        ctx = context_of(model, model.q_input(x), b, l, options)
+        r_z, _ = control_net_forward(aux, f"relax{l}", a + z0[l], ctx)
+        r_zc, _ = control_net_forward(aux, f"relax{l}", a + z0c[l], ctx)
         e_r = float(np.sum(r_z - r_zc) - np.sum(frozen["r_l"][l] * hp.logq[l]))
         for k in params:
             if k.startswith(f"q{l}."):

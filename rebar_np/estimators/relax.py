@@ -80,7 +80,7 @@ def init_aux(model, seed=0, dtype=np.float32, options=None):
     return aux
 
 
-def context_of(model, h0, b, l, options):
+def context_of(h0, b, l, options):
     """What r_l sees besides z_l: [x - mean_x, 2 b_0 - 1, ..., 2 b_{l-1} - 1] (the data and the hard
     samples below layer l, none of which depends on b_l), or None when options["context"] is off."""
     if not options["context"]:
@@ -114,7 +114,7 @@ def estimate(model, params, aux, x, u=None, rng=None, options=None):
         rp = relaxed_pass(model, params, x, hp, z0, l, lam, improved, True)
         m = 1.0 - K.dz_cond_dlogits(q.a, u[l], q.s)          # (dz - dz~)/da_l, with dz/da = 1
         score_da = q.s - q.sig                               # d log q(b_l) / d a_l
-        r, rcache = control_net_forward(aux, f"relax{l}", q.a + z0[l], context_of(model, h0, hp.b, l, options))
+        r, rcache = control_net_forward(aux, f"relax{l}", q.a + z0[l], context_of(h0, hp.b, l, options))
         rho = control_net_input_grad(aux, f"relax{l}", rcache)
         transform_backward(params, E, f"q{l}", q.cache, rp.g_z[l] * m - rp.f[:, None] * score_da, nl, False)
         transform_backward(params, R, f"q{l}", q.cache, rho * m - r[:, None] * score_da, nl, False)
@@ -179,7 +179,7 @@ def surrogate(model, params, aux, x, u, frozen, options=None):
         f_z = relaxed_pass(model, params, x, hp, z0, l, lam, improved, False).f
         f_zc = relaxed_pass(model, params, x, hp, z0c, l, lam, improved, False).f
         e_l = float(np.sum(f_z - f_zc) - np.sum(frozen["f_l"][l] * hp.logq[l]))
-        ctx = context_of(model, model.q_input(x), b, l, options)
+        ctx = context_of(model.q_input(x), b, l, options)
         r_z, _ = control_net_forward(aux, f"relax{l}", a + z0[l], ctx)
         r_zc, _ = control_net_forward(aux, f"relax{l}", a + z0c[l], ctx)
         e_r = float(np.sum(r_z - r_zc) - np.sum(frozen["r_l"][l] * hp.logq[l]))

@@ -101,9 +101,34 @@ def model_options(fn=None, *, n_hidden=200):
     return fn
 
 
+def k_sample_options(fn):
+    """--samples (K-sample estimators) and --relax-hidden (relax): settings of the issue-8 estimators."""
+    opts = [
+        click.option("--samples", default=5, show_default=True, type=int,
+                     help="vimco, reinforce_loo: samples K per example; they optimise the K-sample "
+                          "bound, and K multiplies the compute per step, not the batch."),
+        click.option("--relax-hidden", default=32, show_default=True, type=int,
+                     help="relax: width of its control network r."),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def k_sample_settings(samples, relax_hidden):
+    """TrainConfig fields for --samples / --relax-hidden (their defaults where not given)."""
+    out = {}
+    if samples is not None:
+        out["samples"] = samples
+    if relax_hidden is not None:
+        out["relax_hidden"] = relax_hidden
+    return out
+
+
 @main.command()
 @click.option("--model", default="dynamic_rebar", show_default=True,
-              help="Gradient estimator: reinforce, nvil, simple_muprop, muprop, concrete, rebar or dynamic_rebar.")
+              help="Gradient estimator: reinforce, nvil, simple_muprop, muprop, concrete, rebar, dynamic_rebar, "
+                   "relax, arm, disarm, vimco or reinforce_loo.")
 @model_options
 @click.option("--batch-size", default=24, show_default=True, type=int)
 @click.option("--temperature", default=0.5, show_default=True, type=float,
@@ -111,6 +136,7 @@ def model_options(fn=None, *, n_hidden=200):
 @click.option("--relaxation", default="muprop", show_default=True,
               help="REBAR family: muprop (sigma(z/lam + a lam/(lam+1)), the paper's default) or concrete "
                    "(sigma(z/lam)).")
+@k_sample_options
 @click.option("--learning-rate", default=3e-4, show_default=True, type=float,
               help="Adam learning rate of the model; baselines and control variates use 10x.")
 @click.option("--steps", default=2_000_000, show_default=True, type=int, help="Training steps (minibatches).")
@@ -148,9 +174,9 @@ def model_options(fn=None, *, n_hidden=200):
                    "on --resume, the run's own).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 @user_errors
-def train(model, task, n_layer, n_hidden, nonlinear, batch_size, temperature, relaxation, learning_rate, steps,
-          seed, eval_every, eval_samples, report_every, binarization, dtype, joint, beta2, checkpoint_every, output,
-          resume, hparams, config_file, data_dir, progress):
+def train(model, task, n_layer, n_hidden, nonlinear, batch_size, temperature, relaxation, samples, relax_hidden,
+          learning_rate, steps, seed, eval_every, eval_samples, report_every, binarization, dtype, joint, beta2,
+          checkpoint_every, output, resume, hparams, config_file, data_dir, progress):
     """Train an SBN with one gradient estimator.
 
     Prints one line per epoch ("Step N: train ELBO ..., log grad var ...") and the
@@ -174,6 +200,11 @@ def train(model, task, n_layer, n_hidden, nonlinear, batch_size, temperature, re
     else:
         cfg, record = new_train_config({n: ctx.params[n] for n in TRAIN_SETTINGS}, given, hparams, config_file,
                                        output), None
+    from rebar_np.estimators import K_SAMPLE_ESTIMATORS
+    if "samples" in given and cfg.model not in K_SAMPLE_ESTIMATORS:
+        raise ValueError(f"--samples applies to {' and '.join(K_SAMPLE_ESTIMATORS)} only, not {cfg.model}")
+    if "relax_hidden" in given and cfg.model != "relax":
+        raise ValueError(f"--relax-hidden applies to relax only, not {cfg.model}")
     from rebar_np.model import SBN
     SBN(cfg.task, cfg.n_layer, cfg.n_hidden, cfg.nonlinear, [0.5, 0.5])  # one-line errors before loading data
     data = load_task(cfg.task, data_dir, cfg.binarization)
@@ -208,7 +239,7 @@ def train(model, task, n_layer, n_hidden, nonlinear, batch_size, temperature, re
 
 # TrainConfig settings that are options of `train` (the rest keep their defaults, or come from --config)
 TRAIN_SETTINGS = ("model", "task", "n_layer", "n_hidden", "nonlinear", "batch_size", "temperature", "relaxation",
-                  "learning_rate", "steps", "seed", "eval_every", "eval_samples", "report_every", "binarization",
+                  "samples", "relax_hidden", "learning_rate", "steps", "seed", "eval_every", "eval_samples", "report_every", "binarization",
                   "dtype", "joint", "beta2", "checkpoint_every")
 
 
@@ -394,6 +425,7 @@ def sweep(grid, workers, engine, scheduler, report_only, paper, dry_run):
 @click.option("--learning-rate", default=3e-4, show_default=True, type=float)
 @click.option("--temperature", default=0.5, show_default=True, type=float)
 @click.option("--relaxation", default="muprop", show_default=True)
+@k_sample_options
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--report-every", default=0, show_default=True, type=int, help="Steps between rows; 0: once per epoch.")
 @click.option("--checkpoint", "run_dir", default=None, type=click.Path(file_okay=False),
@@ -404,7 +436,7 @@ def sweep(grid, workers, engine, scheduler, report_only, paper, dry_run):
 @click.option("--data-dir", default=None, type=click.Path(file_okay=False))
 @user_errors
 def variance(follow, estimators, task, n_layer, n_hidden, nonlinear, steps, batch_size, learning_rate, temperature,
-             relaxation, seed, report_every, run_dir, draws, output, data_dir):
+             relaxation, samples, relax_hidden, seed, report_every, run_dir, draws, output, data_dir):
     """Compare estimators' gradient variance on one optimisation trajectory.
 
     Prints, per epoch, each estimator's log gradient variance around the common mean
@@ -419,6 +451,8 @@ def variance(follow, estimators, task, n_layer, n_hidden, nonlinear, steps, batc
     names = [n.strip() for n in estimators.split(",") if n.strip()]
     for n in names + [follow]:
         E.get(n)
+    settings = TrainConfig(**k_sample_settings(samples, relax_hidden))
+    settings.validate()
     if run_dir:
         from rebar_np.checkpoint import load_checkpoint
         from rebar_np.model import SBN
@@ -430,7 +464,8 @@ def variance(follow, estimators, task, n_layer, n_hidden, nonlinear, steps, batc
         mean_x = ck["mean_x"] if ck["mean_x"] is not None else data["train"].mean(axis=0, dtype=np.float64)
         model = SBN(c["task"], c["n_layer"], c["n_hidden"], c["nonlinear"], mean_x)
         x = data["train"][np.random.default_rng(seed).choice(data["train"].shape[0], batch_size, replace=False)]
-        opts = {n: {k: v for k, v in {"temperature": temperature, "relaxation": relaxation}.items()
+        opts = {n: {k: v for k, v in {"temperature": temperature, "relaxation": relaxation,
+                                      "samples": settings.samples, "hidden": settings.relax_hidden}.items()
                     if k in E.get(n).DEFAULT_OPTIONS} for n in names}
         auxes = {n: (ck["aux"] if n == c["model"] else E.get(n).init_aux(model, seed, x.dtype, opts[n]))
                  for n in names}
@@ -442,7 +477,7 @@ def variance(follow, estimators, task, n_layer, n_hidden, nonlinear, steps, batc
     else:
         cfg = TrainConfig(model=follow, task=task, n_layer=n_layer, n_hidden=n_hidden, nonlinear=nonlinear,
                           batch_size=batch_size, learning_rate=learning_rate, steps=steps, seed=seed,
-                          temperature=temperature, relaxation=relaxation)
+                          temperature=temperature, relaxation=relaxation, **k_sample_settings(samples, relax_hidden))
         data = load_task(task, data_dir)
         rows = track_variance(cfg, data, names, follow, log=click.echo, report_every=report_every)
         click.echo(f"{'step':>8}" + "".join(f"{n:>15}" for n in dict.fromkeys([follow] + names)))
@@ -466,6 +501,7 @@ def variance(follow, estimators, task, n_layer, n_hidden, nonlinear, steps, batc
 @click.option("--learning-rate", default=3e-4, show_default=True, type=float)
 @click.option("--temperature", default=0.5, show_default=True, type=float)
 @click.option("--relaxation", default="muprop", show_default=True)
+@k_sample_options
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--eval-samples", default=100, show_default=True, type=int)
 @click.option("--output", default=None, type=click.Path(file_okay=False),
@@ -474,7 +510,7 @@ def variance(follow, estimators, task, n_layer, n_hidden, nonlinear, steps, batc
 @click.option("--progress/--no-progress", default=None)
 @user_errors
 def compare(estimators, task, n_layer, n_hidden, nonlinear, steps, batch_size, learning_rate, temperature,
-            relaxation, seed, eval_samples, output, data_dir, progress):
+            relaxation, samples, relax_hidden, seed, eval_samples, output, data_dir, progress):
     """Train the same model with several estimators and compare them.
 
     Writes a table (final train ELBO, validation and test bounds, log gradient variance,
@@ -493,7 +529,8 @@ def compare(estimators, task, n_layer, n_hidden, nonlinear, steps, batch_size, l
     os.makedirs(output, exist_ok=True)
     cfg = TrainConfig(task=task, n_layer=n_layer, n_hidden=n_hidden, nonlinear=nonlinear, batch_size=batch_size,
                       learning_rate=learning_rate, steps=steps, seed=seed, eval_every=0,
-                      eval_samples=eval_samples, temperature=temperature, relaxation=relaxation)
+                      eval_samples=eval_samples, temperature=temperature, relaxation=relaxation,
+                      **k_sample_settings(samples, relax_hidden))
     cfg.validate()
     data = load_task(task, data_dir)
     rows, histories = run_comparison(cfg, data, names, output, log=click.echo, progress=progress)

@@ -148,6 +148,9 @@ def run_checks(estimator, task, n_layer, n_hidden, nonlinear, n_input=16, batch_
     """Everything `rebar-np gradcheck` checks for one configuration: the estimator's
     gradients (model and aux) and the model's relaxed-sample backward."""
     model, params, x, u, rng = random_instance(task, n_layer, n_hidden, nonlinear, n_input, batch_size, seed)
+    rows = E.noise_rows(E.get(estimator), batch_size, options)
+    if rows != batch_size:   # K-sample estimators: K noise rows per example
+        u = draw_noise(model, rows, rng, np.float64)
     aux = E.get(estimator).init_aux(model, seed, np.float64, options)
     for k, v in aux.items():
         if v.ndim == 1 and k != "tau":   # random biases and eta != 1, so no term hides behind a zero

@@ -47,13 +47,16 @@ class TrainConfig:
     temperature: float = 0.5      # REBAR family: fixed (rebar) or initial (dynamic_rebar) temperature
     relaxation: str = "muprop"    # REBAR family: "muprop" (the paper's improved) or "concrete" (plain)
     joint: bool = False           # REBAR family: one fully relaxed control variate instead of one per layer
+    samples: int = 5              # K-sample estimators (vimco, reinforce_loo): samples per example
+    relax_hidden: int = 32        # relax: width of the control network r
     checkpoint_every: int = 0     # steps between checkpoints; 0 means at the end of every epoch
     output: str = ""
 
     def estimator_options(self):
         """The settings this config passes to its estimator (only the ones it knows)."""
         known = E.get(self.model).DEFAULT_OPTIONS
-        mine = {"temperature": self.temperature, "relaxation": self.relaxation, "joint": self.joint}
+        mine = {"temperature": self.temperature, "relaxation": self.relaxation, "joint": self.joint,
+                "samples": self.samples, "hidden": self.relax_hidden}
         return {k: v for k, v in mine.items() if k in known}
 
     def validate(self):
@@ -72,6 +75,10 @@ class TrainConfig:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
         if self.relaxation not in ("muprop", "concrete"):
             raise ValueError(f"unknown relaxation {self.relaxation!r}; choose muprop or concrete")
+        if self.samples < 2:
+            raise ValueError(f"samples must be at least 2 (K-sample estimators), got {self.samples}")
+        if self.relax_hidden < 1:
+            raise ValueError(f"relax-hidden must be at least 1, got {self.relax_hidden}")
         if self.binarization not in ("fixed", "dynamic"):
             raise ValueError(f"unknown binarization {self.binarization!r}; choose fixed or dynamic")
 

@@ -9,7 +9,9 @@ EMAs (decay 0.999, bias-corrected) of g_{e,j} and g_{e,j}^2; the reported value 
     log mean_j E[(g_{e,j} - m_j)^2] = log mean_j (E[g_e^2] - 2 m_j E[g_e] + m_j^2),
 
 with m_j the common mean: the average over the unbiased estimators of E[g_{e,j}]
-(they share one expectation, so pooling them estimates it with less noise).
+(they share one expectation, so pooling them estimates it with less noise). The K-sample
+estimators (vimco, reinforce_loo) estimate the gradient of the K-sample bound instead, and
+are measured around their own pooled mean.
 
 measure_variance: freeze a model and estimate each estimator's per-entry variance
 from K independent draws on one fixed batch, with a confidence interval for the
@@ -39,7 +41,13 @@ class Tracked:
 
 def _options(cfg, name):
     known = E.get(name).DEFAULT_OPTIONS
-    return {k: v for k, v in {"temperature": cfg.temperature, "relaxation": cfg.relaxation}.items() if k in known}
+    return {k: v for k, v in {"temperature": cfg.temperature, "relaxation": cfg.relaxation, "samples": cfg.samples,
+                              "hidden": cfg.relax_hidden}.items() if k in known}
+
+
+def target(tr):
+    """What an estimator's gradient is an estimate of: the ELBO's, or the K-sample bound's for K = samples."""
+    return f"bound{tr.options['samples']}" if "samples" in tr.options else "elbo"
 
 
 def track_variance(cfg, data, estimators, follow, log=print, report_every=0, decay=0.999):
@@ -101,11 +109,13 @@ def track_variance(cfg, data, estimators, follow, log=print, report_every=0, dec
 
 
 def log_variances(tracked, t, decay):
-    """{name: log mean_j E[(g_{e,j} - m_j)^2]} with m the unbiased estimators' pooled mean."""
+    """{name: log mean_j E[(g_{e,j} - m_j)^2]} with m the pooled mean of the unbiased estimators
+    of the same target (the ELBO, or the K-sample bound for the K-sample estimators)."""
     corr = 1.0 - decay ** t
-    unbiased = [tr for tr in tracked if tr.name not in BIASED] or tracked
     out = {}
     for tr in tracked:
+        same = [u for u in tracked if target(u) == target(tr)]
+        unbiased = [u for u in same if u.name not in BIASED] or same
         total, n = 0.0, 0
         for k in tr.m1:
             m = sum(u.m1[k] for u in unbiased) / (len(unbiased) * corr)

@@ -4,7 +4,9 @@
     assert res.passed, res.message()
 
 The exact loss gradient -d E_q[f] / d theta comes from reference.exact_gradient
-(enumeration of all latent configurations + finite differences). The estimator
+(enumeration of all latent configurations + finite differences); for the estimators of
+the K-sample bound pass exact=reference.exact_multisample_gradient(..., K) (their noise
+then has K rows per example, found from the estimator's noise_rows). The estimator
 is called n_draws times with fresh uniform noise from np.random.default_rng(seed);
 for every parameter entry j,
 
@@ -100,13 +102,23 @@ def _estimator_fn(estimator, options):
     return lambda model, params, aux, x, u: est.estimate(model, params, aux, x, u, options=options).grads
 
 
-def draw_estimates(estimator, model, params, aux, x, n_draws, seed, options=None):
-    """(names, shapes, (n_draws, P) array of flattened estimates), noise from default_rng(seed)."""
+def default_noise_rows(estimator, batch_size, options=None):
+    """Rows of each noise array: batch_size, or batch_size K for a named K-sample estimator."""
+    if callable(estimator):
+        return batch_size
+    from rebar_np import estimators as E
+    return E.noise_rows(E.get(estimator), batch_size, options)
+
+
+def draw_estimates(estimator, model, params, aux, x, n_draws, seed, options=None, noise_rows=None):
+    """(names, shapes, (n_draws, P) array of flattened estimates), noise from default_rng(seed).
+    noise_rows: rows of each layer's noise (default: the batch size, or B K for a named K-sample estimator)."""
     fn = _estimator_fn(estimator, options)
     rng = np.random.default_rng(seed)
     names = list(params)
     shapes = {k: np.shape(params[k]) for k in names}
-    B, H, L = x.shape[0], model.n_hidden, model.n_layer
+    B = noise_rows or default_noise_rows(estimator, x.shape[0], options)
+    H, L = model.n_hidden, model.n_layer
     P = sum(int(np.prod(s)) for s in shapes.values())
     G = np.empty((n_draws, P))
     for i in range(n_draws):
@@ -117,19 +129,20 @@ def draw_estimates(estimator, model, params, aux, x, n_draws, seed, options=None
 
 
 def check_unbiased(estimator, model, params, aux, x, n_draws, seed=0, alpha=DEFAULT_ALPHA,
-                   options=None, exact=None, zero_tol=ZERO_TOL, label=None):
+                   options=None, exact=None, zero_tol=ZERO_TOL, label=None, noise_rows=None):
     """Test E[estimate] == exact loss gradient entry by entry (see the module docstring).
 
     estimator: a name for rebar_np.estimators.get, or a callable (model, params, aux, x, u)
     returning a dict of loss gradients or an object with .grads.
     exact: the exact gradient, if already computed (reference.exact_gradient otherwise).
+    noise_rows: rows of each noise array, for a callable K-sample estimator (B K).
     """
     params = {k: np.array(v, dtype=np.float64) for k, v in params.items()}
     aux = {k: np.array(v, dtype=np.float64) for k, v in (aux or {}).items()}
     x = np.asarray(x, dtype=np.float64)
     if exact is None:
         exact = R.exact_gradient(model, params, x)
-    names, shapes, G = draw_estimates(estimator, model, params, aux, x, n_draws, seed, options)
+    names, shapes, G = draw_estimates(estimator, model, params, aux, x, n_draws, seed, options, noise_rows)
     mean_flat = G.mean(axis=0)
     std_flat = G.std(axis=0, ddof=1)
     exact_flat = np.concatenate([np.asarray(exact[k], dtype=np.float64).reshape(-1) for k in names])

@@ -177,6 +177,28 @@ def exact_log_marginal(model, params, x):
     return m[:, 0] + np.log(np.sum(np.exp(lp - m), axis=1))
 
 
+def exact_multisample_objective(model, params, x, n_samples):
+    """mean_n E[log (1/K) sum_k exp f(b^k)] for K = n_samples independent b^k ~ q(b | x_n): the
+    K-sample importance-weighted bound, by summing over all C^K joint configurations of the K samples."""
+    lq, lp = enumerate_terms(model, params, x)                    # (B, C)
+    f = lp - lq
+    C, K = lq.shape[1], int(n_samples)
+    if C ** K > 2 ** 20:
+        raise ValueError(f"{C}^{K} joint configurations is too many to enumerate")
+    idx = np.indices((C,) * K).reshape(K, -1)                     # (K, C^K): the configuration of each sample
+    log_prob = np.sum(lq[:, idx], axis=1)                         # (B, C^K): sum_k log q(c_k | x_n)
+    fk = f[:, idx]                                                # (B, K, C^K)
+    m = fk.max(axis=1)
+    bound = m + np.log(np.mean(np.exp(fk - m[:, None, :]), axis=1))
+    return float(np.mean(np.sum(np.exp(log_prob) * bound, axis=1)))
+
+
+def exact_multisample_gradient(model, params, x, n_samples, eps=1e-3, order=4):
+    """Gradient of the exact loss -exact_multisample_objective with respect to every parameter."""
+    g = fd_gradient(lambda p: exact_multisample_objective(model, p, x, n_samples), params, eps, order)
+    return {k: -v for k, v in g.items()}
+
+
 # --------------------------------------------------------------------------
 # Finite differences
 # --------------------------------------------------------------------------

@@ -21,13 +21,23 @@ Every estimator is a module with
 
 Gradients are of the *loss* (the negative objective), averaged over the batch:
 what the optimizer consumes.
+
+The K-sample estimators (K_SAMPLE_ESTIMATORS, option "samples") optimise the K-sample
+bound instead of the ELBO; they take K noise rows per example, and their module has
+
+    noise_rows(batch_size, options=None) -> batch_size K
+
+(see noise_rows below and rebar_np.multisample); Estimate.elbo is then the K-sample bound.
 """
 from dataclasses import dataclass, field
 import importlib
 
 import numpy as np
 
-ESTIMATORS = ("reinforce", "nvil", "simple_muprop", "muprop", "concrete", "rebar", "dynamic_rebar")
+ESTIMATORS = ("reinforce", "nvil", "simple_muprop", "muprop", "concrete", "rebar", "dynamic_rebar",
+              "relax", "arm", "disarm", "reinforce_loo", "vimco")
+# estimators of the K-sample bound log (1/K) sum_k exp f(b^k) (option "samples"), not of the ELBO
+K_SAMPLE_ESTIMATORS = ("reinforce_loo", "vimco")
 
 
 class EstimatorError(ValueError):
@@ -48,6 +58,12 @@ def get(name):
     if name not in ESTIMATORS:
         raise EstimatorError(f"unknown model {name!r}; choose one of {', '.join(ESTIMATORS)}")
     return importlib.import_module(f"{__name__}.{name}")
+
+
+def noise_rows(est, batch_size, options=None):
+    """Rows of each layer's uniform-noise array for a batch: batch_size, or batch_size K for a K-sample estimator."""
+    fn = getattr(est, "noise_rows", None)
+    return fn(batch_size, options) if fn is not None else batch_size
 
 
 def merge_options(defaults, options):

@@ -41,7 +41,7 @@ import sys
 import time
 
 ARCHS = {"linear1": (1, False), "linear2": (2, False), "nonlinear1": (1, True), "nonlinear2": (2, True)}
-ALL_ESTIMATORS = ("reinforce", "nvil", "simple_muprop", "muprop", "concrete", "rebar", "dynamic_rebar")
+from .macs import COUNTED_ESTIMATORS as ALL_ESTIMATORS  # noqa: E402  (numpy-only module)
 THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 D = 784
 

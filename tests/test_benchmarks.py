@@ -41,7 +41,7 @@ def need_jax():
 
 @pytest.mark.parametrize("nonlinear", [False, True])
 @pytest.mark.parametrize("n_layer", [1, 2, 3])
-@pytest.mark.parametrize("name", E.ESTIMATORS)
+@pytest.mark.parametrize("name", M.COUNTED_ESTIMATORS)
 def test_mac_count_is_what_rebar_np_runs(name, n_layer, nonlinear):
     want = M.counted(M.step_products(name, n_layer, nonlinear, 5, D=12, H=7))
     got = M.traced_products(name, n_layer, nonlinear, 5, D=12, H=7)

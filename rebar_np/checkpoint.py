@@ -18,6 +18,7 @@ remains, which ``remove_stale_temporaries`` deletes.
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 
 import h5py
 import numpy as np
@@ -47,37 +48,20 @@ def _attr(v):
     return v.item() if isinstance(v, np.generic) else v
 
 
-def save_checkpoint(path, step, config, params, aux, opt_states=None, ema=None, mean_x=None, train_state=None):
+@contextmanager
+def atomic_path(path, prefix=TMP_PREFIX, suffix=".h5"):
+    """Write-then-rename. Yields a temporary path (mode 0644) in path's folder for the
+    caller to write; when the block ends normally the file is flushed to disk, renamed
+    over path and the folder entry synced; when it raises, the temporary is removed.
+    Readers of path only ever see the old file or the complete new one."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".h5", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=folder)
     os.close(fd)
     os.chmod(tmp, 0o644)
     try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["step"] = int(step)
-            f.attrs["config"] = json.dumps(config, sort_keys=True)
-            _write_dict(f.create_group("params"), params)
-            _write_dict(f.create_group("aux"), aux)
-            for name, st in (opt_states or {}).items():
-                g = f.create_group(f"opt/{name}")
-                g.attrs["t"] = int(st["t"])
-                _write_dict(g.create_group("m"), st["m"])
-                _write_dict(g.create_group("v"), st["v"])
-            if ema is not None:
-                _write_dict(f.create_group("ema"), ema)
-            if mean_x is not None:
-                f.create_dataset("model/mean_x", data=mean_x)
-            if train_state is not None:
-                g = f.create_group("train_state")
-                for k, v in train_state.items():
-                    if isinstance(v, np.ndarray):
-                        g.create_dataset(k, data=v)
-                    else:
-                        g.attrs[k] = v
-            f.flush()
+        yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -86,6 +70,31 @@ def save_checkpoint(path, step, config, params, aux, opt_states=None, ema=None, 
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def save_checkpoint(path, step, config, params, aux, opt_states=None, ema=None, mean_x=None, train_state=None):
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["step"] = int(step)
+        f.attrs["config"] = json.dumps(config, sort_keys=True)
+        _write_dict(f.create_group("params"), params)
+        _write_dict(f.create_group("aux"), aux)
+        for name, st in (opt_states or {}).items():
+            g = f.create_group(f"opt/{name}")
+            g.attrs["t"] = int(st["t"])
+            _write_dict(g.create_group("m"), st["m"])
+            _write_dict(g.create_group("v"), st["v"])
+        if ema is not None:
+            _write_dict(f.create_group("ema"), ema)
+        if mean_x is not None:
+            f.create_dataset("model/mean_x", data=mean_x)
+        if train_state is not None:
+            g = f.create_group("train_state")
+            for k, v in train_state.items():
+                if isinstance(v, np.ndarray):
+                    g.create_dataset(k, data=v)
+                else:
+                    g.attrs[k] = v
 
 
 def fsync_folder(folder):

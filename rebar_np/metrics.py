@@ -25,13 +25,12 @@ is small (one row per epoch by default: ~1,000 rows for 2,000,000 steps).
 import json
 import math
 import os
-import tempfile
 import time
 
 import h5py
 import numpy as np
 
-from .checkpoint import fsync_folder
+from .checkpoint import atomic_path
 
 FORMAT_VERSION = 1
 FIRST_COLUMNS = ("step", "wall_time", "train_elbo", "log_grad_var", "temperature", "valid_bound", "test_bound")
@@ -80,25 +79,12 @@ class MetricsLog:
         """Write the table if it changed, at most every min_interval seconds unless forced."""
         if not self._dirty or (not force and time.monotonic() - self._last_flush < self.min_interval):
             return
-        folder = os.path.dirname(os.path.abspath(self.path))
-        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".h5", dir=folder)
-        os.close(fd)
-        os.chmod(tmp, 0o644)
-        try:
-            with h5py.File(tmp, "w") as f:
-                f.attrs["format_version"] = FORMAT_VERSION
-                f.attrs["columns"] = json.dumps(self.columns)
-                for c in self.columns:
-                    a = np.asarray(self.data[c], dtype=np.int64 if c == "step" else np.float64)
-                    f.create_dataset(c, data=a, maxshape=(None,), chunks=(max(1, min(len(a), 1024)),))
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-            fsync_folder(folder)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        with atomic_path(self.path, prefix=TMP_PREFIX) as tmp, h5py.File(tmp, "w") as f:
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["columns"] = json.dumps(self.columns)
+            for c in self.columns:
+                a = np.asarray(self.data[c], dtype=np.int64 if c == "step" else np.float64)
+                f.create_dataset(c, data=a, maxshape=(None,), chunks=(max(1, min(len(a), 1024)),))
         self._dirty, self._last_flush = False, time.monotonic()
 
 

@@ -482,7 +482,7 @@ def iw_bound(model, params, x, n_samples, rng, chunk=100):
       and for sp the prior's logits;
     - log B(y; a) = y.a - sum_j softplus(a_j), with softplus through NumPy's SIMD ufuncs.
     """
-    B, H, L, nl = x.shape[0], model.n_hidden, model.n_layer, model.nonlinear
+    B, nl = x.shape[0], model.nonlinear
     dtype = params[next(iter(params))].dtype
     a0, _ = transform_forward(params, "q0", model.q_input(x), nl)               # (B, H) per example
     per_example = {"q0": (a0, K.softplus_rows(a0), K.sigmoid_forward(-a0))}

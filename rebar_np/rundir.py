@@ -18,14 +18,13 @@ import json
 import os
 import platform
 import socket
-import tempfile
 import time
 from dataclasses import asdict, fields
 
 import numpy as np
 
 from . import __version__
-from .checkpoint import CheckpointError, fsync_folder, load_checkpoint, remove_stale_temporaries
+from .checkpoint import CheckpointError, atomic_path, load_checkpoint, remove_stale_temporaries
 from .data import DataError, array_sha256
 from .metrics import MetricsLog
 
@@ -43,23 +42,9 @@ class RunDirError(ValueError):
 # Small JSON files, written atomically
 # --------------------------------------------------------------------------
 def write_json(path, obj):
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=2, sort_keys=True)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-        fsync_folder(folder)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_path(path, prefix=".tmp-", suffix=".json") as tmp, open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=2, sort_keys=True)
+        fh.write("\n")
 
 
 def read_json(path, what):

@@ -17,7 +17,7 @@ from .adam import AdamConfig, adam_init, adam_update
 from .checkpoint import save_checkpoint
 from .resume import LoopState, capture_state, restore_state
 from .rundir import recorder_for
-from .kernels import fast_kernel, kernel
+from .kernels import kernel
 from .model import SBN, init_params, iw_bound, check_params
 
 DTYPES = {"float32": np.float32, "float64": np.float64}

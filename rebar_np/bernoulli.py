@@ -23,7 +23,7 @@ Noise conventions (SPEC section 2, the same as the SBN estimators'):
 | disarm(f, a, u) | 1/2 (f(b) - f(b~)) (b - b~) sigma(|a|)  (Dong et al. 2020: ARM with u integrated out given b, b~) |
 | vimco(f, a, u) | of E[log (1/K) sum_k exp f(b_k)] instead: sum_k (L - L_{-k}) (b_k - sigma(a)) (Mnih and Rezende 2016) |
 | rebar(f, df_ds, a, u, ...) | [f(b) - eta f(s~)] (b - sigma(a)) + eta g_z (1 - dz~/da)  (Tucker et al. 2017) |
-| relax(f, df_ds, a, u, net, ...) | rebar with eta f(s) replaced by eta f(s) + r(z)  (Grathwohl et al. 2018) |
+| relax(f, df_ds, a, u, net, ...) | rebar with eta f(s) replaced by eta f(s) + r(z), r a tanh network (Grathwohl et al. 2018) |
 
 The relaxation-based estimators also need df_ds(s), the derivative of f at a continuous
 s in (0, 1)^H (same shape as s); there s = sigma(z / lam + a lam / (lam + 1)) (the "muprop"
@@ -35,7 +35,7 @@ The SBN estimators (rebar_np.estimators.arm, disarm, vimco, reinforce_loo, relax
 these same formulas layer by layer; the pieces they share are the *_logit_gradient and
 *_signals functions below.
 
-Example (tests/test_bernoulli.py runs it):
+Example (the README has a longer one, with every estimator, which tests/test_bernoulli.py runs):
 
     import numpy as np
     from rebar_np import bernoulli as bern

@@ -89,15 +89,8 @@ def rebar_estimate(model, params, aux, x, u, rng, options):
     train_tau = "tau" in aux
     improved = options["relaxation"] == "muprop"
     lam = temperature(aux, options)
-    u = prepare_noise(model, x, u, rng)
     B, L, nl = x.shape[0], model.n_layer, model.nonlinear
-    z0 = [K.logistic_noise(ul) for ul in u]
-
-    # hard pass, baseline, and the score-function part -(1/B) [A + d log p]
-    hp = hard_pass(model, params, x, z0)
-    h0 = model.q_input(x)
-    c, hidden = baseline_forward(aux, h0)
-    grads = score_function_gradient(model, params, x, hp, hp.f - c)
+    u, z0, hp, h0, c, hidden, grads = hard_part(model, params, aux, x, u, rng)
 
     # control variates: E (per q tensor) and, per layer l, what the tuning needs.
     # Per layer (default): switch layer l, its own z_l and score_l. Joint: one relaxed
@@ -117,18 +110,13 @@ def rebar_estimate(model, params, aux, x, u, rng, options):
         grads[k] -= (eta[k] / B) * E[k]
 
     # tuning gradients of V = mean_j G_j^2
-    P = sum(g.size for g in grads.values())
-    V = sum(K.sum_squares(g) for g in grads.values()) / P
     aux_grads = zeros_like(aux)
-    for k in E:
-        dV_deta = -(2.0 / (P * B)) * K.dot(grads[k], E[k])        # dG_k/deta_k = -E_k / B
-        e = eta[k] / 2.0                                       # sigma(psi)
-        aux_grads["psi." + k][0] = dV_deta * 2.0 * e * (1.0 - e)
+    P, V = variance_and_eta_grads(grads, E, eta, B, aux_grads)
     dc = np.zeros(B, dtype=np.float64)
     dtau = 0.0
     for l, (rp, m, score_da) in enumerate(per_layer):
         q = hp.layers[l]
-        a_dot_G, a_dot_eG = _logit_tangents(params, f"q{l}", q.cache, nl, grads, eta, train_tau)
+        a_dot_G, a_dot_eG = logit_tangents(params, f"q{l}", q.cache, nl, grads, eta, train_tau)
         dc += (2.0 / (P * B)) * np.sum(score_da * a_dot_G, axis=1, dtype=np.float64)
         if train_tau:
             w = rp.g_z_dot[l] * m - rp.f_dot[:, None] * score_da
@@ -143,7 +131,33 @@ def rebar_estimate(model, params, aux, x, u, rng, options):
     return Estimate(grads, aux_grads, hp.f, frozen=frozen, stats=stats)
 
 
-def _logit_tangents(params, name, cache, nonlinear, grads, eta, with_eta):
+def hard_part(model, params, aux, x, u, rng):
+    """What every REBAR-family estimate starts from: the noise (drawn when u is None),
+    z0 = logistic noise, the hard pass, the baseline c(x) and the score-function part
+    of the gradient -(1/B) [A + d log p] with learning signal f - c.
+    Returns (u, z0, hard pass, h0 = q input, c, the baseline's hidden layer, grads)."""
+    u = prepare_noise(model, x, u, rng)
+    z0 = [K.logistic_noise(ul) for ul in u]
+    hp = hard_pass(model, params, x, z0)
+    h0 = model.q_input(x)
+    c, hidden = baseline_forward(aux, h0)
+    return u, z0, hp, h0, c, hidden, score_function_gradient(model, params, x, hp, hp.f - c)
+
+
+def variance_and_eta_grads(grads, E, eta, B, aux_grads):
+    """V = (1/P) sum_j G_j^2 and its psi gradients, written into aux_grads["psi.<k>"]:
+    G_k = ... - (eta_k / B) E_k, so dV/deta_k = -(2 / (P B)) <G_k, E_k>, and
+    eta = 2 sigma(psi) gives deta/dpsi = 2 sigma(psi) (1 - sigma(psi)). Returns (P, V)."""
+    P = sum(g.size for g in grads.values())
+    V = sum(K.sum_squares(g) for g in grads.values()) / P
+    for k in E:
+        dV_deta = -(2.0 / (P * B)) * K.dot(grads[k], E[k])
+        e = eta[k] / 2.0                                       # sigma(psi)
+        aux_grads["psi." + k][0] = dV_deta * 2.0 * e * (1.0 - e)
+    return P, V
+
+
+def logit_tangents(params, name, cache, nonlinear, grads, eta, with_eta):
     """The tangents of the layer's logits a = T_name(h) along the gradient G and,
     when with_eta, along eta * G (each tensor k scaled by its eta_k), h held fixed.
 

@@ -46,15 +46,14 @@ aux parameters: REBAR's ``baseline.*``, ``psi.<q tensor>``, ``tau`` and, per lay
 import numpy as np
 
 from .. import kernels as K
-from ..baseline import baseline_backward, baseline_forward
+from ..baseline import baseline_backward
 from ..control_net import (DEFAULT_WIDTH, control_net_forward, control_net_input_grad,
                            control_net_tangent_backward, init_control_net)
-from ..model import (hard_pass, hard_pass_at, is_recognition, score_function_gradient, score_function_surrogate,
-                     transform_backward, transform_tangent, zeros_like)
+from ..model import hard_pass_at, is_recognition, score_function_surrogate, transform_backward, zeros_like
 from ..relaxed import relaxed_pass
-from . import Estimate, EstimatorError, merge_options, prepare_noise
-from .rebar import check_options as check_rebar_options, conditional_z0, eta_of, init_aux as rebar_init_aux, \
-    temperature
+from . import Estimate, EstimatorError, merge_options
+from .rebar import (logit_tangents, check_options as check_rebar_options, conditional_z0, eta_of, hard_part,
+                    init_aux as rebar_init_aux, temperature, variance_and_eta_grads)
 
 DEFAULT_OPTIONS = {"temperature": 0.5, "relaxation": "muprop", "hidden": DEFAULT_WIDTH, "context": True}
 
@@ -95,15 +94,8 @@ def estimate(model, params, aux, x, u=None, rng=None, options=None):
         raise EstimatorError("relax needs a learned temperature 'tau' in aux (use its init_aux)")
     improved = options["relaxation"] == "muprop"
     lam = temperature(aux, options)
-    u = prepare_noise(model, x, u, rng)
     B, L, nl = x.shape[0], model.n_layer, model.nonlinear
-    z0 = [K.logistic_noise(ul) for ul in u]
-
-    # hard pass, baseline, and the score-function part -(1/B) [A + d log p]
-    hp = hard_pass(model, params, x, z0)
-    h0 = model.q_input(x)
-    c, hidden = baseline_forward(aux, h0)
-    grads = score_function_gradient(model, params, x, hp, hp.f - c)
+    u, z0, hp, h0, c, hidden, grads = hard_part(model, params, aux, x, u, rng)
 
     # control variates per switch layer l: E (REBAR's, scaled by eta) and R (r's, unscaled)
     E = {k: np.zeros_like(v) for k, v in params.items() if is_recognition(k)}
@@ -123,22 +115,15 @@ def estimate(model, params, aux, x, u=None, rng=None, options=None):
     for k in E:
         grads[k] -= (eta[k] / B) * E[k] + R[k] * (1.0 / B)
 
-    # tuning gradients of V = mean_j G_j^2
-    P = sum(g.size for g in grads.values())
-    V = sum(float(np.sum(g.astype(np.float64) ** 2)) for g in grads.values()) / P
+    # tuning gradients of V = mean_j G_j^2 (REBAR's for psi, c and tau; r's below)
     aux_grads = zeros_like(aux)
-    for k in E:
-        dV_deta = (2.0 / P) * float(np.sum(grads[k] * (-E[k] / B), dtype=np.float64))
-        e = eta[k] / 2.0                                       # sigma(psi)
-        aux_grads["psi." + k][0] = dV_deta * 2.0 * e * (1.0 - e)
+    P, V = variance_and_eta_grads(grads, E, eta, B, aux_grads)
     dc = np.zeros(B, dtype=np.float64)
     dtau = 0.0
-    eta_grads = {k: eta[k] * g for k, g in grads.items() if k in E}
     for l, (rp, m, score_da, r, rcache) in enumerate(per_layer):
         q = hp.layers[l]
-        a_dot_G, _ = transform_tangent(params, f"q{l}", q.cache, None, nl, direction=grads)
+        a_dot_G, a_dot_eG = logit_tangents(params, f"q{l}", q.cache, nl, grads, eta, True)
         dc += (2.0 / (P * B)) * np.sum(score_da * a_dot_G, axis=1, dtype=np.float64)
-        a_dot_eG, _ = transform_tangent(params, f"q{l}", q.cache, None, nl, direction=eta_grads)
         w = rp.g_z_dot[l] * m - rp.f_dot[:, None] * score_da
         dtau += -(2.0 / (P * B)) * float(np.sum(a_dot_eG * w, dtype=np.float64))
         # dV/dphi_l = -(2/(P B)) dS_l/dphi_l, S_l = sum_n [<A m, rho> - <A, score> r], A = a_dot_l[G]

@@ -115,6 +115,25 @@ def k_sample_options(fn):
     return fn
 
 
+def estimator_options(fn):
+    """The training set-up every command that trains shares: batch, the REBAR family's
+    temperature and relaxation, the K-sample and relax settings, the learning rate."""
+    opts = [
+        click.option("--batch-size", default=24, show_default=True, type=int),
+        click.option("--temperature", default=0.5, show_default=True, type=float,
+                     help="REBAR family: the fixed (rebar) or initial (dynamic_rebar) temperature lambda."),
+        click.option("--relaxation", default="muprop", show_default=True,
+                     help="REBAR family: muprop (sigma(z/lam + a lam/(lam+1)), the paper's default) or concrete "
+                          "(sigma(z/lam))."),
+        k_sample_options,
+        click.option("--learning-rate", default=3e-4, show_default=True, type=float,
+                     help="Adam learning rate of the model; baselines and control variates use 10x."),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
 def k_sample_settings(samples, relax_hidden):
     """TrainConfig fields for --samples / --relax-hidden (their defaults where not given)."""
     out = {}
@@ -130,15 +149,7 @@ def k_sample_settings(samples, relax_hidden):
               help="Gradient estimator: reinforce, nvil, simple_muprop, muprop, concrete, rebar, dynamic_rebar, "
                    "relax, arm, disarm, vimco or reinforce_loo.")
 @model_options
-@click.option("--batch-size", default=24, show_default=True, type=int)
-@click.option("--temperature", default=0.5, show_default=True, type=float,
-              help="REBAR family: the fixed (rebar) or initial (dynamic_rebar) temperature lambda.")
-@click.option("--relaxation", default="muprop", show_default=True,
-              help="REBAR family: muprop (sigma(z/lam + a lam/(lam+1)), the paper's default) or concrete "
-                   "(sigma(z/lam)).")
-@k_sample_options
-@click.option("--learning-rate", default=3e-4, show_default=True, type=float,
-              help="Adam learning rate of the model; baselines and control variates use 10x.")
+@estimator_options
 @click.option("--steps", default=2_000_000, show_default=True, type=int, help="Training steps (minibatches).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Same seed, same results.")
 @click.option("--eval-every", default=25, show_default=True, type=int,
@@ -421,11 +432,7 @@ def sweep(grid, workers, engine, scheduler, report_only, paper, dry_run):
               help="Comma-separated estimators to measure.")
 @model_options
 @click.option("--steps", default=4200, show_default=True, type=int)
-@click.option("--batch-size", default=24, show_default=True, type=int)
-@click.option("--learning-rate", default=3e-4, show_default=True, type=float)
-@click.option("--temperature", default=0.5, show_default=True, type=float)
-@click.option("--relaxation", default="muprop", show_default=True)
-@k_sample_options
+@estimator_options
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--report-every", default=0, show_default=True, type=int, help="Steps between rows; 0: once per epoch.")
 @click.option("--checkpoint", "run_dir", default=None, type=click.Path(file_okay=False),
@@ -497,11 +504,7 @@ def variance(follow, estimators, task, n_layer, n_hidden, nonlinear, steps, batc
 @click.option("--estimators", default="nvil,simple_muprop,muprop,concrete,rebar,dynamic_rebar", show_default=True)
 @model_options
 @click.option("--steps", default=20000, show_default=True, type=int, help="Training steps per estimator.")
-@click.option("--batch-size", default=24, show_default=True, type=int)
-@click.option("--learning-rate", default=3e-4, show_default=True, type=float)
-@click.option("--temperature", default=0.5, show_default=True, type=float)
-@click.option("--relaxation", default="muprop", show_default=True)
-@k_sample_options
+@estimator_options
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--eval-samples", default=100, show_default=True, type=int)
 @click.option("--output", default=None, type=click.Path(file_okay=False),

@@ -134,16 +134,6 @@ def estimator_options(fn):
     return fn
 
 
-def k_sample_settings(samples, relax_hidden):
-    """TrainConfig fields for --samples / --relax-hidden (their defaults where not given)."""
-    out = {}
-    if samples is not None:
-        out["samples"] = samples
-    if relax_hidden is not None:
-        out["relax_hidden"] = relax_hidden
-    return out
-
-
 @main.command()
 @click.option("--model", default="dynamic_rebar", show_default=True,
               help="Gradient estimator: reinforce, nvil, simple_muprop, muprop, concrete, rebar, dynamic_rebar, "
@@ -458,7 +448,7 @@ def variance(follow, estimators, task, n_layer, n_hidden, nonlinear, steps, batc
     names = [n.strip() for n in estimators.split(",") if n.strip()]
     for n in names + [follow]:
         E.get(n)
-    settings = TrainConfig(**k_sample_settings(samples, relax_hidden))
+    settings = TrainConfig(samples=samples, relax_hidden=relax_hidden)
     settings.validate()
     if run_dir:
         from rebar_np.checkpoint import load_checkpoint
@@ -484,7 +474,7 @@ def variance(follow, estimators, task, n_layer, n_hidden, nonlinear, steps, batc
     else:
         cfg = TrainConfig(model=follow, task=task, n_layer=n_layer, n_hidden=n_hidden, nonlinear=nonlinear,
                           batch_size=batch_size, learning_rate=learning_rate, steps=steps, seed=seed,
-                          temperature=temperature, relaxation=relaxation, **k_sample_settings(samples, relax_hidden))
+                          temperature=temperature, relaxation=relaxation, samples=samples, relax_hidden=relax_hidden)
         data = load_task(task, data_dir)
         rows = track_variance(cfg, data, names, follow, log=click.echo, report_every=report_every)
         click.echo(f"{'step':>8}" + "".join(f"{n:>15}" for n in dict.fromkeys([follow] + names)))
@@ -533,7 +523,7 @@ def compare(estimators, task, n_layer, n_hidden, nonlinear, steps, batch_size, l
     cfg = TrainConfig(task=task, n_layer=n_layer, n_hidden=n_hidden, nonlinear=nonlinear, batch_size=batch_size,
                       learning_rate=learning_rate, steps=steps, seed=seed, eval_every=0,
                       eval_samples=eval_samples, temperature=temperature, relaxation=relaxation,
-                      **k_sample_settings(samples, relax_hidden))
+                      samples=samples, relax_hidden=relax_hidden)
     cfg.validate()
     data = load_task(task, data_dir)
     rows, histories = run_comparison(cfg, data, names, output, log=click.echo, progress=progress)

@@ -200,7 +200,7 @@ def evaluate(model, params, x, n_samples, seed=0, examples_per_chunk=None, progr
     bar = tqdm(total=x.shape[0], desc=desc, unit="ex", disable=not progress, leave=False, file=sys.stderr)
     with threadpool_limits(limits=1 if workers > 1 else None, user_api="blas"), \
             ThreadPoolExecutor(max_workers=workers) as pool:
-        for i, bounds in zip(range(len(starts)), pool.map(bound_values, range(len(starts)))):
+        for i, bounds in enumerate(pool.map(bound_values, range(len(starts)))):
             if out is not None:
                 out[starts[i]:starts[i] + bounds.shape[0]] = bounds
             total += float(np.sum(bounds))

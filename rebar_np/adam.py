@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .device import is_device, zeros_like
 from .kernels import fast_kernel
 
 
@@ -23,8 +24,8 @@ class AdamConfig:
 
 
 def adam_init(params):
-    return {"m": {k: np.zeros_like(v) for k, v in params.items()},
-            "v": {k: np.zeros_like(v) for k, v in params.items()},
+    return {"m": {k: zeros_like(v) for k, v in params.items()},
+            "v": {k: zeros_like(v) for k, v in params.items()},
             "t": 0}
 
 
@@ -49,7 +50,10 @@ def adam_update(params, grads, state, cfg, lr_scale=1.0):
     state["t"] += 1
     t = state["t"]
     lr_t = cfg.learning_rate * lr_scale * np.sqrt(1.0 - cfg.beta2 ** t) / (1.0 - cfg.beta1 ** t)
+    kernel = adam_kernel
+    if params and is_device(next(iter(params.values()))):
+        from .cuda_kernels import adam_kernel as kernel       # the CUDA twin, same arguments
     for k, p in params.items():
         typed = p.dtype.type
-        adam_kernel(p, grads[k], state["m"][k], state["v"][k],
+        kernel(p, grads[k], state["m"][k], state["v"][k],
                     typed(lr_t), typed(cfg.beta1), typed(cfg.beta2), typed(cfg.eps))

@@ -8,7 +8,7 @@ half, like q's. Trained on the batch mean of a squared learning signal.
 """
 import numpy as np
 
-from . import kernels as K
+from .device import K
 
 N_BASELINE_HIDDEN = 100
 
@@ -28,7 +28,7 @@ def baseline_forward(aux, h0, prefix="baseline"):
     """c = tanh(h0 W1 + c1) W2 + c2 for h0 = model.q_input(x). Returns (c (B,), hidden (B, 100))."""
     hidden = K.tanh_forward(K.dense_forward(h0, aux[prefix + ".W1"], aux[prefix + ".c1"]))
     c = K.dense_forward(hidden, aux[prefix + ".W2"], aux[prefix + ".c2"])
-    return c[:, 0].copy(), hidden
+    return c.reshape(-1).copy(), hidden     # (B, 1) -> (B,)
 
 
 def baseline_backward(aux, aux_grads, h0, hidden, dc, prefix="baseline"):

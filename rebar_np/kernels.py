@@ -457,6 +457,15 @@ def mean_sample_forward(a):
     return sigmoid_forward(a)
 
 
+def threshold_samples(u, thr, k):
+    """Hard samples b[r, j] = 1[u[r, j] > thr[r // k, j]] in u's dtype: with thr = sigma(-a) this is
+    b = 1[a + log u - log(1 - u) > 0], the same sample at the same noise without two logarithms.
+    u: (R, H) with k consecutive rows per row of thr (R = rows(thr) k); k = 1: one threshold row per row.
+    """
+    R, H = u.shape
+    return (u.reshape(R // k, k, H) > thr[:, None, :]).astype(u.dtype).reshape(R, H)
+
+
 # --------------------------------------------------------------------------
 # Reductions used by estimators and evaluation
 # --------------------------------------------------------------------------
@@ -494,6 +503,17 @@ def dot(a, b):
     for i in range(af.size):
         acc += np.float64(af[i]) * bf[i]
     return acc
+
+
+def per_example_dot(s, a, k):
+    """d[r] = sum_j s[r, j] a[r // k, j], float64 (R,): row r of s against its example's row of a,
+    where a holds one row per k consecutive rows of s (k = 1: row by row; k = R: one row for all)."""
+    R, n = s.shape
+    if k == 1:
+        return np.einsum("ij,ij->i", s, a, dtype=np.float64)
+    if k == R:
+        return (s @ a[0]).astype(np.float64)
+    return np.matmul(s.reshape(R // k, k, n), a.reshape(R // k, n, 1)).reshape(R).astype(np.float64)
 
 
 def logmeanexp_rows(F):

@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import kernels as K
+from .device import K, contiguous, full, is_device, to_device, to_host, zeros
+from .device import zeros_like as _zeros_like
 
 TASKS = ("sbn", "omni", "sp")
 SUBLAYERS = ("1", "2", "3")  # the three dense layers of a nonlinear transform
@@ -88,11 +89,11 @@ class SBN:
     def q_input(self, x):
         """x - mean_x (or x_top - mean_top for sp), in x's dtype: input of q0 (and of prior for sp)."""
         n = self.n_cond
-        return np.ascontiguousarray(x[:, :n] - self.mean_x[:n].astype(x.dtype))
+        return contiguous(x[:, :n] - self.mean_x[:n].astype(x.dtype))
 
     def target(self, x):
         """The pixels p(x | b_0) scores: x, or x_bottom for sp."""
-        return np.ascontiguousarray(x[:, self.n_input - self.n_target:])
+        return contiguous(x[:, self.n_input - self.n_target:])
 
     def data_bias(self, dtype):
         """logit(clip(mean, 0.001, 0.999)) of the target pixels, added to p(x | b_0)'s logits."""
@@ -155,7 +156,8 @@ def init_params(model, seed=0, dtype=np.float32):
 
 
 def zeros_like(params):
-    return {k: np.zeros_like(v) for k, v in params.items()}
+    """Zero arrays mirroring params (in the memory params live in)."""
+    return {k: _zeros_like(v) for k, v in params.items()}
 
 
 def check_params(model, params):
@@ -363,7 +365,7 @@ def prior_logits_forward(model, params, x, dtype):
     """Logits of p(b_{L-1}): the free vector (sbn, omni) or T_prior(x_top - mean_top) (sp)."""
     if model.task == "sp":
         return transform_forward(params, "prior", model.q_input(x), model.nonlinear)
-    prior_logits = np.empty((x.shape[0], model.n_hidden), dtype=dtype)
+    prior_logits = full((x.shape[0], model.n_hidden), 0.0, dtype, like=x)
     prior_logits[:] = params["prior.logits"]
     return prior_logits, None
 
@@ -468,7 +470,7 @@ def check_noise(model, u, batch_size):
 
 
 def iw_bound(model, params, x, n_samples, rng, chunk=100):
-    """k-sample importance-weighted bound log (1/k sum_i exp f(b_i)) per example, (B,).
+    """k-sample importance-weighted bound log (1/k sum_i exp f(b_i)) per example, (B,) host float64.
 
     Forward only, and arranged for throughput (this is the 5000-sample test bound):
 
@@ -481,6 +483,9 @@ def iw_bound(model, params, x, n_samples, rng, chunk=100):
       the logits of q(b_0 | x) (the first, widest product), sum_j softplus of them,
       and for sp the prior's logits;
     - log B(y; a) = y.a - sum_j softplus(a_j), with softplus through NumPy's SIMD ufuncs.
+
+    With x and params on the GPU (rebar_np.device) every pass runs there; the noise is
+    drawn on the host, as in training.
     """
     B, nl = x.shape[0], model.nonlinear
     dtype = params[next(iter(params))].dtype
@@ -495,15 +500,9 @@ def iw_bound(model, params, x, n_samples, rng, chunk=100):
     while done < n_samples:
         k = min(chunk, n_samples - done)
         f = _iw_chunk_elbo(model, params, per_example, target, bias, B, k, rng, dtype)
-        running = np.logaddexp(running, K.logmeanexp_rows(f) + np.log(k))   # log sum_i exp f here
+        running = np.logaddexp(running, to_host(K.logmeanexp_rows(f)) + np.log(k))   # log sum_i exp f here
         done += k
     return running - np.log(n_samples)
-
-
-def _per_example_dot(s, a, B, k):
-    """s . a row by row, where a (B, n) holds one row per example and s (B k, n) k rows per example."""
-    n = a.shape[1]
-    return np.matmul(s.reshape(B, k, n), a.reshape(B, n, 1)).reshape(B * k).astype(np.float64)
 
 
 def _iw_chunk_elbo(model, params, per_example, target, bias, B, k, rng, dtype):
@@ -511,30 +510,32 @@ def _iw_chunk_elbo(model, params, per_example, target, bias, B, k, rng, dtype):
     H, L, nl = model.n_hidden, model.n_layer, model.nonlinear
     R = B * k
     a0, sp0, thr0 = per_example["q0"]
-    logq = np.zeros(R)
+    logq = zeros(R, np.float64, like=a0)
     samples = []
     for l in range(L):
         u = rng.random((R, H)) if dtype == np.float64 else rng.random((R, H)).astype(dtype)
+        if is_device(a0):
+            u = to_device(u)
         if l == 0:
-            b = (u.reshape(B, k, H) > thr0[:, None, :]).astype(dtype).reshape(R, H)
-            logq += _per_example_dot(b, a0, B, k) - np.repeat(sp0, k)
+            b = K.threshold_samples(u, thr0, k)
+            logq += (K.per_example_dot(b, a0, k).reshape(B, k) - sp0[:, None]).reshape(R)
         else:
             a, _ = transform_forward(params, f"q{l}", 2.0 * samples[-1] - 1.0, nl)
-            b = (u > K.sigmoid_forward(-a)).astype(dtype)
-            logq += np.einsum("ij,ij->i", b, a, dtype=np.float64) - K.softplus_rows(a)
+            b = K.threshold_samples(u, K.sigmoid_forward(-a), 1)
+            logq += K.per_example_dot(b, a, 1) - K.softplus_rows(a)
         samples.append(b)
     prior, sp_prior = per_example["prior"]
     if prior.shape[0] == 1:                                   # sbn, omni: one prior for all
-        logp = (samples[-1] @ prior[0]).astype(np.float64) - sp_prior[0]
+        logp = K.per_example_dot(samples[-1], prior, R) - float(sp_prior[0])
     else:                                                     # sp: the prior sees x_top
-        logp = _per_example_dot(samples[-1], prior, B, k) - np.repeat(sp_prior, k)
+        logp = (K.per_example_dot(samples[-1], prior, k).reshape(B, k) - sp_prior[:, None]).reshape(R)
     for l in range(L - 1, -1, -1):
         a, _ = transform_forward(params, f"p{l}", 2.0 * samples[l] - 1.0, nl)
         if l == 0:
             a += bias
-            logp += _per_example_dot(a, target, B, k)
+            logp += K.per_example_dot(a, target, k)
         else:
-            logp += np.einsum("ij,ij->i", samples[l - 1], a, dtype=np.float64)
+            logp += K.per_example_dot(samples[l - 1], a, 1)
         logp -= K.softplus_rows(a)
     return (logp - logq).reshape(B, k)
 
@@ -561,7 +562,7 @@ def score_function_gradient(model, params, x, hp, signal):
     grads = zeros_like(params)
     dlogq = [-s / B for s in signal] if isinstance(signal, list) else -signal / B
     score_backward(model, params, grads, hp.layers, dlogq)
-    dlogp = np.full(B, -1.0 / B, dtype=hp.f.dtype)
+    dlogp = full(B, -1.0 / B, hp.f.dtype, like=hp.f)
     generative_backward(model, params, grads, x, hp.b, hp.pp, dlogp, False)
     return grads
 

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import kernels as K
+from .device import K, full, zeros, zeros_like
 from .model import (QLayer, generative_forward, generative_backward, transform_backward, transform_forward,
                     transform_backward_input, transform_backward_input_tangent, transform_tangent)
 
@@ -75,7 +75,7 @@ def relaxed_pass(model, params, x, hp, z0, l, lam, improved, tangent, grads=None
     """
     L, nl = model.n_layer, model.nonlinear
     B = x.shape[0]
-    ones = np.ones(B, dtype=hp.f.dtype)
+    ones = full(B, 1.0, hp.f.dtype, like=hp.f)
     # ---- forward: relaxed from layer l up ------------------------------------
     layers, samples, logq = [None] * L, list(hp.b), [None] * L
     for k in range(l, L):
@@ -110,7 +110,7 @@ def relaxed_pass(model, params, x, hp, z0, l, lam, improved, tangent, grads=None
     else:
         ds, ds_dot = [None] * L, [None] * L
         ds[L - 1] = K.bernoulli_loglik_backward_sample(pp.prior_logits, ones)
-        ds_dot[L - 1] = np.zeros_like(ds[L - 1])      # the prior's logits do not depend on tau
+        ds_dot[L - 1] = zeros_like(ds[L - 1])      # the prior's logits do not depend on tau
         for k in range(L - 1, l - 1, -1):
             y = model.target(x) if k == 0 else samples[k - 1]
             y_dot = s_dot[k - 1] if k - 1 >= l else e2
@@ -127,7 +127,7 @@ def relaxed_pass(model, params, x, hp, z0, l, lam, improved, tangent, grads=None
     inv_lam = 1.0 / lam
     c = lam / (lam + 1.0) if improved else 0.0
     dc_dtau = lam / (lam + 1.0) ** 2 if improved else 0.0
-    f_dot = np.zeros(B) if tangent else None
+    f_dot = zeros(B, np.float64, like=f) if tangent else None
     g_z, g_z_dot = [None] * L, [None] * L
     for k in range(L - 1, l - 1, -1):
         q = layers[k]
@@ -186,7 +186,7 @@ def mean_field_pass(model, params, x, derivatives=True):
     logp, pp = generative_forward(model, params, x, mus)
     if not derivatives:
         return MeanFieldPass(layers, logp - sum(logq), None)
-    ones = np.ones(x.shape[0], dtype=logp.dtype)
+    ones = full(x.shape[0], 1.0, logp.dtype, like=logp)
     ds = generative_backward(model, params, None, x, mus, pp, ones, True)
     df_dmu = [None] * L
     for l in range(L - 1, -1, -1):

@@ -1,8 +1,17 @@
-"""Shared fixtures: a tiny data folder that the command line can train on in a second."""
-import numpy as np
-import pytest
+"""Shared fixtures: a tiny data folder that the command line can train on in a second.
 
-from rebar_np.data import write_dataset_file
+The CUDA path is tested on Numba's CUDA simulator unless REBAR_NP_REAL_CUDA=1 asks
+for the real GPU: the variable must be set before Numba is first imported.
+"""
+import os
+
+if os.environ.get("REBAR_NP_REAL_CUDA") != "1":
+    os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from rebar_np.data import write_dataset_file  # noqa: E402
 
 TINY_ROWS = {"train": 96, "valid": 24, "test": 24}   # 4 steps an epoch at batch 24
 

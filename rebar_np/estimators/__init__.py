@@ -76,12 +76,16 @@ def merge_options(defaults, options):
 
 
 def prepare_noise(model, x, u, rng):
-    """Check the batch, and the noise if given; otherwise draw it (SPEC section 2)."""
+    """Check the batch, and the noise if given; otherwise draw it (SPEC section 2).
+    The noise is drawn on the host (so a run's noise does not depend on the device)
+    and copied to the device when x lives there."""
+    from ..device import is_device, to_device, to_host
     from ..model import check_noise, draw_noise
     model.check_batch(x)
     if u is None:
         rng = np.random.default_rng(0) if rng is None else rng
-        return draw_noise(model, x.shape[0], rng, x.dtype)
-    u = [np.ascontiguousarray(ul, dtype=x.dtype) for ul in u]
+        u = draw_noise(model, x.shape[0], rng, x.dtype)
+    elif not all(is_device(ul) and ul.dtype == x.dtype for ul in u):
+        u = [np.ascontiguousarray(to_host(ul), dtype=x.dtype) for ul in u]
     check_noise(model, u, x.shape[0])
-    return u
+    return to_device(u) if is_device(x) else u

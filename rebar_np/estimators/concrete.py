@@ -11,7 +11,7 @@ objective and biased for E_q[f(b)]: the unbiasedness test shows it (tests/).
 """
 import numpy as np
 
-from .. import kernels as K
+from ..device import K
 from ..model import hard_pass, zeros_like
 from ..relaxed import relaxed_pass
 from . import Estimate, merge_options, prepare_noise

@@ -40,7 +40,7 @@ for dynamic_rebar, ``tau`` (1,). rebar keeps lambda = options["temperature"].
 """
 import numpy as np
 
-from .. import kernels as K
+from ..device import K, zeros, zeros_like as zeros_like_array
 from ..baseline import baseline_backward, baseline_forward, init_baseline
 from ..model import (hard_pass, hard_pass_at, is_recognition, score_function_gradient,
                      score_function_surrogate, transform_backward, transform_tangent, zeros_like)
@@ -95,7 +95,7 @@ def rebar_estimate(model, params, aux, x, u, rng, options):
     # control variates: E (per q tensor) and, per layer l, what the tuning needs.
     # Per layer (default): switch layer l, its own z_l and score_l. Joint: one relaxed
     # pass with every layer relaxed, every layer's z_k and the summed score.
-    E = {k: np.zeros_like(v) for k, v in params.items() if is_recognition(k)}
+    E = {k: zeros_like_array(v) for k, v in params.items() if is_recognition(k)}
     per_layer = []
     joint_rp = relaxed_pass(model, params, x, hp, z0, 0, lam, improved, train_tau) if options["joint"] else None
     for l in range(L):
@@ -112,7 +112,7 @@ def rebar_estimate(model, params, aux, x, u, rng, options):
     # tuning gradients of V = mean_j G_j^2
     aux_grads = zeros_like(aux)
     P, V = variance_and_eta_grads(grads, E, eta, B, aux_grads)
-    dc = np.zeros(B, dtype=np.float64)
+    dc = zeros(B, np.float64, like=x)
     dtau = 0.0
     for l, (rp, m, score_da) in enumerate(per_layer):
         q = hp.layers[l]

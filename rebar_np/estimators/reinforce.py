@@ -8,7 +8,7 @@ samples, which are independent of b_n. Needs B >= 2. No trained parameters.
 """
 import numpy as np
 
-from .. import kernels as K
+from ..device import K
 from ..model import hard_pass, score_function_gradient, score_function_surrogate
 from . import Estimate, EstimatorError, merge_options, prepare_noise
 

@@ -2,6 +2,7 @@
 
     products = step_products("dynamic_rebar", n_layer=2, nonlinear=False, B=24)
     step_macs("dynamic_rebar", 2, False, 24)          # = sum(p.macs for p in products)
+    step_products("vimco", 2, False, 24, options={"samples": 5})   # options: see step_products
 
 A dense layer a = h W + c with h (B, i) and W (i, o) costs B i o multiply-adds in
 each of the five products a step can run on it (model.py / kernels.py names):
@@ -44,18 +45,60 @@ computes dW on both layers and dh on the second):
 | rebar         | nvil + per switch layer l: relaxed forward (q_k, k > l; p_k, k >= l), input-gradient     |
 |               | reverse (same transforms), control-variate dW of q_l; the variance objective's           |
 |               | parameter-direction tangent of q_l along G                                               |
-| dynamic_rebar | rebar, with every relaxed pass also carrying its temperature tangent (tan_in on the       |
+| dynamic_rebar | rebar, with every relaxed pass also carrying its temperature tangent (tan_in on the      |
 |               | forward, backward_input_tangent on the reverse) and, for nonlinear q_l, a second tangent |
 |               | of q_l along eta G (a linear q_l shares the product h G_W between G and eta G)           |
+| relax         | dynamic_rebar (relaxed passes with tangents, E's dW of q_l, tangents along G and eta G,  |
+|               | baseline) + per layer l: the control network r_l's forward and its input gradient rho,   |
+|               | a second dW of q_l (R, backprop of rho m - r score, kept apart from E), and r_l's        |
+|               | tangent backward on the variance objective (see "the control network r_l" below)         |
+| arm           | reinforce + per layer l one antithetic branch: forward q_k (k > l) and p_k (k >= l)      |
+|               | (layer l's logits are the hard pass's; f^- needs no derivative)                          |
+| disarm        | arm (the same passes; only the elementwise logit gradient differs)                       |
+| vimco         | reinforce on B K rows (K = option "samples", default 5): hard pass on the K-times        |
+|               | repeated batch, score backward (q: dW weighted by signal - w, p: dW weighted by w)       |
+| reinforce_loo | vimco (the same passes; only the elementwise leave-one-out signals differ)               |
 
-The hard pass's logits of the switch layer are reused (the relaxed pass starts
-from them), and the relaxed passes' values below the switch layer are the hard
-pass's. Adam, the variance monitor and every elementwise kernel cost no product.
-Only the default options are counted (per-layer control variates, not REBAR's
-joint variant). tests/test_benchmarks.py checks these counts against the products
-rebar_np's kernels are actually called with.
+The control network r_l of relax (rebar_np/control_net.py; M = option "hidden", default
+32) reads z_l = a_l + z0_l (B, H) through W1 (H, M) and its context, [x - mean_x,
+2 b_0 - 1, .., 2 b_{l-1} - 1] of width C_l = D + l H (option "context", default on),
+through V1 (C_l, M), then tanh and the output weights w2 stored as a vector: the dense
+layers (H, M), (C_l, M) and (M, 1). Only its W1 products run on the dense kernels;
+the others are plain NumPy `@` (marked `@` below):
+
+| r_l pass         | products                                                                         |
+|------------------|----------------------------------------------------------------------------------|
+| forward          | fwd (H, M); `@` fwd (C_l, M) = ctx V1; `@` fwd (M, 1) = h w2 (a matrix-vector)   |
+| input gradient   | dh (H, M) (rho = ((1 - h^2) w2) W1^T; the output layer's dh is w2 broadcast)     |
+| tangent backward | `@` tan_in (H, M) = v W1; `@` dW (M, 1) computed as c^T h, (1, B) @ (B, M);      |
+|                  | `@` dW (H, M) twice (z^T dpre and v^T dpre_dot); `@` dW (C_l, M) = ctx^T dpre    |
+|                  | (the output layer's dh, -c w2^T, is a broadcast outer product: no product)       |
+
+The hard pass's logits of the switch layer are reused (the relaxed pass and the
+antithetic branch start from them), and the relaxed passes' values below the switch
+layer are the hard pass's. Adam, the variance monitor and every elementwise kernel
+cost no product. The counts are of the default options, or of the given ones where
+they change the products: "samples" (vimco, reinforce_loo: the rows are B K, so every
+Product of theirs has B = B K), "hidden" and "context" (relax); REBAR's joint variant
+is not counted (step_products refuses it).
+
+tests/test_benchmarks.py checks these counts against what rebar_np runs
+(traced_products): every call of the four dense kernels, recorded as (kind, n_in,
+n_out), and every plain `@` of rebar_np/control_net.py, recorded as ("@", m, k, n),
+the shapes of the (m, k) @ (k, n) product it computed (a vector operand counts as one
+row or column). The tracer sees the latter through NumPy's __array_ufunc__ protocol
+(np.matmul is a ufunc): for the duration of one estimate, the control network's
+functions get their arrays (the network's parameters, z, the context, the cache,
+v, c) as views of an ndarray subclass that records every matmul it takes part in,
+and every array derived from them elementwise stays one. A plain `@` on arrays that
+never passed through those functions would not be seen: there is none in a step of
+the counted estimators (rebar_np/estimators/*, model.py, relaxed.py, multisample.py
+and baseline.py run their matrix products only on the dense kernels; the inner
+products over the parameters of the variance objective, K.dot and K.sum_squares,
+are reductions, uncounted like the variance monitor).
 """
 from dataclasses import dataclass
+from functools import cache
 
 D_MNIST = 784
 N_BASELINE_HIDDEN = 100      # rebar_np.baseline.N_BASELINE_HIDDEN
@@ -68,7 +111,9 @@ class Product:
     kind: str       # one of KINDS
     n_in: int       # the dense layer's input width i
     n_out: int      # its output width o
-    B: int
+    B: int          # rows: the batch, or batch x samples for vimco and reinforce_loo
+    plain: bool = False        # a plain NumPy `@` (rebar_np/control_net.py), not a dense kernel
+    transposed: bool = False   # dW computed as da^T h, (o, B) @ (B, i) (relax's dw2 = c^T h)
 
     @property
     def macs(self):
@@ -76,8 +121,10 @@ class Product:
 
     @property
     def mkn(self):
-        """(m, k, n) of the product (m, k) @ (k, n) as the kernel computes it."""
+        """(m, k, n) of the product (m, k) @ (k, n) as the kernel (or the plain `@`) computes it."""
         B, i, o = self.B, self.n_in, self.n_out
+        if self.kind == "dW" and self.transposed:
+            return (o, B, i)
         return {"fwd": (B, i, o), "tan_in": (B, i, o), "tan_par": (B, i, o),
                 "dW": (i, B, o), "dh": (B, o, i)}[self.kind]
 
@@ -90,8 +137,9 @@ def transform_layers(n_in, n_out, H, nonlinear):
 class _Step:
     """Collects the products of one step; one method per pass of model.py."""
 
-    def __init__(self, n_layer, nonlinear, B, D, H):
+    def __init__(self, n_layer, nonlinear, B, D, H, M=None, context=True):
         self.L, self.nl, self.B, self.D, self.H = n_layer, nonlinear, B, D, H
+        self.M, self.context = M, context          # relax's control network: width, context on/off
         self.products, self.stage = [], ""
 
     def T(self, name):
@@ -103,8 +151,8 @@ class _Step:
             return transform_layers(self.D if l == 0 else self.H, self.H, self.H, self.nl)
         return transform_layers(self.H, self.D if l == 0 else self.H, self.H, self.nl)
 
-    def add(self, kind, layer):
-        self.products.append(Product(self.stage, kind, layer[0], layer[1], self.B))
+    def add(self, kind, layer, plain=False, transposed=False):
+        self.products.append(Product(self.stage, kind, layer[0], layer[1], self.B, plain, transposed))
 
     # ---- the passes of one transform ------------------------------------
     def forward(self, name):
@@ -205,17 +253,68 @@ class _Step:
         if param_grads:                     # the switch layer's own logits, input hard
             self.backward(f"q{l}", False)
 
+    def antithetic(self, l):
+        """rebar_np.estimators.arm.antithetic_pass for layer l: f on the branch b~_l, forward only."""
+        self.stage = f"antithetic l={l}"
+        for k in range(l + 1, self.L):
+            self.forward(f"q{k}")
+        for k in range(l, self.L):
+            self.forward(f"p{k}")
 
-# The estimators whose step is counted below (the issue-8 estimators are not yet: relax, arm,
-# disarm, vimco and reinforce_loo are timed by nothing in benchmarks/ so far).
-COUNTED_ESTIMATORS = ("reinforce", "nvil", "simple_muprop", "muprop", "concrete", "rebar", "dynamic_rebar")
+    # ---- relax's control network r_l (rebar_np/control_net.py) ----------
+    def r_layers(self, l):
+        """(W1, V1 or None, w2) of r_l as dense layers: (H, M), (C_l, M), (M, 1)."""
+        ctx = (self.D + l * self.H, self.M) if self.context else None
+        return (self.H, self.M), ctx, (self.M, 1)
+
+    def control_net(self, l):
+        """control_net_forward (r_l) and control_net_input_grad (rho_l)."""
+        self.stage = f"control net l={l}"
+        W1, V1, w2 = self.r_layers(l)
+        self.add("fwd", W1)                     # dense_forward(z, W1, c1)
+        if V1 is not None:
+            self.add("fwd", V1, plain=True)     # pre += ctx @ V1
+        self.add("fwd", w2, plain=True)         # r = h @ w2 + c2
+        self.add("dh", W1)                      # rho = dense_backward_input(W1, (1 - h^2) w2)
+
+    def control_net_tangent_backward(self, l):
+        """control_net_tangent_backward: the variance objective's gradient of r_l's parameters."""
+        self.stage = "variance objective"
+        W1, V1, w2 = self.r_layers(l)
+        self.add("tan_in", W1, plain=True)              # pre_dot = v @ W1
+        self.add("dW", w2, plain=True, transposed=True)  # c @ h (dw2, with h_dot.sum(axis=0))
+        self.add("dW", W1, plain=True)                  # z.T @ dpre
+        self.add("dW", W1, plain=True)                  # v.T @ dpre_dot
+        if V1 is not None:
+            self.add("dW", V1, plain=True)              # ctx.T @ dpre
 
 
-def step_products(estimator, n_layer, nonlinear, B, D=D_MNIST, H=200):
-    """[Product] of one training step of `estimator` (default options, task sbn)."""
-    s = _Step(n_layer, nonlinear, B, D, H)
+# The estimators whose step is counted below: all of rebar_np.estimators.ESTIMATORS.
+COUNTED_ESTIMATORS = ("reinforce", "nvil", "simple_muprop", "muprop", "concrete", "rebar", "dynamic_rebar",
+                      "relax", "arm", "disarm", "vimco", "reinforce_loo")
+K_SAMPLE = ("vimco", "reinforce_loo")     # rebar_np.estimators.K_SAMPLE_ESTIMATORS
+
+
+def count_options(estimator, options=None):
+    """The estimator's options merged with its defaults (rebar_np.estimators.merge_options), refusing
+    those whose products step_products does not count (REBAR's joint variant)."""
+    from rebar_np import estimators as E
+    options = E.merge_options(getattr(E.get(estimator), "DEFAULT_OPTIONS", {}), options)
+    if options.get("joint"):
+        raise ValueError(f"no product count for {estimator}'s joint variant (options['joint'])")
+    return options
+
+
+def step_products(estimator, n_layer, nonlinear, B, D=D_MNIST, H=200, options=None):
+    """[Product] of one training step of `estimator` (task sbn) for a batch of B examples:
+    default options, or the given ones (only "samples", "hidden" and "context" change the count)."""
+    if estimator not in COUNTED_ESTIMATORS:
+        raise ValueError(f"no product count for estimator {estimator!r}")
+    options = count_options(estimator, options)
+    rows = B * int(options["samples"]) if estimator in K_SAMPLE else B
+    s = _Step(n_layer, nonlinear, rows, D, H, options.get("hidden"), options.get("context", True))
     L = n_layer
-    if estimator == "reinforce":
+    if estimator in ("reinforce",) + K_SAMPLE:     # the K-sample ones: on B K rows
         s.hard_pass()
         s.score_gradient()
     elif estimator in ("nvil", "simple_muprop"):
@@ -239,29 +338,38 @@ def step_products(estimator, n_layer, nonlinear, B, D=D_MNIST, H=200):
     elif estimator == "concrete":
         s.hard_pass()
         s.relaxed(0, False, True)
-    elif estimator in ("rebar", "dynamic_rebar"):
-        dynamic = estimator == "dynamic_rebar"
+    elif estimator in ("rebar", "dynamic_rebar", "relax"):
+        dynamic = estimator != "rebar"       # relax trains the temperature too
         s.hard_pass()
         s.baseline_forward()
         s.score_gradient()
         for l in range(L):
             s.relaxed(l, dynamic, False)
+            if estimator == "relax":
+                s.control_net(l)
             s.stage = "control variate dW"
-            s.backward(f"q{l}", False)
-        s.stage = "variance objective"
+            s.backward(f"q{l}", False)              # E: REBAR's control variate
+            if estimator == "relax":
+                s.backward(f"q{l}", False)          # R: r_l's, a second backward of q_l
         for l in range(L):
+            s.stage = "variance objective"
             s.tangent_direction(f"q{l}")
             if dynamic and nonlinear:   # along eta G: shares the product with G for a linear q_l
                 s.tangent_direction(f"q{l}")
+            if estimator == "relax":
+                s.control_net_tangent_backward(l)
         s.baseline_backward()
-    else:
-        raise ValueError(f"no product count for estimator {estimator!r}")
+    elif estimator in ("arm", "disarm"):
+        s.hard_pass()
+        s.score_gradient()                  # generative dW, then each q_l's dW after its branch
+        for l in range(L):
+            s.antithetic(l)
     return s.products
 
 
-def step_macs(estimator, n_layer, nonlinear, B, D=D_MNIST, H=200):
+def step_macs(estimator, n_layer, nonlinear, B, D=D_MNIST, H=200, options=None):
     """Multiply-adds of the matrix products of one training step (see the module docstring)."""
-    return sum(p.macs for p in step_products(estimator, n_layer, nonlinear, B, D, H))
+    return sum(p.macs for p in step_products(estimator, n_layer, nonlinear, B, D, H, options))
 
 
 def macs_by_stage(products):
@@ -272,18 +380,83 @@ def macs_by_stage(products):
     return out
 
 
-def traced_products(estimator, n_layer, nonlinear, B, D=D_MNIST, H=200, seed=0):
-    """The products rebar_np really runs in one estimate: its four dense kernels are
-    wrapped for the duration of one call and every call is recorded as
-    (kind, n_in, n_out). Returns a sorted list of ((kind, n_in, n_out), count).
-    This is the check on step_products (which is what the benchmark reports)."""
+@cache
+def _recorded_type():
+    """_Recorded, an ndarray view that records, into the Counter `_Recorded.seen`, the shapes of
+    every np.matmul (`@`) it is an operand of, as ("@", m, k, n), a vector operand taken as one
+    row (left) or one column (right). Results of ufuncs with a _Recorded input are _Recorded
+    again (what is derived from one elementwise stays visible), except into an out= array.
+    (Built on first use: this module imports NumPy only when it traces.)"""
+    import numpy as np
+
+    class _Recorded(np.ndarray):
+        seen = None
+
+        def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+            plain = [np.asarray(a) if isinstance(a, _Recorded) else a for a in inputs]
+            if "out" in kwargs:
+                kwargs["out"] = tuple(np.asarray(a) if isinstance(a, _Recorded) else a for a in kwargs["out"])
+            if ufunc is np.matmul and method == "__call__" and _Recorded.seen is not None:
+                x, y = plain[0], plain[1]
+                m, k = (1, x.shape[0]) if x.ndim == 1 else x.shape[-2:]
+                n = 1 if y.ndim == 1 else y.shape[-1]
+                _Recorded.seen["@", int(m), int(k), int(n)] += 1
+            out = getattr(ufunc, method)(*plain, **kwargs)
+            if "out" in kwargs or not isinstance(out, np.ndarray) or out.ndim == 0:
+                return out
+            return out.view(_Recorded)
+
+    return _Recorded
+
+
+def _recorded(v):
+    """v with every ndarray in it (dict values, tuple items) viewed as _Recorded."""
+    import numpy as np
+    if isinstance(v, np.ndarray):
+        return v.view(_recorded_type())
+    if isinstance(v, tuple):
+        return tuple(_recorded(a) for a in v)
+    if isinstance(v, dict):
+        return {k: _recorded(a) for k, a in v.items()}
+    return v
+
+
+def _plain(v):
+    """v with every _Recorded in it (tuple items) a plain ndarray again."""
+    import numpy as np
+    if isinstance(v, _recorded_type()):
+        return np.asarray(v)
+    if isinstance(v, tuple):
+        return tuple(_plain(a) for a in v)
+    return v
+
+
+def _recording(f):
+    """f (a function of rebar_np.control_net) seeing its arrays as _Recorded: its first argument
+    (aux, read only) and every array or tuple argument; a dict in a later place (aux_grads,
+    written in place) is passed as it is. The results are plain arrays again."""
+    def wrapped(*args, **kwargs):
+        args = tuple(a if (j > 0 and isinstance(a, dict)) else _recorded(a) for j, a in enumerate(args))
+        return _plain(f(*args, **{k: (a if isinstance(a, dict) else _recorded(a)) for k, a in kwargs.items()}))
+    return wrapped
+
+
+def traced_products(estimator, n_layer, nonlinear, B, D=D_MNIST, H=200, seed=0, options=None):
+    """The products rebar_np really runs in one estimate (B examples; B K noise rows for a
+    K-sample estimator): its four dense kernels are wrapped for the duration of one call and
+    every call is recorded as (kind, n_in, n_out), and so are rebar_np.control_net's functions
+    (relax's r_l), whose plain `@` products are recorded as ("@", m, k, n) (see _Recorded and
+    the module docstring). Returns a sorted list of (key, count). This is the check on
+    step_products (which is what the benchmark reports)."""
+    import sys
     from collections import Counter
 
     import numpy as np
 
+    from rebar_np import control_net as C
     from rebar_np import estimators as E
     from rebar_np import kernels as K
-    from rebar_np.model import SBN, init_params
+    from rebar_np.model import SBN, draw_noise, init_params
 
     seen = Counter()
     orig = {k: getattr(K, k) for k in ("dense_forward", "dense_backward", "dense_backward_input",
@@ -315,20 +488,34 @@ def traced_products(estimator, n_layer, nonlinear, B, D=D_MNIST, H=200, seed=0):
     model = SBN("sbn", n_layer, H, nonlinear, np.full(D, 0.3))
     params = init_params(model, seed, np.float32)
     est = E.get(estimator)
-    aux = est.init_aux(model, seed, np.float32)
+    aux = est.init_aux(model, seed, np.float32, options)
+    u = draw_noise(model, E.noise_rows(est, B, options), rng, np.float32)
     wrappers = {"dense_forward": dense_forward, "dense_backward": dense_backward,
                 "dense_backward_input": dense_backward_input, "dense_tangent": dense_tangent}
+    # rebar_np.control_net's functions, wherever they were imported by name (relax, bernoulli)
+    net_fns = ("control_net_forward", "control_net_backward", "control_net_input_grad",
+               "control_net_tangent_backward")
+    patched = [(mod, k, getattr(C, k)) for mod in list(sys.modules.values())
+               if getattr(mod, "__name__", "").startswith("rebar_np") for k in net_fns
+               if getattr(mod, k, None) is getattr(C, k)]
     try:
         for k, f in wrappers.items():
             setattr(K, k, f)
-        est.estimate(model, params, aux, x, rng=rng)
+        for mod, k, f in patched:
+            setattr(mod, k, _recording(f))
+        _recorded_type().seen = seen
+        est.estimate(model, params, aux, x, u, rng=rng, options=options)
     finally:
+        _recorded_type().seen = None
+        for mod, k, f in patched:
+            setattr(mod, k, f)
         for k, f in orig.items():
             setattr(K, k, f)
     return sorted(seen.items())
 
 
 def counted(products):
-    """step_products in traced_products' form: sorted ((kind, n_in, n_out), count)."""
+    """step_products in traced_products' form: sorted (key, count), key (kind, n_in, n_out) for a
+    dense kernel's product and ("@", m, k, n) for a plain `@` (Product.mkn)."""
     from collections import Counter
-    return sorted(Counter((p.kind, p.n_in, p.n_out) for p in products).items())
+    return sorted(Counter(("@",) + p.mkn if p.plain else (p.kind, p.n_in, p.n_out) for p in products).items())

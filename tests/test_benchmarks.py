@@ -49,6 +49,39 @@ def test_mac_count_is_what_rebar_np_runs(name, n_layer, nonlinear):
                          f"benchmarks/macs.py counts {want}: update step_products")
 
 
+def test_mac_count_covers_every_estimator():
+    assert set(M.COUNTED_ESTIMATORS) == set(E.ESTIMATORS)
+    assert set(M.K_SAMPLE) == set(E.K_SAMPLE_ESTIMATORS)
+
+
+@pytest.mark.parametrize("name, options", [("vimco", {"samples": 3}), ("reinforce_loo", {"samples": 2}),
+                                           ("relax", {"hidden": 5}), ("relax", {"context": False}),
+                                           ("rebar", {"relaxation": "concrete"})])
+@pytest.mark.parametrize("arch", [(1, False), (2, True)])
+def test_mac_count_with_options_is_what_rebar_np_runs(name, options, arch):
+    n_layer, nonlinear = arch
+    want = M.counted(M.step_products(name, n_layer, nonlinear, 5, D=12, H=7, options=options))
+    got = M.traced_products(name, n_layer, nonlinear, 5, D=12, H=7, options=options)
+    assert got == want, f"{name} {options} L={n_layer} nonlinear={nonlinear}: runs {got}, counted {want}"
+
+
+def test_mac_count_refuses_what_it_does_not_count():
+    with pytest.raises(ValueError):
+        M.step_products("rebar", 2, False, 5, options={"joint": True})
+    with pytest.raises(ValueError):
+        M.step_products("nope", 2, False, 5)
+
+
+def test_mac_tracer_sees_the_control_networks_plain_products():
+    # relax's r_l multiplies with plain `@` besides the dense kernels: the trace must show them
+    traced = dict(M.traced_products("relax", 1, False, 5, D=12, H=7))
+    M_ = 32                                  # relax's default "hidden"
+    assert traced[("@", 5, 12, M_)] == 1     # ctx @ V1 (context of layer 0: x - mean_x)
+    assert traced[("@", 5, M_, 1)] == 1      # h @ w2
+    assert traced[("@", 1, 5, M_)] == 1      # c @ h
+    assert traced[("fwd", 7, M_)] == 1 and traced[("dh", 7, M_)] == 1   # z W1 and rho, dense kernels
+
+
 def test_mac_count_of_the_issue_set_up():
     # 2-layer linear 784-200-200 at batch 24 (issue 6): hand-checked totals
     B, q0, q1 = 24, 24 * 784 * 200, 24 * 200 * 200
@@ -56,6 +89,15 @@ def test_mac_count_of_the_issue_set_up():
     assert M.step_macs("reinforce", 2, False, B) == 2 * hard
     # 63,405,600 before the tangents along G and eta G shared their product (minus q0 + q1)
     assert M.step_macs("dynamic_rebar", 2, False, B) == 63_405_600 - (q0 + q1)
+    # arm, disarm: reinforce + antithetic branches (l = 0: q1, p0, p1; l = 1: p1; p0 costs what q0 does)
+    assert M.step_macs("arm", 2, False, B) == M.step_macs("disarm", 2, False, B) == 2 * hard + (q0 + 3 * q1)
+    # vimco, reinforce_loo: reinforce on B K = 120 rows
+    assert M.step_macs("vimco", 2, False, B) == M.step_macs("reinforce_loo", 2, False, B) == 5 * 2 * hard
+    # relax: dynamic_rebar + R's dW of q0, q1 + r_0, r_1 (M = 32, contexts 784 and 984 wide):
+    # forward 3 products, rho 1, tangent backward 5 (one of them (1, B) @ (B, M))
+    r = sum(B * 32 * (200 * 2 + 1 + ctx) + B * 32 * (200 * 3 + 1 + ctx) for ctx in (784, 984))
+    assert M.step_macs("relax", 2, False, B) == M.step_macs("dynamic_rebar", 2, False, B) + (q0 + q1) + r
+    assert M.step_macs("relax", 2, False, B) == 67_660_320
 
 
 def small_instance(n_layer, nonlinear, seed=0, D=20, H=6, B=5):

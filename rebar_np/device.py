@@ -157,7 +157,7 @@ class DeviceArray:
         """Views used by the passes: rows ``a[i:j]``, a leading column block ``a[:, :n]``,
         a column ``a[:, None]`` (for broadcasting), one element ``a[i]`` of a vector (a host scalar)."""
         if isinstance(key, (int, np.integer)) and self.ndim == 1:
-            return self.d[int(key)]            # device to host
+            return self.d[int(key) % self.shape[0]]            # device to host
         if isinstance(key, slice):
             return DeviceArray(self.d[key])
         if isinstance(key, tuple) and len(key) == 2 and key[0] == slice(None):
@@ -165,14 +165,17 @@ class DeviceArray:
                 return self.reshape(self.shape[0], 1)
             if isinstance(key[1], slice) and self.ndim == 2:
                 cols = range(self.shape[1])[key[1]]
-                if cols.step == 1 and cols.start == 0 and len(cols) == self.shape[1]:
+                if cols.step != 1:
+                    raise TypeError("DeviceArray column slices take no step")
+                if cols.start == 0 and len(cols) == self.shape[1]:
                     return self
                 return _take_columns(self, cols.start, len(cols))
         raise TypeError(f"unsupported DeviceArray index {key!r}")
 
     def __setitem__(self, key, value):
         if isinstance(key, (int, np.integer)) and self.ndim == 1:
-            self.d[int(key):int(key) + 1].copy_to_device(np.asarray([value], dtype=self.dtype))
+            key = int(key) % self.shape[0]
+            self.d[key:key + 1].copy_to_device(np.asarray([value], dtype=self.dtype))
             return
         if key == slice(None):
             if isinstance(value, (int, float, np.floating, np.integer)):
@@ -197,7 +200,8 @@ class DeviceArray:
     # ---- arithmetic (elementwise, NumPy broadcasting of rows and columns) ------
     def _binary(self, other, op, rop, out=None):
         if isinstance(other, (int, float, np.floating, np.integer)):
-            out = out if out is not None else empty(self.shape, self.dtype)
+            dtype = self.dtype if self.dtype.kind == "f" or op not in ("div", "rdiv") else np.dtype(np.float64)
+            out = out if out is not None else empty(self.shape, dtype)
             _ew_scalar_call(self, float(other), _OP[op], out)
             return out
         other = _as_device(other)

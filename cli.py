@@ -31,11 +31,12 @@ def user_errors(fn):
     def wrapper(*args, **kwargs):
         from rebar_np.checkpoint import CheckpointError
         from rebar_np.data import DataError
+        from rebar_np.device import DeviceError
         from rebar_np.estimators import EstimatorError
         from rebar_np.model import ModelError
         try:
             return fn(*args, **kwargs)
-        except (ModelError, EstimatorError, DataError, CheckpointError, ValueError, OSError) as err:
+        except (ModelError, EstimatorError, DataError, CheckpointError, DeviceError, ValueError, OSError) as err:
             fail(one_line(err))
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
@@ -153,6 +154,10 @@ def estimator_options(fn):
               help="fixed (the standard binarized MNIST) or dynamic (resample from grey levels every epoch; "
                    "needs `rebar-np data import mnist-grey`).")
 @click.option("--dtype", default="float32", show_default=True, help="float32 or float64.")
+@click.option("--device", default="cpu", show_default=True,
+              help="cpu, or cuda: the parameters, optimizer state and each epoch's data stay in GPU memory "
+                   "(numba.cuda; estimators reinforce, nvil, concrete, rebar, dynamic_rebar). Noise is drawn on "
+                   "the host, so a run's samples do not depend on the device.")
 @click.option("--joint/--per-layer", default=False, show_default=True,
               help="REBAR family: one control variate with every layer relaxed (the reference's quadratic=False) "
                    "instead of one per layer.")
@@ -164,7 +169,7 @@ def estimator_options(fn):
                    "(default: runs/<model>-<task>-<time>). Must not hold another run.")
 @click.option("--resume", default=None, type=click.Path(file_okay=False),
               help="Continue the run in this folder from its checkpoint, exactly as if it had not stopped. Only "
-                   "--steps, --eval-every, --eval-samples, --report-every and --checkpoint-every may change.")
+                   "--steps, --eval-every, --eval-samples, --report-every, --checkpoint-every and --device may change.")
 @click.option("--hparams", default=None,
               help="The TF reference's hparams string, e.g. \"model=SBNDynamicRebar,learning_rate=0.0003,n_layer=2\" "
                    "(keys it does not name keep this command's defaults; see rebar_np/hparams.py).")
@@ -176,8 +181,8 @@ def estimator_options(fn):
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 @user_errors
 def train(model, task, n_layer, n_hidden, nonlinear, batch_size, temperature, relaxation, samples, relax_hidden,
-          learning_rate, steps, seed, eval_every, eval_samples, report_every, binarization, dtype, joint, beta2,
-          checkpoint_every, output, resume, hparams, config_file, data_dir, progress):
+          learning_rate, steps, seed, eval_every, eval_samples, report_every, binarization, dtype, device, joint,
+          beta2, checkpoint_every, output, resume, hparams, config_file, data_dir, progress):
     """Train an SBN with one gradient estimator.
 
     Prints one line per epoch ("Step N: train ELBO ..., log grad var ...") and the
@@ -241,7 +246,7 @@ def train(model, task, n_layer, n_hidden, nonlinear, batch_size, temperature, re
 # TrainConfig settings that are options of `train` (the rest keep their defaults, or come from --config)
 TRAIN_SETTINGS = ("model", "task", "n_layer", "n_hidden", "nonlinear", "batch_size", "temperature", "relaxation",
                   "samples", "relax_hidden", "learning_rate", "steps", "seed", "eval_every", "eval_samples", "report_every", "binarization",
-                  "dtype", "joint", "beta2", "checkpoint_every")
+                  "dtype", "device", "joint", "beta2", "checkpoint_every")
 
 
 def new_train_config(options, given, hparams, config_file, output):
@@ -288,9 +293,10 @@ def new_train_config(options, given, hparams, config_file, output):
               help="Most (example, sample) rows evaluated at once; bounds the memory used.")
 @click.option("--data-dir", default=None, type=click.Path(file_okay=False),
               help="Folder with the data files (default: the run's own).")
+@click.option("--device", default="cpu", show_default=True, help="cpu, or cuda to evaluate on the GPU.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 @user_errors
-def eval_cmd(run_dir, split, samples, seed, limit, chunk_rows, data_dir, progress):
+def eval_cmd(run_dir, split, samples, seed, limit, chunk_rows, data_dir, device, progress):
     """Importance-weighted bound log (1/k sum_i exp f(b_i)) of a saved model on a split.
 
     Writes the result (mean bound, its standard error over examples, step) to
@@ -299,7 +305,7 @@ def eval_cmd(run_dir, split, samples, seed, limit, chunk_rows, data_dir, progres
     from rebar_np.evaluation import final_bound
 
     show = sys.stderr.isatty() if progress is None else progress
-    r = final_bound(run_dir, split, samples, seed, limit, data_dir, chunk_rows, show)
+    r = final_bound(run_dir, split, samples, seed, limit, data_dir, chunk_rows, show, device)
     err = f" +- {r['stderr']:.3f}" if r["stderr"] is not None else ""
     click.echo(f"{split} bound ({samples} samples, {r['examples']} examples, step {r['step']}): {r['bound']:.3f}"
                f"{err} [{r['seconds']:.1f} s]")

@@ -5,6 +5,7 @@
                          [--json results.json] [--compare old.json]
     python -m benchmarks --scaling [--estimators dynamic_rebar,nvil] [--arch linear2]
                          [--batches 24,64,256,1024] [--widths 200,500,1000] [--jax]
+    python -m benchmarks --device cuda --estimators dynamic_rebar,nvil --arch linear2 --batches 24,256,4096
 
 For each estimator and architecture it times `rebar_np.train.train_step` (the exact
 step `rebar-np train` runs: estimate, variance monitor and NaN check, Adam on the
@@ -22,7 +23,8 @@ and, once per linear architecture, `numpy_nvil`, the straightforward NumPy NVIL 
 benchmarks/numpy_reference.py. Rates are medians over `--repeats` windows; the ratio
 to JAX is the median of the per-round ratios. Every row records the load: the CPU
 cores other processes used while it was measured. --scaling prints a markdown table
-of step time against batch size and layer width instead.
+of step time against batch size and layer width instead. --device cuda times the
+step with everything in GPU memory against the CPU step at each batch size instead.
 
 Columns: MMAC = million multiply-adds of the step's matrix products; steps/s = median
 wall-clock rate; cpu/s = steps per CPU-second of this process (with --threads 1, the
@@ -86,6 +88,9 @@ def parse_args(argv):
     ap.add_argument("--threads", type=int, default=None,
                     help="BLAS/Numba/XLA threads (re-executes with OPENBLAS_NUM_THREADS etc. set); "
                          "default: the libraries' own choice")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="cuda: time rebar_np's step on the GPU against its CPU step at each of --batches "
+                         "(examples per second and their ratio; needs a CUDA GPU)")
     ap.add_argument("--json", default=None, metavar="PATH", help="write all results as JSON to PATH")
     ap.add_argument("--compare", default=None, metavar="PATH", help="a previous --json file: print new/old rates")
     args = ap.parse_args(argv)
@@ -145,19 +150,29 @@ def rebar_np_setup(name, n_layer, nonlinear, H, data):
     return est, model, init_params(model, 0, np.float32), est.init_aux(model, 1, np.float32)
 
 
-def rebar_np_step(name, n_layer, nonlinear, B, H, data):
-    """A callable running one rebar_np.train.train_step on the next batch."""
+def rebar_np_step(name, n_layer, nonlinear, B, H, data, device="cpu"):
+    """A callable running one rebar_np.train.train_step on the next batch (device "cuda": with the
+    parameters, optimizer state and batches in GPU memory, as `rebar-np train --device cuda` runs)."""
     import numpy as np
     from rebar_np.adam import AdamConfig, adam_init
+    from rebar_np.device import to_device
     from rebar_np.train import GradVariance, train_step
     est, model, params, aux = rebar_np_setup(name, n_layer, nonlinear, H, data)
+    xs = batches(data, B)
+    if device == "cuda":
+        params, aux, xs = to_device(params), to_device(aux), to_device(xs)
     opt, aux_opt, monitor, cfg = adam_init(params), adam_init(aux), GradVariance(params, 0.999), AdamConfig()
-    rng, xs, state = np.random.default_rng(0), batches(data, B), {"t": 0}
+    rng, state = np.random.default_rng(0), {"t": 0}
+    sync = (lambda: None)
+    if device == "cuda":
+        from numba import cuda
+        sync = cuda.synchronize
 
     def step():
         state["t"] += 1
         train_step(est, model, params, aux, xs[state["t"] % len(xs)], rng, opt, aux_opt, monitor, cfg, 10.0,
                    state["t"])
+        sync()
     return step
 
 
@@ -288,6 +303,33 @@ def run_steps(args, results):
             print(line, flush=True)
 
 
+def run_device(args, results):
+    """rebar_np's step on the GPU against its step on the CPU, same estimator, architecture and
+    batch, timed interleaved in this process: steps/s, examples/s, and GPU/CPU ratio."""
+    from rebar_np.device import check_device, device_name
+    from . import timing as T
+    check_device("cuda")
+    results["meta"]["gpu"] = device_name()
+    print(f"GPU: {results['meta']['gpu']}")
+    print(f"{'estimator':<14}{'arch':<11}{'batch':>6}{'cpu steps/s':>12}{'gpu steps/s':>12}{'gpu ex/s':>11}"
+          f"{'gpu/cpu':>8}")
+    for arch in args.arch:
+        n_layer, nonlinear = ARCHS[arch]
+        for B in args.batches:
+            data = make_data(B, n_batches=4)
+            for name in args.estimators:
+                cands = {"cpu": rebar_np_step(name, n_layer, nonlinear, B, args.width, data),
+                         "cuda": rebar_np_step(name, n_layer, nonlinear, B, args.width, data, "cuda")}
+                rates, _, load = T.interleaved(cands, args.repeats, args.window)
+                cpu, gpu = T.median(rates["cpu"]), T.median(rates["cuda"])
+                row = {"estimator": name, "arch": arch, "batch": B, "width": args.width,
+                       "cpu_steps_per_s": cpu, "gpu_steps_per_s": gpu, "gpu_examples_per_s": gpu * B,
+                       "gpu_over_cpu": T.paired_ratio(rates["cuda"], rates["cpu"]), "load": load}
+                results["device"].append(row)
+                print(f"{name:<14}{arch:<11}{B:>6}{cpu:>12.1f}{gpu:>12.1f}{gpu * B:>11.0f}"
+                      f"{row['gpu_over_cpu']:>8.2f}", flush=True)
+
+
 def run_scaling(args, results):
     B_max = max(args.batches)
     data = make_data(B_max, n_batches=4)
@@ -406,13 +448,20 @@ def main(argv=None):
             print("python -m benchmarks: error: --jax needs JAX, which is not installed "
                   "(pip install -e '.[bench]' or pip install jax)", file=sys.stderr)
             return 2
-    results = {"meta": meta(args, argv), "rows": [], "scaling": []}
+    results = {"meta": meta(args, argv), "rows": [], "scaling": [], "device": []}
     probe(results)
     others = results["matmul_probe"]["24x784x200"]["load"]["other_cores"]
     if args.threads != 1 and others is not None and others > 0.5:
         print(f"note: other processes are using {others:.1f} cores; multi-threaded BLAS slows down badly "
               "when it competes for cores (try --threads 1)", file=sys.stderr)
-    if args.scaling:
+    if args.device == "cuda":
+        from rebar_np.device import DeviceError
+        try:
+            run_device(args, results)
+        except DeviceError as e:
+            print(f"python -m benchmarks: error: {e}", file=sys.stderr)
+            return 2
+    elif args.scaling:
         run_scaling(args, results)
     else:
         run_steps(args, results)

@@ -15,6 +15,7 @@ import numpy as np
 
 from .checkpoint import load_checkpoint
 from .data import load_task
+from .device import check_device, device_name, to_device
 from .model import SBN, check_params
 from .rundir import CHECKPOINT, CONFIG, check_data, read_config, write_json
 from .train import evaluate
@@ -41,9 +42,10 @@ def load_run(run_dir, data_dir=None):
 
 
 def final_bound(run_dir, split="test", samples=5000, seed=0, limit=0, data_dir=None, chunk_rows=10_000,
-                progress=False):
+                progress=False, device="cpu"):
     """Evaluate the run's checkpoint on a split and write RUN_DIR/eval-<split>-<samples>.json
-    (atomically). Returns the dict written."""
+    (atomically). Returns the dict written. device "cuda" evaluates on the GPU (rebar_np.device)."""
+    check_device(device)
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose train, valid or test")
     if samples < 1:
@@ -54,12 +56,14 @@ def final_bound(run_dir, split="test", samples=5000, seed=0, limit=0, data_dir=N
     x = data[split][:limit] if limit else data[split]
     per_example = np.empty(x.shape[0])
     t0 = time.perf_counter()
-    bound = evaluate(model, ckpt["params"], x, samples, seed=seed, progress=progress, desc=f"{split} bound",
+    params = to_device(ckpt["params"]) if device == "cuda" else ckpt["params"]
+    bound = evaluate(model, params, x, samples, seed=seed, progress=progress, desc=f"{split} bound",
                      examples_per_chunk=max(1, chunk_rows // min(samples, 100)), out=per_example)
     seconds = time.perf_counter() - t0
     stderr = float(np.std(per_example, ddof=1) / np.sqrt(len(per_example))) if len(per_example) > 1 else None
     result = {"split": split, "samples": samples, "examples": int(x.shape[0]), "step": ckpt["step"],
               "bound": bound, "stderr": stderr, "seconds": seconds, "seed": seed,
+              "device": device_name() if device == "cuda" else "cpu",
               "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     write_json(os.path.join(run_dir, f"eval-{split}-{samples}.json"), result)
     return result

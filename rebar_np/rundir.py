@@ -31,7 +31,7 @@ from .metrics import MetricsLog
 CONFIG, METRICS, CHECKPOINT, STATUS = "config.json", "metrics.h5", "checkpoint.h5", "status.json"
 METADATA_KEYS = ("version", "environment", "data")   # config.json entries that are not settings
 # settings a resume may change: they decide when things are logged, saved or stopped, never a parameter
-RESUME_MAY_CHANGE = ("steps", "eval_every", "eval_samples", "report_every", "checkpoint_every")
+RESUME_MAY_CHANGE = ("steps", "eval_every", "eval_samples", "report_every", "checkpoint_every", "device")
 
 
 class RunDirError(ValueError):

@@ -15,12 +15,15 @@ from tqdm import tqdm
 from . import estimators as E
 from .adam import AdamConfig, adam_init, adam_update
 from .checkpoint import save_checkpoint
+from .device import DEVICES, check_device, is_device, to_device, to_host, zeros_like
 from .resume import LoopState, capture_state, restore_state
 from .rundir import recorder_for
 from .kernels import kernel
 from .model import SBN, init_params, iw_bound, check_params
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
+# estimators whose every pass runs on rebar_np.device arrays (the others use host-only NumPy calls)
+CUDA_ESTIMATORS = ("reinforce", "nvil", "concrete", "rebar", "dynamic_rebar")
 
 
 @dataclass
@@ -50,6 +53,7 @@ class TrainConfig:
     samples: int = 5              # K-sample estimators (vimco, reinforce_loo): samples per example
     relax_hidden: int = 32        # relax: width of the control network r
     checkpoint_every: int = 0     # steps between checkpoints; 0 means at the end of every epoch
+    device: str = "cpu"           # "cuda": parameters, optimizer state and each epoch's data live on the GPU
     output: str = ""
 
     def estimator_options(self):
@@ -77,6 +81,13 @@ class TrainConfig:
             raise ValueError(f"unknown relaxation {self.relaxation!r}; choose muprop or concrete")
         if self.samples < 2:
             raise ValueError(f"samples must be at least 2 (K-sample estimators), got {self.samples}")
+        if self.device not in DEVICES:
+            raise ValueError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
+        if self.device == "cuda" and self.model not in CUDA_ESTIMATORS:
+            raise ValueError(f"model {self.model} has no CUDA path yet; with --device cuda choose one of "
+                             f"{', '.join(CUDA_ESTIMATORS)}")
+        if self.device == "cuda":
+            check_device("cuda")      # DeviceError (one line) on a machine without a GPU
         if self.relax_hidden < 1:
             raise ValueError(f"relax-hidden must be at least 1, got {self.relax_hidden}")
         if self.binarization not in ("fixed", "dynamic"):
@@ -137,16 +148,22 @@ class GradVariance:
 
     def __init__(self, params, decay):
         self.decay, self.t = decay, 0
-        self.m1 = {k: np.zeros_like(v) for k, v in params.items()}
-        self.m2 = {k: np.zeros_like(v) for k, v in params.items()}
+        self.m1 = {k: zeros_like(v) for k, v in params.items()}
+        self.m2 = {k: zeros_like(v) for k, v in params.items()}
+
+    def to_device(self):
+        self.m1, self.m2 = to_device(self.m1), to_device(self.m2)
 
     def update(self, grads):
         """Fold one gradient into the averages; returns the name of the first
         tensor with a NaN or inf, or None."""
         self.t += 1
         first_bad = None
+        moments = ema_moments
+        if grads and is_device(next(iter(grads.values()))):
+            from .cuda_kernels import ema_moments as moments         # the CUDA twin, same arguments
         for k, g in grads.items():
-            if ema_moments(g, self.m1[k], self.m2[k], self.decay) and first_bad is None:
+            if moments(g, self.m1[k], self.m2[k], self.decay) and first_bad is None:
                 first_bad = k
         return first_bad
 
@@ -162,7 +179,9 @@ class GradVariance:
         return float(np.log(max(total / n, 1e-300)))
 
     def state(self):
-        return {**{"m1/" + k: v for k, v in self.m1.items()}, **{"m2/" + k: v for k, v in self.m2.items()}}
+        """The EMA arrays by checkpoint name (host copies)."""
+        m1, m2 = to_host(self.m1), to_host(self.m2)
+        return {**{"m1/" + k: v for k, v in m1.items()}, **{"m2/" + k: v for k, v in m2.items()}}
 
 
 # --------------------------------------------------------------------------
@@ -184,6 +203,8 @@ def evaluate(model, params, x, n_samples, seed=0, examples_per_chunk=None, progr
     from concurrent.futures import ThreadPoolExecutor
     from threadpoolctl import threadpool_limits
 
+    if is_device(next(iter(params.values()))):
+        return _evaluate_on_device(model, params, x, n_samples, seed, progress, desc, out, examples_per_chunk)
     k_chunk = min(n_samples, 100)
     workers = workers or len(os.sched_getaffinity(0))
     per = examples_per_chunk or max(1, 10_000 // k_chunk)
@@ -205,6 +226,29 @@ def evaluate(model, params, x, n_samples, seed=0, examples_per_chunk=None, progr
                 out[starts[i]:starts[i] + bounds.shape[0]] = bounds
             total += float(np.sum(bounds))
             bar.update(bounds.shape[0])
+    bar.close()
+    return total / x.shape[0]
+
+
+def _evaluate_on_device(model, params, x, n_samples, seed, progress, desc, out, examples_per_chunk=None):
+    """evaluate() with the parameters on the GPU: chunks of examples one after another, by default
+    about 2^17 (example, sample) rows per pass. Samples are drawn 100 per example at a time as on
+    the CPU, so with the same chunks (examples_per_chunk, and workers=1 on the CPU) the noise and
+    the result are the CPU's."""
+    k_chunk = min(n_samples, 100)
+    per = examples_per_chunk or max(1, (1 << 17) // k_chunk)
+    dtype = next(iter(params.values())).dtype
+    starts = list(range(0, x.shape[0], per))
+    seeds = np.random.SeedSequence(seed).spawn(len(starts))
+    total = 0.0
+    bar = tqdm(total=x.shape[0], desc=desc, unit="ex", disable=not progress, leave=False, file=sys.stderr)
+    for i, start in enumerate(starts):
+        xb = to_device(np.ascontiguousarray(x[start:start + per], dtype=dtype))
+        bounds = iw_bound(model, params, xb, n_samples, np.random.default_rng(seeds[i]), chunk=k_chunk)
+        if out is not None:
+            out[start:start + bounds.shape[0]] = bounds
+        total += float(np.sum(bounds))
+        bar.update(bounds.shape[0])
     bar.close()
     return total / x.shape[0]
 
@@ -288,6 +332,13 @@ def train(cfg, data, log=print, progress=None, resume=None, recorder=None):
         loop = restore_state(resume, params, aux, opt, aux_opt, monitor, rng_noise)
         rng_data.bit_generator.state = loop.epoch_rng_state   # the epoch is replayed below
 
+    on_device = cfg.device == "cuda"
+    if on_device:      # from here on the parameters and the optimizer state stay in GPU memory
+        params, aux = to_device(params), to_device(aux)
+        for state in (opt, aux_opt):
+            state["m"], state["v"] = to_device(state["m"]), to_device(state["v"])
+        monitor.to_device()
+
     options = cfg.estimator_options()
     N, B = train_x.shape[0], cfg.batch_size
     if B > N:
@@ -303,8 +354,8 @@ def train(cfg, data, log=print, progress=None, resume=None, recorder=None):
         loop.wall_time = time.perf_counter() - t_start
         recorder.flush()          # metrics always cover the checkpoint's step
         if ckpt_path:
-            save_checkpoint(ckpt_path, step, asdict(cfg), params, aux,
-                            {"model": opt, "aux": aux_opt}, monitor.state(), model.mean_x,
+            save_checkpoint(ckpt_path, step, asdict(cfg), to_host(params), to_host(aux),
+                            {"model": to_host(opt), "aux": to_host(aux_opt)}, monitor.state(), model.mean_x,
                             train_state=capture_state(loop, monitor, rng_noise))
             result.checkpoint = ckpt_path
             recorder.saved(step)
@@ -332,6 +383,8 @@ def train(cfg, data, log=print, progress=None, resume=None, recorder=None):
             if cfg.binarization == "dynamic":
                 epoch_x = _binarize(train_x, rng_data, dtype)
             order = rng_data.permutation(N)
+            if on_device:   # the epoch's batches, in order, copied to the GPU once
+                epoch_dev = to_device(np.ascontiguousarray(epoch_x[order]))
             first = 0
             if resume is not None:       # the replayed epoch of a resumed run: continue mid-epoch
                 if not np.array_equal(order, loop.order):
@@ -342,7 +395,7 @@ def train(cfg, data, log=print, progress=None, resume=None, recorder=None):
             for start in range(first, N, B):
                 if step >= cfg.steps:
                     break
-                x = epoch_x[order[start:start + B]]
+                x = epoch_dev[start:start + B] if on_device else epoch_x[order[start:start + B]]
                 res = train_step(est, model, params, aux, x, rng_noise, opt, aux_opt, monitor, adam_cfg,
                                  cfg.aux_lr_scale, step + 1, options)
                 step += 1
@@ -367,7 +420,7 @@ def train(cfg, data, log=print, progress=None, resume=None, recorder=None):
                         + f", {rate:.0f} steps/s")
                     loop.elbo_sum, loop.elbo_n = 0.0, 0
                     bounds = run_eval(step) if eval_due else {}
-                    recorder.report({**row, **bounds}, aux)
+                    recorder.report({**row, **bounds}, to_host(aux))
                     t_report, last_report = time.perf_counter(), step
                 if step == cfg.steps or (step % cfg.checkpoint_every == 0 if cfg.checkpoint_every else epoch_done):
                     save(step)
@@ -391,6 +444,8 @@ def train(cfg, data, log=print, progress=None, resume=None, recorder=None):
         recorder.diverged(step, str(err))
         raise
     finally:
+        if on_device:
+            result.params, result.aux = to_host(params), to_host(aux)
         blas.restore_original_limits()
         bar.close()
         stop.restore()
@@ -429,10 +484,13 @@ class StopFlag:
 def _check_finite(step, res, bad_model_grad):
     """Raise TrainingDiverged naming the step and the first non-finite quantity.
     bad_model_grad: what GradVariance.update found in the model gradient (checked in the same pass)."""
-    if not all_finite(res.elbo):
+    finite = all_finite
+    if is_device(res.elbo):
+        from .cuda_kernels import all_finite as finite              # the CUDA twin, same arguments
+    if not finite(res.elbo):
         raise TrainingDiverged(f"non-finite ELBO at step {step}")
     if bad_model_grad is not None:
         raise TrainingDiverged(f"non-finite model gradient of {bad_model_grad} at step {step}")
     for k, g in res.aux_grads.items():
-        if not all_finite(g):
+        if not finite(g):
             raise TrainingDiverged(f"non-finite estimator gradient of {k} at step {step}")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .device import is_device, zeros_like
+from .device import twin, zeros_like
 from .kernels import fast_kernel
 
 
@@ -50,9 +50,7 @@ def adam_update(params, grads, state, cfg, lr_scale=1.0):
     state["t"] += 1
     t = state["t"]
     lr_t = cfg.learning_rate * lr_scale * np.sqrt(1.0 - cfg.beta2 ** t) / (1.0 - cfg.beta1 ** t)
-    kernel = adam_kernel
-    if params and is_device(next(iter(params.values()))):
-        from .cuda_kernels import adam_kernel as kernel       # the CUDA twin, same arguments
+    kernel = twin(adam_kernel, next(iter(params.values()), None))
     for k, p in params.items():
         typed = p.dtype.type
         kernel(p, grads[k], state["m"][k], state["v"][k],

@@ -88,14 +88,17 @@ def sum_rows(a, out):
         n += cuda.gridsize(1)
 
 @cuda.jit
-def sum_cols(a, out):
-    """out[j] = sum_n a[n, j]  (one thread per column)."""
+def sum_cols(a, out, accumulate):
+    """out[j] (+)= sum_n a[n, j]  (one thread per column): a.sum(axis=0), and a bias gradient."""
     j = cuda.grid(1)
     while j < a.shape[1]:
         acc = 0.0
         for n in range(a.shape[0]):
             acc += float64(a[n, j])
-        out[j] = acc
+        if accumulate:
+            out[j] += acc
+        else:
+            out[j] = acc
         j += cuda.gridsize(1)
 
 @cuda.jit
@@ -107,6 +110,14 @@ def sum_all(a, out):
         acc += float64(a[i])
         i += cuda.gridsize(1)
     cuda.atomic.add(out, 0, acc)
+
+
+def sum_total(a):
+    """sum_i a_i of a DeviceArray in float64, as a one-element device array (no host sync)."""
+    out = _zeros1(np.float64)
+    blocks, threads = launch(a.size)
+    sum_all[min(blocks, 64), threads](a.flat(), out)
+    return out
 
 
 # Helpers of the twins below: an output shaped like an input, and a launch of a
@@ -146,7 +157,7 @@ def _softplus(a):
 #
 # The products go through one shared-memory tiled GEMM, C (+)= op(A) op(B):
 #   a = h W (+ c),  dW += h^T da,  dh = da W^T,  a_dot = h_dot W + h W_dot.
-# The bias add and the bias gradient's column sums are small kernels of their own.
+# The bias add is DeviceArray's row broadcast; the bias gradient adds sum_cols in place.
 # --------------------------------------------------------------------------
 TILE = 4 if simulator() else 16          # the simulator runs a Python thread per CUDA thread
 
@@ -198,39 +209,18 @@ def _gemm(A, B, C, trans_a=False, trans_b=False, accumulate=False):
     return C
 
 
-@cuda.jit
-def _add_row(a, c):
-    """a[n, j] += c[j] over the flat a (a row vector broadcast down the rows)."""
-    i = cuda.grid(1)
-    m = c.size
-    while i < a.size:
-        a[i] += c[i % m]
-        i += cuda.gridsize(1)
-
-
-@cuda.jit
-def _add_column_sums(da, dc):
-    """dc[j] += sum_n da[n, j]  (one thread per column, float64 accumulation)."""
-    j = cuda.grid(1)
-    while j < da.shape[1]:
-        acc = 0.0
-        for n in range(da.shape[0]):
-            acc += float64(da[n, j])
-        dc[j] += acc
-        j += cuda.gridsize(1)
-
-
 def dense_forward(h, W, c):
     """Affine map  a = h W + c   (h: (B, n_in), W: (n_in, n_out), c: (n_out,))."""
     a = _gemm(h, W, empty((h.shape[0], W.shape[1]), np.result_type(h.dtype, W.dtype)))
-    return _run(_add_row, a, a.flat(), c.flat())
+    a += c                                                      # DeviceArray's row broadcast
+    return a
 
 
 def dense_backward(h, W, da, dW, dc, need_dh):
     """Backward of a = h W + c:  dW += h^T da,  dc += sum_n da[n],
     dh = da W^T returned when need_dh, else an empty (0, 0) DeviceArray."""
     _gemm(h, da, dW, trans_a=True, accumulate=True)
-    _add_column_sums[launch(da.shape[1])](da.d, dc.d)
+    sum_cols[launch(da.shape[1])](da.d, dc.d, 1)                # dc += column sums, in place
     if need_dh:
         return dense_backward_input(W, da)
     return empty((0, 0), da.dtype)
@@ -251,7 +241,7 @@ def dense_tangent(h_dot, W, h, W_dot, c_dot):
     else:
         a_dot = _gemm(h, W_dot, empty((h.shape[0], W_dot.shape[1]), np.result_type(h.dtype, W_dot.dtype)))
     if c_dot.size:
-        _run(_add_row, a_dot, a_dot.flat(), c_dot.flat())
+        a_dot += c_dot
     return a_dot
 
 
@@ -626,17 +616,6 @@ def threshold_samples(u, thr, k):
 # into a one-element accumulator. Row sums: one thread per row.
 # --------------------------------------------------------------------------
 @cuda.jit
-def _sum_entries(a, out):
-    """out[0] += sum_i a_i."""
-    i = cuda.grid(1)
-    acc = 0.0
-    while i < a.size:
-        acc += float64(a[i])
-        i += cuda.gridsize(1)
-    cuda.atomic.add(out, 0, acc)
-
-
-@cuda.jit
 def _leave_one_out_center(f, total, out):
     i = cuda.grid(1)
     B = f.size
@@ -647,11 +626,8 @@ def _leave_one_out_center(f, total, out):
 
 def leave_one_out_center(f):
     """f_n - mean_{m != n} f_m = f_n - (sum_m f_m - f_n) / (B - 1)  (B >= 2)."""
-    total = _zeros1(np.float64)
-    blocks, threads = launch(f.size)
-    _sum_entries[min(blocks, 64), threads](f.flat(), total)
     out = _like(f)
-    return _run(_leave_one_out_center, out, f.flat(), total, out.flat())
+    return _run(_leave_one_out_center, out, f.flat(), sum_total(f), out.flat())
 
 
 @cuda.jit

@@ -150,7 +150,7 @@ class DeviceArray:
         if dtype == self.dtype:
             return self.copy()
         out = empty(self.shape, dtype)
-        _ew_scalar_call(self, 0.0, 0, out)     # out = x + 0, cast on store
+        _ew_scalar_call(self, 0.0, _OP["add"], out)     # out = x + 0, cast on store
         return out
 
     def __getitem__(self, key):
@@ -272,26 +272,24 @@ def empty(shape, dtype):
     return DeviceArray(_cuda().device_array(shape, dtype=np.dtype(dtype)))
 
 
+def _tree_map(fn, a):
+    """fn applied to every leaf of nested dicts / lists / tuples."""
+    if isinstance(a, dict):
+        return {k: _tree_map(fn, v) for k, v in a.items()}
+    if isinstance(a, (list, tuple)):
+        return type(a)(_tree_map(fn, v) for v in a)
+    return fn(a)
+
+
 def to_device(a):
     """A NumPy array (or a dict / list / tuple of them) copied into GPU memory."""
-    if isinstance(a, dict):
-        return {k: to_device(v) for k, v in a.items()}
-    if isinstance(a, (list, tuple)):
-        return type(a)(to_device(v) for v in a)
-    if isinstance(a, DeviceArray):
-        return a
-    return DeviceArray(_cuda().to_device(np.ascontiguousarray(a)))
+    return _tree_map(lambda v: v if isinstance(v, DeviceArray)
+                     else DeviceArray(_cuda().to_device(np.ascontiguousarray(v))), a)
 
 
 def to_host(a):
-    """NumPy copies of DeviceArrays (in dicts / lists / tuples too); NumPy arrays pass through."""
-    if isinstance(a, dict):
-        return {k: to_host(v) for k, v in a.items()}
-    if isinstance(a, (list, tuple)):
-        return type(a)(to_host(v) for v in a)
-    if isinstance(a, DeviceArray):
-        return a.host()
-    return a
+    """NumPy copies of DeviceArrays (in dicts / lists / tuples too); anything else passes through."""
+    return _tree_map(lambda v: v.host() if isinstance(v, DeviceArray) else v, a)
 
 
 def is_device(a):
@@ -326,6 +324,17 @@ def zeros_like(a, dtype=None):
 # --------------------------------------------------------------------------
 # The kernel dispatch
 # --------------------------------------------------------------------------
+def twin(cpu_kernel, *arrays):
+    """cpu_kernel, or its CUDA twin (the function of the same name in rebar_np.cuda_kernels)
+    when any of arrays is a DeviceArray. The dispatch of K below, and of the kernels that live
+    beside their callers (adam_kernel, the training loop's ema_moments and all_finite)."""
+    for a in arrays:
+        if type(a) is DeviceArray:
+            from . import cuda_kernels
+            return getattr(cuda_kernels, cpu_kernel.__name__)
+    return cpu_kernel
+
+
 class _KernelDispatch:
     """``K.name(*args)``: rebar_np.kernels.name, or rebar_np.cuda_kernels.name when an
     argument is a DeviceArray. Constants (K.U_MIN, ...) are the CPU module's."""
@@ -336,11 +345,8 @@ class _KernelDispatch:
             return cpu
 
         def dispatch(*args, **kwargs):
-            for a in args:
-                if type(a) is DeviceArray:
-                    from . import cuda_kernels
-                    return getattr(cuda_kernels, name)(*args, **kwargs)
-            return getattr(_cpu, name)(*args, **kwargs)     # looked up per call: a patched kernel is seen
+            # the CPU kernel is looked up per call, so that a patched kernel is seen
+            return twin(getattr(_cpu, name), *args)(*args, **kwargs)
 
         dispatch.__name__ = dispatch.__qualname__ = name
         dispatch.__doc__ = cpu.__doc__
@@ -397,15 +403,12 @@ def _take_columns(a, start, n):
 def _reduce_sum(a, axis, dtype):
     k = _ck()
     if axis is None:
-        out = DeviceArray(_cuda().to_device(np.zeros(1, dtype)))
-        blocks, threads = launch(a.size)
-        k.sum_all[min(blocks, 64), threads](a.flat(), out.d)
-        return out.host()[0]
+        return dtype.type(k.sum_total(a).copy_to_host()[0])
     if a.ndim != 2 or axis not in (0, 1, -1):
         raise TypeError(f"DeviceArray.sum supports axis None, 0 or 1 of a 2-D array, not {axis} of {a.shape}")
     if axis == 0:
         out = empty((a.shape[1],), dtype)
-        k.sum_cols[launch(a.shape[1])](a.d, out.d)
+        k.sum_cols[launch(a.shape[1])](a.d, out.d, 0)
     else:
         out = empty((a.shape[0],), dtype)
         k.sum_rows[launch(a.shape[0])](a.d, out.d)

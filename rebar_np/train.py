@@ -15,7 +15,7 @@ from tqdm import tqdm
 from . import estimators as E
 from .adam import AdamConfig, adam_init, adam_update
 from .checkpoint import save_checkpoint
-from .device import DEVICES, check_device, is_device, to_device, to_host, zeros_like
+from .device import DEVICES, check_device, is_device, to_device, to_host, twin, zeros_like
 from .resume import LoopState, capture_state, restore_state
 from .rundir import recorder_for
 from .kernels import kernel
@@ -159,9 +159,7 @@ class GradVariance:
         tensor with a NaN or inf, or None."""
         self.t += 1
         first_bad = None
-        moments = ema_moments
-        if grads and is_device(next(iter(grads.values()))):
-            from .cuda_kernels import ema_moments as moments         # the CUDA twin, same arguments
+        moments = twin(ema_moments, next(iter(grads.values()), None))
         for k, g in grads.items():
             if moments(g, self.m1[k], self.m2[k], self.decay) and first_bad is None:
                 first_bad = k
@@ -198,57 +196,43 @@ def evaluate(model, params, x, n_samples, seed=0, examples_per_chunk=None, progr
     release the GIL, so every core works on matrix products and on elementwise
     work alike. Chunk i draws its noise from SeedSequence(seed).spawn()[i]: the
     result depends on seed and chunking, not on the number of workers.
+    With params on the GPU (rebar_np.device) the chunks, about 2^17 rows by default,
+    run one after another in this thread, each copied to the device; with the same
+    chunks (examples_per_chunk, and workers=1 on the CPU) the result is the CPU's.
     out: optional (N,) array that receives every example's bound.
     """
     from concurrent.futures import ThreadPoolExecutor
     from threadpoolctl import threadpool_limits
 
-    if is_device(next(iter(params.values()))):
-        return _evaluate_on_device(model, params, x, n_samples, seed, progress, desc, out, examples_per_chunk)
+    on_device = is_device(next(iter(params.values())))
     k_chunk = min(n_samples, 100)
-    workers = workers or len(os.sched_getaffinity(0))
-    per = examples_per_chunk or max(1, 10_000 // k_chunk)
-    per = min(per, -(-x.shape[0] // workers))          # a few examples still keep every worker busy
+    if on_device:
+        workers = 1
+        per = examples_per_chunk or max(1, (1 << 17) // k_chunk)
+    else:
+        workers = workers or len(os.sched_getaffinity(0))
+        per = examples_per_chunk or max(1, 10_000 // k_chunk)
+        per = min(per, -(-x.shape[0] // workers))          # a few examples still keep every worker busy
     dtype = next(iter(params.values())).dtype
     starts = list(range(0, x.shape[0], per))
     seeds = np.random.SeedSequence(seed).spawn(len(starts))
 
     def bound_values(i):
         xb = np.ascontiguousarray(x[starts[i]:starts[i] + per], dtype=dtype)
+        if on_device:
+            xb = to_device(xb)
         return iw_bound(model, params, xb, n_samples, np.random.default_rng(seeds[i]), chunk=k_chunk)
 
     total = 0.0
     bar = tqdm(total=x.shape[0], desc=desc, unit="ex", disable=not progress, leave=False, file=sys.stderr)
     with threadpool_limits(limits=1 if workers > 1 else None, user_api="blas"), \
             ThreadPoolExecutor(max_workers=workers) as pool:
-        for i, bounds in enumerate(pool.map(bound_values, range(len(starts)))):
+        chunks = map if on_device else pool.map           # GPU work stays in the thread that owns the context
+        for i, bounds in enumerate(chunks(bound_values, range(len(starts)))):
             if out is not None:
                 out[starts[i]:starts[i] + bounds.shape[0]] = bounds
             total += float(np.sum(bounds))
             bar.update(bounds.shape[0])
-    bar.close()
-    return total / x.shape[0]
-
-
-def _evaluate_on_device(model, params, x, n_samples, seed, progress, desc, out, examples_per_chunk=None):
-    """evaluate() with the parameters on the GPU: chunks of examples one after another, by default
-    about 2^17 (example, sample) rows per pass. Samples are drawn 100 per example at a time as on
-    the CPU, so with the same chunks (examples_per_chunk, and workers=1 on the CPU) the noise and
-    the result are the CPU's."""
-    k_chunk = min(n_samples, 100)
-    per = examples_per_chunk or max(1, (1 << 17) // k_chunk)
-    dtype = next(iter(params.values())).dtype
-    starts = list(range(0, x.shape[0], per))
-    seeds = np.random.SeedSequence(seed).spawn(len(starts))
-    total = 0.0
-    bar = tqdm(total=x.shape[0], desc=desc, unit="ex", disable=not progress, leave=False, file=sys.stderr)
-    for i, start in enumerate(starts):
-        xb = to_device(np.ascontiguousarray(x[start:start + per], dtype=dtype))
-        bounds = iw_bound(model, params, xb, n_samples, np.random.default_rng(seeds[i]), chunk=k_chunk)
-        if out is not None:
-            out[start:start + bounds.shape[0]] = bounds
-        total += float(np.sum(bounds))
-        bar.update(bounds.shape[0])
     bar.close()
     return total / x.shape[0]
 
@@ -484,9 +468,7 @@ class StopFlag:
 def _check_finite(step, res, bad_model_grad):
     """Raise TrainingDiverged naming the step and the first non-finite quantity.
     bad_model_grad: what GradVariance.update found in the model gradient (checked in the same pass)."""
-    finite = all_finite
-    if is_device(res.elbo):
-        from .cuda_kernels import all_finite as finite              # the CUDA twin, same arguments
+    finite = twin(all_finite, res.elbo)
     if not finite(res.elbo):
         raise TrainingDiverged(f"non-finite ELBO at step {step}")
     if bad_model_grad is not None:

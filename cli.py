@@ -289,8 +289,9 @@ def new_train_config(options, given, hparams, config_file, output):
               help="k of the importance-weighted bound (the paper's final numbers use 5000).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--limit", default=0, type=int, help="Evaluate only the first N examples (0: all).")
-@click.option("--chunk-rows", default=10_000, show_default=True, type=int,
-              help="Most (example, sample) rows evaluated at once; bounds the memory used.")
+@click.option("--chunk-rows", default=None, type=int,
+              help="(example, sample) rows evaluated at once per thread [default: 1000 on the CPU, "
+                   "small enough to stay in cache; 131072 on a GPU].")
 @click.option("--data-dir", default=None, type=click.Path(file_okay=False),
               help="Folder with the data files (default: the run's own).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, or cuda to evaluate on the GPU.")

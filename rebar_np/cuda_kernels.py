@@ -19,7 +19,7 @@ import numpy as np
 from numba import cuda, float64
 
 from .device import empty, launch, simulator
-from .kernels import U_MAX, U_MIN
+from .kernels import BITS_TO_UNIFORM, U_MAX, U_MIN
 
 
 # --------------------------------------------------------------------------
@@ -406,6 +406,26 @@ def softplus_rows(a):
 
 
 @cuda.jit
+def _loglik_rows(y, a, k, out):
+    r = cuda.grid(1)
+    while r < a.shape[0]:
+        acc = 0.0
+        for j in range(a.shape[1]):
+            aj = float64(a[r, j])
+            acc += float64(y[r // k, j]) * aj - _softplus(aj)
+        out[r] = acc
+        r += cuda.gridsize(1)
+
+
+def loglik_rows(y, a, k):
+    """log B(y; a) = sum_j [y_j a_j - softplus(a_j)] per row of a, float64 (R,), y holding one row
+    per k consecutive rows of a."""
+    out = empty((a.shape[0],), np.float64)
+    _loglik_rows[launch(a.shape[0])](y.d, a.d, int(k), out.d)
+    return out
+
+
+@cuda.jit
 def _bernoulli_loglik_backward(y, sig, dll, da, m):
     i = cuda.grid(1)
     while i < da.size:
@@ -594,19 +614,20 @@ def mean_sample_forward(a):
 
 
 @cuda.jit
-def _threshold_samples(u, thr, k, b):
+def _threshold_samples(bits, thr, k, b):
     i = cuda.grid(1)
-    H = u.shape[1]
+    H = bits.shape[1]
     while i < b.size:
         r, j = i // H, i % H
-        b[r, j] = 1.0 if u[r, j] > thr[r // k, j] else 0.0
+        b[r, j] = 1.0 if (float64(bits[r, j]) + 0.5) * BITS_TO_UNIFORM > thr[r // k, j] else 0.0
         i += cuda.gridsize(1)
 
 
-def threshold_samples(u, thr, k):
-    """b[r, j] = 1[u[r, j] > thr[r // k, j]] in u's dtype (k consecutive rows of u per row of thr)."""
-    b = _like(u)
-    return _run(_threshold_samples, b, u.d, thr.d, int(k), b.d)
+def threshold_samples(bits, thr, k):
+    """b[r, j] = 1[(bits[r, j] + 1/2) 2^-32 > thr[r // k, j]] in thr's dtype (k consecutive rows
+    of bits per row of thr)."""
+    b = empty(bits.shape, thr.dtype)
+    return _run(_threshold_samples, b, bits.d, thr.d, int(k), b.d)
 
 
 # --------------------------------------------------------------------------
@@ -733,22 +754,23 @@ def _finite(x):
 def _ema_moments(g, m1, m2, decay, bad):
     i = cuda.grid(1)
     nbad = 0
+    one = decay / decay
     while i < g.size:
-        gi = float64(g[i])
+        gi = g[i]
         if not _finite(gi):
             nbad += 1
-        m1[i] = decay * float64(m1[i]) + (1.0 - decay) * gi
-        m2[i] = decay * float64(m2[i]) + (1.0 - decay) * gi * gi
+        m1[i] = decay * m1[i] + (one - decay) * gi
+        m2[i] = decay * m2[i] + (one - decay) * gi * gi
         i += cuda.gridsize(1)
     if nbad:
         cuda.atomic.add(bad, 0, nbad)
 
 
 def ema_moments(g, m1, m2, decay):
-    """m1 <- d m1 + (1 - d) g;  m2 <- d m2 + (1 - d) g^2 (in place, computed in float64).
+    """m1 <- d m1 + (1 - d) g;  m2 <- d m2 + (1 - d) g^2 (in place, in the arithmetic of decay's type).
     Returns the number of non-finite entries of g (a host int)."""
     bad = _zeros1(np.int64)
-    _ema_moments[launch(g.size)](g.flat(), m1.flat(), m2.flat(), float(decay), bad)
+    _ema_moments[launch(g.size)](g.flat(), m1.flat(), m2.flat(), decay, bad)
     return int(bad.copy_to_host()[0])
 
 

@@ -41,7 +41,7 @@ def load_run(run_dir, data_dir=None):
     return model, ckpt, data
 
 
-def final_bound(run_dir, split="test", samples=5000, seed=0, limit=0, data_dir=None, chunk_rows=10_000,
+def final_bound(run_dir, split="test", samples=5000, seed=0, limit=0, data_dir=None, chunk_rows=None,
                 progress=False, device="cpu"):
     """Evaluate the run's checkpoint on a split and write RUN_DIR/eval-<split>-<samples>.json
     (atomically). Returns the dict written. device "cuda" evaluates on the GPU (rebar_np.device)."""
@@ -50,7 +50,7 @@ def final_bound(run_dir, split="test", samples=5000, seed=0, limit=0, data_dir=N
         raise ValueError(f"unknown split {split!r}; choose train, valid or test")
     if samples < 1:
         raise ValueError(f"samples must be at least 1, got {samples}")
-    if chunk_rows < 1:
+    if chunk_rows is not None and chunk_rows < 1:
         raise ValueError(f"chunk-rows must be at least 1, got {chunk_rows}")
     model, ckpt, data = load_run(run_dir, data_dir)
     x = data[split][:limit] if limit else data[split]
@@ -58,7 +58,8 @@ def final_bound(run_dir, split="test", samples=5000, seed=0, limit=0, data_dir=N
     t0 = time.perf_counter()
     params = to_device(ckpt["params"]) if device == "cuda" else ckpt["params"]
     bound = evaluate(model, params, x, samples, seed=seed, progress=progress, desc=f"{split} bound",
-                     examples_per_chunk=max(1, chunk_rows // min(samples, 100)), out=per_example)
+                     examples_per_chunk=max(1, chunk_rows // min(samples, 100)) if chunk_rows else None,
+                     out=per_example)
     seconds = time.perf_counter() - t0
     stderr = float(np.std(per_example, ddof=1) / np.sqrt(len(per_example))) if len(per_example) > 1 else None
     result = {"split": split, "samples": samples, "examples": int(x.shape[0]), "step": ckpt["step"],

@@ -184,9 +184,18 @@ def softplus(a):
 
 def _exp_neg_abs(a):
     """exp(-|a|) in a's dtype: in (0, 1], so it never overflows."""
-    e = np.abs(a)
-    np.negative(e, out=e)
+    e = _neg_abs(a)
     np.exp(e, out=e)
+    return e
+
+
+@arith_kernel
+def _neg_abs(a):
+    """-|a| in a's dtype, in one pass (the argument of _exp_neg_abs's exponential)."""
+    e = np.empty_like(a)
+    af, ef = a.reshape(-1), e.reshape(-1)
+    for i in range(af.size):
+        ef[i] = -abs(af[i])
     return e
 
 
@@ -235,14 +244,23 @@ def _sum_log1p_row(e):
     """sum_j log1p(e_j) for e_j in [0, 1], as log prod_j (1 + e_j): one logarithm per block of
     512 terms instead of one per term. Each factor is in [1, 2], so a block's product is at
     most 2^512 (float64 holds 2^1023); in float64 the product's rounding error is about
-    512 ulp, far below float32 resolution and ~1e-13 relative in float64."""
+    512 ulp, far below float32 resolution and ~1e-13 relative in float64.
+    The block's product is kept as 8 interleaved partial products (term j goes to p[j % 8]),
+    so that consecutive multiplications do not wait for each other and the loop vectorises
+    (about 1.6x faster than one running product)."""
     total = 0.0
     m = e.shape[0]
     for start in range(0, m, 512):
-        p = 1.0
-        for j in range(start, min(start + 512, m)):
-            p *= 1.0 + np.float64(e[j])
-        total += np.log(p)
+        stop = min(start + 512, m)
+        p = np.ones(8)
+        n8 = start + (stop - start) // 8 * 8
+        for j in range(start, n8, 8):
+            for q in range(8):
+                p[q] *= 1.0 + np.float64(e[j + q])
+        block = ((p[0] * p[1]) * (p[2] * p[3])) * ((p[4] * p[5]) * (p[6] * p[7]))
+        for j in range(n8, stop):
+            block *= 1.0 + np.float64(e[j])
+        total += np.log(block)
     return total
 
 
@@ -261,6 +279,27 @@ def _softplus_rows(a, e):
         for j in range(m):
             acc += max(a[i, j], 0.0)
         out[i] = acc + _sum_log1p_row(e[i])
+    return out
+
+
+def loglik_rows(y, a, k):
+    """log B(y; a) = sum_j [y_j a_j - softplus(a_j)] per row of a (R, n), float64 (R,), where y
+    holds one row per k consecutive rows of a (k = 1: row by row; the bound's target x, one row
+    per example, against k samples' logits). Forward only (no sigma(a) cache): the bound's terms."""
+    return _loglik_rows(y, a, k, _exp_neg_abs(a))
+
+
+@arith_kernel
+def _loglik_rows(y, a, k, e):
+    """The arithmetic of loglik_rows, given e = exp(-|a|): softplus(a) = max(a, 0) + log1p(e)."""
+    R, m = a.shape
+    out = np.empty(R, dtype=np.float64)
+    for r in range(R):
+        yr = y[r // k]
+        acc = 0.0
+        for j in range(m):
+            acc += yr[j] * a[r, j] - max(a[r, j], 0.0)
+        out[r] = acc - _sum_log1p_row(e[r])
     return out
 
 
@@ -457,13 +496,23 @@ def mean_sample_forward(a):
     return sigmoid_forward(a)
 
 
-def threshold_samples(u, thr, k):
-    """Hard samples b[r, j] = 1[u[r, j] > thr[r // k, j]] in u's dtype: with thr = sigma(-a) this is
-    b = 1[a + log u - log(1 - u) > 0], the same sample at the same noise without two logarithms.
-    u: (R, H) with k consecutive rows per row of thr (R = rows(thr) k); k = 1: one threshold row per row.
-    """
-    R, H = u.shape
-    return (u.reshape(R // k, k, H) > thr[:, None, :]).astype(u.dtype).reshape(R, H)
+BITS_TO_UNIFORM = 2.0 ** -32          # 32 random bits U stand for the uniform u = (U + 1/2) 2^-32
+
+
+@kernel
+def threshold_samples(bits, thr, k):
+    """Hard samples b[r, j] = 1[u[r, j] > thr[r // k, j]] in thr's dtype, u = (bits + 1/2) 2^-32
+    (model.uniform_bits): with thr = sigma(-a) this is b = 1[a + log u - log(1 - u) > 0], the same
+    sample at the same noise without two logarithms.
+    bits: (R, H) uint32 with k consecutive rows per row of thr (R = rows(thr) k); k = 1: one
+    threshold row per row."""
+    R, H = bits.shape
+    b = np.empty((R, H), dtype=thr.dtype)
+    for r in range(R):
+        t = thr[r // k]
+        for j in range(H):
+            b[r, j] = 1.0 if (np.float64(bits[r, j]) + 0.5) * BITS_TO_UNIFORM > t[j] else 0.0
+    return b
 
 
 # --------------------------------------------------------------------------

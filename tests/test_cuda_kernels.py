@@ -21,6 +21,7 @@ import pytest
 from rebar_np import cuda_kernels as C
 from rebar_np import device as D
 from rebar_np import kernels as K
+from rebar_np.model import uniform_bits
 from rebar_np.adam import adam_kernel as cpu_adam_kernel
 from rebar_np.device import DeviceArray, to_device, to_host
 from rebar_np.train import all_finite as cpu_all_finite
@@ -231,6 +232,8 @@ CASES = [
     ("bernoulli_loglik_forward[hard y]", lambda r, t: (_hard(r, t), _u(r, t, -8, 8))),
     ("bernoulli_loglik_forward[relaxed y]", lambda r, t: (_prob(r, t), _u(r, t, -8, 8))),
     ("softplus_rows", lambda r, t: (_u(r, t, -40, 40),)),
+    ("loglik_rows[k=1]", lambda r, t: (_hard(r, t), _u(r, t, -40, 40), 1)),
+    ("loglik_rows[k=R]", lambda r, t: (_hard(r, t)[:1], _u(r, t, -40, 40), B)),
     ("bernoulli_loglik_backward", lambda r, t: (_hard(r, t), _prob(r, t), _u(r, t, shape=(B,)))),
     ("bernoulli_loglik_backward_tangent[y_dot]",
      lambda r, t: (_u(r, t), _prob(r, t), _u(r, t), _u(r, t, shape=(B,)))),
@@ -291,11 +294,13 @@ def test_hard_sample_forward_is_exact(dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_threshold_samples_is_exact(dtype, k):
     rng = np.random.default_rng(3)
-    u = uniform(rng, (6, 5), dtype, 0.0, 1.0)
+    bits = uniform_bits(rng, (6, 5))
     thr = uniform(rng, (6 // k, 5), dtype, 0.0, 1.0)
-    want = K.threshold_samples(u, thr, k)
-    got = to_host(C.threshold_samples(to_device(u), to_device(thr), k))
-    assert got.dtype == want.dtype and np.array_equal(got, want)
+    want = K.threshold_samples(bits, thr, k)
+    got = to_host(C.threshold_samples(to_device(bits), to_device(thr), k))
+    assert got.dtype == want.dtype == dtype and np.array_equal(got, want)
+    u = (bits.astype(np.float64) + 0.5) * 2.0 ** -32          # the uniforms the bits stand for
+    assert np.array_equal(want, (u > np.repeat(thr, k, axis=0)).astype(dtype)) and 0 < want.sum() < want.size
 
 
 @pytest.mark.parametrize("grid", [(1, 1), (2, 3), (3, 2)])

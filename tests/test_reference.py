@@ -9,7 +9,7 @@ import reference as R
 from rebar_np import estimators as E
 from rebar_np import kernels as K
 from rebar_np.gradcheck import random_instance
-from rebar_np.model import SBN, draw_noise, hard_pass, init_params, iw_bound
+from rebar_np.model import SBN, draw_noise, hard_pass, init_params, iw_bound, uniform_bits
 
 CASES = [(task, L, nl) for task in ("sbn", "sp") for L in (1, 2, 3) for nl in (False, True)]
 GRAD_TOL = 1e-6
@@ -158,9 +158,10 @@ def test_iw_bound_between_elbo_and_log_marginal():
 
 @pytest.mark.parametrize("chunk", [1, 7, 100, 250])
 def test_iw_bound_matches_reference_at_the_same_noise(chunk):
-    """iw_bound draws, chunk by chunk, u = rng.random((B * k_chunk, H)) per layer with rows
-    n * k_chunk .. (n + 1) * k_chunk - 1 for example n; at that noise it must equal
-    log mean exp of the reference ELBOs, however the samples are chunked."""
+    """iw_bound draws, chunk by chunk, 32 random bits per unit, uniform_bits(rng, (B * k_chunk, H))
+    per layer, standing for u = (bits + 1/2) 2^-32, with rows n * k_chunk .. (n + 1) * k_chunk - 1
+    for example n; at that noise it must equal log mean exp of the reference ELBOs, however the
+    samples are chunked."""
     model, params, x, _, _ = instance("sp", 2, True, seed=5, batch_size=3)
     B, k = x.shape[0], 250
     got = iw_bound(model, params, x, k, np.random.default_rng(3), chunk=chunk)
@@ -168,7 +169,7 @@ def test_iw_bound_matches_reference_at_the_same_noise(chunk):
     fs, done = [], 0
     while done < k:
         kc = min(chunk, k - done)
-        u = [rng.random((B * kc, model.n_hidden)) for _ in range(model.n_layer)]
+        u = [(uniform_bits(rng, (B * kc, model.n_hidden)) + 0.5) * 2.0 ** -32 for _ in range(model.n_layer)]
         xr = np.repeat(x, kc, axis=0)
         fs.append(R.elbo(model, params, xr, R.sample_b(model, params, xr, u)).reshape(B, kc))
         done += kc

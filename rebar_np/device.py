@@ -87,6 +87,9 @@ def launch(n):
 # --------------------------------------------------------------------------
 # DeviceArray
 # --------------------------------------------------------------------------
+_device_arrays_made = False      # until the first DeviceArray, K hands out the CPU kernels themselves
+
+
 class DeviceArray:
     """An array in GPU memory (``.d``, a numba.cuda device array, C-contiguous)."""
 
@@ -94,6 +97,8 @@ class DeviceArray:
     __array_ufunc__ = None        # NumPy defers to our reflected operators; ``host += device`` raises
 
     def __init__(self, d):
+        global _device_arrays_made
+        _device_arrays_made = True
         self.d = d
 
     # ---- what it is ------------------------------------------------------
@@ -337,11 +342,15 @@ def twin(cpu_kernel, *arrays):
 
 class _KernelDispatch:
     """``K.name(*args)``: rebar_np.kernels.name, or rebar_np.cuda_kernels.name when an
-    argument is a DeviceArray. Constants (K.U_MIN, ...) are the CPU module's."""
+    argument is a DeviceArray. Constants (K.U_MIN, ...) are the CPU module's.
+
+    Until the process makes its first DeviceArray, ``K.name`` is the CPU kernel itself
+    (looked up on every access, so a patched kernel is seen): a training step calls about
+    a hundred kernels, and the dispatch's argument scan cost ~2 us each (~5% of a step)."""
 
     def __getattr__(self, name):
         cpu = getattr(_cpu, name)
-        if not callable(cpu):
+        if not callable(cpu) or not _device_arrays_made:
             return cpu
 
         def dispatch(*args, **kwargs):

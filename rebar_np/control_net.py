@@ -38,14 +38,17 @@ DEFAULT_WIDTH = 32
 
 
 def init_control_net(n_in, width, rng, dtype, prefix="relax", n_context=0):
-    """W1 ~ N(0, 1 / n_in), V1 ~ N(0, 1 / n_context) (when n_context > 0), c1 = 0,
-    w2 ~ N(0, 0.01 / width) (so r starts near 0 and RELAX near REBAR), c2 = 0."""
+    """W1 ~ N(0, 1 / n_in), V1 ~ N(0, 1 / n_context) (when n_context > 0), c1 = 0, w2 = 0, c2 = 0.
+
+    With w2 = 0, r = 0 and rho = 0 exactly, so RELAX starts exactly at dynamic REBAR (same estimate
+    for the same noise and the same REBAR parts). Training still moves every parameter: dS/dw2 =
+    sum_n (h_dot_n - c_n h_n) is not 0, and once w2 is not, neither are dS/dW1, dS/dV1, dS/dc1."""
     net = {f"{prefix}.W1": (rng.standard_normal((n_in, width)) / np.sqrt(n_in)).astype(dtype)}
     if n_context:
         net[f"{prefix}.V1"] = (rng.standard_normal((n_context, width)) / np.sqrt(n_context)).astype(dtype)
     net.update({
         f"{prefix}.c1": np.zeros(width, dtype),
-        f"{prefix}.w2": (rng.standard_normal(width) * (0.1 / np.sqrt(width))).astype(dtype),
+        f"{prefix}.w2": np.zeros(width, dtype),
         f"{prefix}.c2": np.zeros(1, dtype),
     })
     return net

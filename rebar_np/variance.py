@@ -2,14 +2,27 @@
 
 track_variance: follow one estimator's optimisation trajectory and, on every
 step's batch, also compute every other estimator's gradient, each with its own
-noise and its own control-variate state (baseline, eta, temperature), trained
-exactly as it would be if it were followed. Per estimator e and entry j we keep
-EMAs (decay 0.999, bias-corrected) of g_{e,j} and g_{e,j}^2; the reported value is
+control-variate state (baseline, eta, temperature), trained exactly as it would
+be if it were followed.
+
+Noise: common random numbers. Every estimator draws from its own generator, all
+of them seeded identically, so estimators that consume noise the same way (the
+single-sample ones, one u per layer per example: nvil, the muprops, concrete, the
+rebar family, relax, arm, disarm) see the same u on every step. Each estimator's stream is still a stream of
+independent uniforms, independent of the parameters it is evaluated at, so its
+own variance estimate is unchanged in distribution; only the comparison between
+two such estimators is sharper (e.g. relax against dynamic_rebar, disarm against
+arm: their difference no longer carries two independent streams' noise). The
+followed estimator's stream, hence the trajectory, is the same as before.
+
+Per estimator e and entry j we keep EMAs (decay 0.999, bias-corrected) of g_{e,j}
+and g_{e,j}^2; the reported value is
 
     log mean_j E[(g_{e,j} - m_j)^2] = log mean_j (E[g_e^2] - 2 m_j E[g_e] + m_j^2),
 
 with m_j the common mean: the average over the unbiased estimators of E[g_{e,j}]
-(they share one expectation, so pooling them estimates it with less noise). The K-sample
+(they share one expectation, so pooling them estimates it with less noise, if less so
+under common noise). The K-sample
 estimators (vimco, reinforce_loo) estimate the gradient of the K-sample bound instead, and
 are measured around their own pooled mean.
 
@@ -65,13 +78,13 @@ def track_variance(cfg, data, estimators, follow, log=print, report_every=0, dec
     model, params, _ = build(cfg_follow, train_x)
     adam_cfg = AdamConfig(cfg.learning_rate, cfg.beta1, cfg.beta2, cfg.adam_eps)
     opt = adam_init(params)
-    seeds = np.random.SeedSequence(cfg.seed).spawn(len(names) + 1)
-    rng_data = np.random.default_rng(seeds[0])
+    seed_data, seed_noise = np.random.SeedSequence(cfg.seed).spawn(2)
+    rng_data = np.random.default_rng(seed_data)
     tracked = []
-    for i, n in enumerate(names):
+    for n in names:
         opts = _options(cfg, n)
         aux = E.get(n).init_aux(model, cfg.seed + 1, dtype, opts)
-        tracked.append(Tracked(n, aux, adam_init(aux), np.random.default_rng(seeds[i + 1]), opts,
+        tracked.append(Tracked(n, aux, adam_init(aux), np.random.default_rng(seed_noise), opts,   # same stream each
                                {k: np.zeros(v.shape) for k, v in params.items()},
                                {k: np.zeros(v.shape) for k, v in params.items()}))
     N, B = train_x.shape[0], cfg.batch_size

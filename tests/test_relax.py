@@ -9,6 +9,8 @@
    finite differences; a 1% error in either of r's hand derivatives is caught and located.
 3. r's three derivatives (input gradient, parameter gradient, and the mixed derivative of
    S = sum <v, dr/dz> - c r) match finite differences on their own.
+4. The initialisation: r = 0 (w2 = 0), so relax's first estimates equal dynamic_rebar's for the
+   same noise, and every parameter of r still learns.
 """
 from functools import lru_cache
 
@@ -18,7 +20,8 @@ import pytest
 from harness import check_unbiased
 from rebar_np import control_net as CN
 from rebar_np import estimators as E
-from rebar_np.gradcheck import finite_difference, run_checks
+from rebar_np.adam import AdamConfig, adam_init, adam_update
+from rebar_np.gradcheck import finite_difference, random_instance, run_checks
 from test_arm_vimco import CASES, DRAWS, GRADCHECK, assert_unbiased, case
 
 
@@ -125,3 +128,43 @@ def test_control_net_derivatives_match_finite_differences(with_context):
         for k, (idx, vals) in finite_difference(fn, net).items():
             np.testing.assert_allclose(g[k].ravel()[idx], vals, rtol=1e-6, atol=1e-8, err_msg=k)
     assert ("r.V1" in net) == with_context
+
+
+# --------------------------------------------------------------------------
+# 4. initialisation: RELAX starts exactly at dynamic REBAR
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize("nonlinear,relaxation,context", [(False, "muprop", True), (True, "concrete", False)])
+def test_relax_starts_exactly_at_dynamic_rebar(nonlinear, relaxation, context):
+    """w2 = 0 at initialisation: r = 0 and rho = 0, so with the same REBAR parts (baseline, eta,
+    lambda) and the same noise u, relax's model gradient and REBAR-part tuning gradients are
+    dynamic_rebar's. r's own gradients: w2 and c2 move first (dV/dw2 != 0), W1, V1 and c1 follow
+    once w2 != 0 -- a few steps of the aux optimizer move all of them."""
+    model, params, x, u, _ = random_instance("sbn", 2, 4, nonlinear, n_input=8, batch_size=5, seed=4)
+    opts = {"relaxation": relaxation}
+    ropts = {**opts, "hidden": 6, "context": context}
+    d_aux = E.get("dynamic_rebar").init_aux(model, 3, np.float64, opts)
+    r_aux = E.get("relax").init_aux(model, 3, np.float64, ropts)
+    assert set(d_aux) <= set(r_aux)
+    for k in d_aux:
+        np.testing.assert_array_equal(r_aux[k], d_aux[k], err_msg=k)
+    for l in range(model.n_layer):
+        assert not np.any(r_aux[f"relax{l}.w2"]) and not np.any(r_aux[f"relax{l}.c2"])
+    d = E.get("dynamic_rebar").estimate(model, params, d_aux, x, u, options=opts)
+    r = E.get("relax").estimate(model, params, r_aux, x, u, options=ropts)
+    assert r.stats["rms_r"] == 0.0
+    for k in params:
+        np.testing.assert_allclose(r.grads[k], d.grads[k], rtol=1e-12, atol=1e-14, err_msg=k)
+    for k in d_aux:
+        np.testing.assert_allclose(r.aux_grads[k], d.aux_grads[k], rtol=1e-12, atol=1e-14, err_msg=k)
+    first = [f"relax{l}.{p}" for l in range(model.n_layer) for p in ("W1", "c1") + (("V1",) if context else ())]
+    assert all(np.any(r.aux_grads[f"relax{l}.w2"]) for l in range(model.n_layer))
+    assert not any(np.any(r.aux_grads[k]) for k in first)          # dV/dW1 carries a factor w2 = 0
+    # training proceeds: a few aux steps on fresh noise move every parameter of r
+    rng, opt, start = np.random.default_rng(5), adam_init(r_aux), {k: v.copy() for k, v in r_aux.items()}
+    for _ in range(3):
+        res = E.get("relax").estimate(model, params, r_aux, x, rng=rng, options=ropts)
+        adam_update(r_aux, res.aux_grads, opt, AdamConfig(1e-2))
+    assert all(np.any(res.aux_grads[k]) for k in first)
+    for k in r_aux:
+        if k.startswith("relax"):
+            assert np.all(r_aux[k] != start[k]), k

@@ -200,9 +200,9 @@ def evaluate(model, params, x, n_samples, seed=0, examples_per_chunk=None, progr
     pass (samples per example drawn at most 100 at a time), so memory stays
     bounded whatever n_samples is and a pass's arrays stay in cache (on 2 cores,
     chunks of 10,000 rows made the 5000-sample bound about 1.5x slower). The
-    chunks run on ``workers`` threads (default: one per core) with one BLAS thread each: NumPy's ufuncs, BLAS and the kernels
-    release the GIL, so every core works on matrix products and on elementwise
-    work alike. Chunk i draws its noise from SeedSequence(seed).spawn()[i]: the
+    chunks run on ``workers`` threads (default: one per core) with one BLAS
+    thread each: NumPy's ufuncs, BLAS and the kernels release the GIL, so every
+    core works on matrix products and on elementwise work alike. Chunk i draws its noise from SeedSequence(seed).spawn()[i]: the
     result depends on seed and chunking, not on the number of workers.
     With params on the GPU (rebar_np.device) the chunks, about 2^17 rows by default,
     run one after another in this thread, each copied to the device; with the same

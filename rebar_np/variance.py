@@ -7,13 +7,14 @@ be if it were followed.
 
 Noise: common random numbers. Every estimator draws from its own generator, all
 of them seeded identically, so estimators that consume noise the same way (the
-single-sample ones, one u per layer per example: nvil, the muprops, concrete, the
-rebar family, relax, arm, disarm) see the same u on every step. Each estimator's stream is still a stream of
-independent uniforms, independent of the parameters it is evaluated at, so its
-own variance estimate is unchanged in distribution; only the comparison between
-two such estimators is sharper (e.g. relax against dynamic_rebar, disarm against
-arm: their difference no longer carries two independent streams' noise). The
-followed estimator's stream, hence the trajectory, is the same as before.
+single-sample ones, one u per layer per example: nvil, the muprops, concrete,
+the rebar family, relax, arm, disarm) see the same u on every step. Each
+estimator's stream is still a stream of independent uniforms, independent of
+the parameters it is evaluated at, so its own variance estimate is unchanged in
+distribution; only the comparison between two such estimators is sharper (e.g.
+relax against dynamic_rebar, disarm against arm: their difference no longer
+carries two independent streams' noise). The followed estimator's stream, hence
+the trajectory, does not depend on which estimators are tracked beside it.
 
 Per estimator e and entry j we keep EMAs (decay 0.999, bias-corrected) of g_{e,j}
 and g_{e,j}^2; the reported value is
@@ -21,10 +22,10 @@ and g_{e,j}^2; the reported value is
     log mean_j E[(g_{e,j} - m_j)^2] = log mean_j (E[g_e^2] - 2 m_j E[g_e] + m_j^2),
 
 with m_j the common mean: the average over the unbiased estimators of E[g_{e,j}]
-(they share one expectation, so pooling them estimates it with less noise, if less so
-under common noise). The K-sample
-estimators (vimco, reinforce_loo) estimate the gradient of the K-sample bound instead, and
-are measured around their own pooled mean.
+(they share one expectation, so pooling them estimates it with less noise; under common
+noise their errors are correlated, so pooling gains less). The K-sample estimators (vimco,
+reinforce_loo) estimate the gradient of the K-sample bound instead, and are measured around
+their own pooled mean.
 
 measure_variance: freeze a model and estimate each estimator's per-entry variance
 from K independent draws on one fixed batch, with a confidence interval for the

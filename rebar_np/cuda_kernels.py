@@ -19,7 +19,7 @@ import numpy as np
 from numba import cuda, float64
 
 from .device import empty, launch, simulator
-from .kernels import BITS_TO_UNIFORM, U_MAX, U_MIN
+from .kernels import BITS_TO_UNIFORM, GROUP_BITS, U_MAX, U_MIN, binary_product_groups  # noqa: F401  (a host helper, the same on both)
 
 
 # --------------------------------------------------------------------------
@@ -628,6 +628,71 @@ def threshold_samples(bits, thr, k):
     of bits per row of thr)."""
     b = empty(bits.shape, thr.dtype)
     return _run(_threshold_samples, b, bits.d, thr.d, int(k), b.d)
+
+
+# --------------------------------------------------------------------------
+# Products whose left factor is a hard sample: table sums (see the CPU twins)
+# --------------------------------------------------------------------------
+@cuda.jit
+def _binary_product_table(W, T):
+    i = cuda.grid(1)
+    M, n_out = T.shape[1], T.shape[2]
+    while i < T.size:
+        g, m, j = i // (M * n_out), (i // n_out) % M, i % n_out
+        t = 0.0
+        for q in range(GROUP_BITS):
+            row = GROUP_BITS * g + q
+            if row < W.shape[0]:
+                t += W[row, j] if (m >> q) & 1 else -W[row, j]
+        T[g, m, j] = t
+        i += cuda.gridsize(1)
+
+
+def binary_product_table(W):
+    """T[g, m] = sum_{i < GROUP_BITS} (2 m_i - 1) W[GROUP_BITS g + i], (G, 2^GROUP_BITS, n_out) in W's dtype."""
+    n_in, n_out = W.shape
+    T = empty((binary_product_groups(n_in), 1 << GROUP_BITS, n_out), W.dtype)
+    return _run(_binary_product_table, T, W.d, T.d)
+
+
+@cuda.jit
+def _group_codes(b, codes):
+    i = cuda.grid(1)
+    G = codes.shape[1]
+    while i < codes.size:
+        r, g = i // G, i % G
+        code = 0
+        for q in range(GROUP_BITS):
+            j = GROUP_BITS * g + q
+            if j < b.shape[1] and b[r, j] > 0.5:
+                code |= 1 << q
+        codes[r, g] = code
+        i += cuda.gridsize(1)
+
+
+def group_codes(b, G):
+    """codes[r, g] = sum_q 1[b[r, GROUP_BITS g + q] > 1/2] 2^q, (R, G) int32."""
+    codes = empty((b.shape[0], int(G)), np.int32)
+    return _run(_group_codes, codes, b.d, codes.d)
+
+
+@cuda.jit
+def _binary_product(codes, T, c, a):
+    i = cuda.grid(1)
+    n_out = a.shape[1]
+    while i < a.size:
+        r, j = i // n_out, i % n_out
+        t = c[j]
+        for g in range(codes.shape[1]):
+            t += T[g, codes[r, g], j]
+        a[r, j] = t
+        i += cuda.gridsize(1)
+
+
+def binary_product(codes, T, c):
+    """a = (2 b - 1) W + c = c + sum_g T[g, codes[:, g]]  (R, n_out)."""
+    a = empty((codes.shape[0], T.shape[2]), T.dtype)
+    return _run(_binary_product, a, codes.d, T.d, c.d, a.d)
 
 
 # --------------------------------------------------------------------------

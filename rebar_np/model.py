@@ -179,9 +179,20 @@ def transform_forward(params, name, h, nonlinear):
     """a = T_name(h). Returns (a, cache) where cache holds what the backward needs:
     linear: (h,);  nonlinear: (h, h1, h2) with h1 = tanh(h W1 + c1), h2 = tanh(h1 W2 + c2).
     """
+    W, c = first_layer(name, nonlinear)
+    return transform_forward_after_first(params, name, K.dense_forward(h, params[W], params[c]), h, nonlinear)
+
+
+def first_layer(name, nonlinear):
+    """Names of (W, c) of T_name's first dense layer, the one that sees T's input."""
+    return (f"{name}.W1", f"{name}.c1") if nonlinear else (f"{name}.W", f"{name}.c")
+
+
+def transform_forward_after_first(params, name, a1, h, nonlinear):
+    """transform_forward given a1 = h W + c of its first dense layer: (a, cache)."""
     if not nonlinear:
-        return K.dense_forward(h, params[name + ".W"], params[name + ".c"]), (h,)
-    h1 = K.tanh_forward(K.dense_forward(h, params[name + ".W1"], params[name + ".c1"]))
+        return a1, (h,)
+    h1 = K.tanh_forward(a1)
     h2 = K.tanh_forward(K.dense_forward(h1, params[name + ".W2"], params[name + ".c2"]))
     a = K.dense_forward(h2, params[name + ".W3"], params[name + ".c3"])
     return a, (h, h1, h2)
@@ -467,7 +478,10 @@ def uniform_bits(rng, shape):
     millions of them. Entry U stands for u = (U + 1/2) 2^-32, uniform on a grid of 2^32
     points in (0, 1) (as kernels.threshold_samples reads it)."""
     n = int(np.prod(shape))
-    return rng.bit_generator.random_raw((n + 1) // 2).view(np.uint32)[:n].reshape(shape)
+    # full-range 64-bit integers: the bit generator's own 64-bit outputs (with NumPy's default
+    # PCG64, the values bit_generator.random_raw gives), drawn 1.2x faster than through it
+    raw = rng.integers(0, 2 ** 64 - 1, size=(n + 1) // 2, dtype=np.uint64, endpoint=True)
+    return raw.view(np.uint32)[:n].reshape(shape)
 
 
 def check_noise(model, u, batch_size):
@@ -495,7 +509,10 @@ def iw_bound(model, params, x, n_samples, rng, chunk=100):
       the logits of q(b_0 | x) (the first, widest product), sum_j softplus of them,
       and for sp the prior's logits; the data bias is folded into T_p0's output bias;
     - log B(y; a) = y.a - sum_j softplus(a_j) (kernels.loglik_rows), with one SIMD
-      exponential per unit.
+      exponential per unit;
+    - the products whose left factor is a sample, (2 b - 1) W + c, are sums of table rows
+      (kernels.binary_product, the tables of the W's built once per call): on the CPU about
+      2x faster than the matrix products.
 
     With x and params on the GPU (rebar_np.device) every pass runs there; the noise is
     drawn on the host, as in training.
@@ -509,23 +526,39 @@ def iw_bound(model, params, x, n_samples, rng, chunk=100):
     target = model.target(x).astype(dtype)
     out_bias = "p0.c3" if nl else "p0.c"                       # p(x | b_0)'s logits: T_p0(h) + data bias
     params = {**params, out_bias: params[out_bias] + model.data_bias(dtype)}
+    sample_logits = _sample_logits(model, params)
     running = np.full(B, -np.inf)
     done = 0
     while done < n_samples:
         k = min(chunk, n_samples - done)
-        f = _iw_chunk_elbo(model, params, per_example, target, B, k, rng, dtype)
+        f = _iw_chunk_elbo(model, per_example, sample_logits, target, B, k, rng)
         running = np.logaddexp(running, to_host(K.logmeanexp_rows(f)) + np.log(k))   # log sum_i exp f here
         done += k
     return running - np.log(n_samples)
 
 
-def _iw_chunk_elbo(model, params, per_example, target, B, k, rng, dtype):
+def _sample_logits(model, params):
+    """logits(name, codes) = T_name(2 b - 1) for a hard sample b given by its group codes
+    (kernels.group_codes), forward only: the first dense layer of every T fed by a sample is a
+    table product (kernels.binary_product), the tables built here, once per call."""
+    nl = model.nonlinear
+    fed_by_samples = [f"q{l}" for l in range(1, model.n_layer)] + [f"p{l}" for l in range(model.n_layer)]
+    tables = {name: K.binary_product_table(params[first_layer(name, nl)[0]]) for name in fed_by_samples}
+
+    def logits(name, codes):
+        a1 = K.binary_product(codes, tables[name], params[first_layer(name, nl)[1]])
+        return transform_forward_after_first(params, name, a1, None, nl)[0]
+    return logits
+
+
+def _iw_chunk_elbo(model, per_example, sample_logits, target, B, k, rng):
     """f(b) = log p(x, b) - log q(b | x) for k fresh samples of each example, (B, k) float64.
-    params["p0.c(3)"] already holds the data bias."""
-    H, L, nl = model.n_hidden, model.n_layer, model.nonlinear
+    The parameters are sample_logits's (where p0's output bias already holds the data bias)."""
+    H, L = model.n_hidden, model.n_layer
+    G = K.binary_product_groups(H)
     R = B * k
     a0, sp0, thr0 = per_example["q0"]
-    samples = []
+    samples, codes = [], []
     for l in range(L):
         u = uniform_bits(rng, (R, H))                         # u = (bits + 1/2) 2^-32
         if is_device(a0):
@@ -534,17 +567,18 @@ def _iw_chunk_elbo(model, params, per_example, target, B, k, rng, dtype):
             b = K.threshold_samples(u, thr0, k)
             logq = (K.per_example_dot(b, a0, k).reshape(B, k) - sp0[:, None]).reshape(R)
         else:
-            a, _ = transform_forward(params, f"q{l}", 2.0 * samples[-1] - 1.0, nl)
+            a = sample_logits(f"q{l}", codes[-1])
             b = K.threshold_samples(u, K.sigmoid_forward(-a), 1)
             logq += K.loglik_rows(b, a, 1)
         samples.append(b)
+        codes.append(K.group_codes(b, G))
     prior, sp_prior = per_example["prior"]
     if prior.shape[0] == 1:                                   # sbn, omni: one prior for all
         logp = K.per_example_dot(samples[-1], prior, R) - float(sp_prior[0])
     else:                                                     # sp: the prior sees x_top
         logp = (K.per_example_dot(samples[-1], prior, k).reshape(B, k) - sp_prior[:, None]).reshape(R)
     for l in range(L - 1, -1, -1):
-        a, _ = transform_forward(params, f"p{l}", 2.0 * samples[l] - 1.0, nl)
+        a = sample_logits(f"p{l}", codes[l])
         logp += K.loglik_rows(target, a, k) if l == 0 else K.loglik_rows(samples[l - 1], a, 1)
     return (logp - logq).reshape(B, k)
 

@@ -263,6 +263,10 @@ CASES = [
     ("per_example_dot[k=2]", lambda r, t: (_u(r, t, shape=(6, 5)), _u(r, t, shape=(3, 5)), 2)),
     ("per_example_dot[k=R]", lambda r, t: (_u(r, t, shape=(6, 5)), _u(r, t, shape=(1, 5)), 6)),
     ("logmeanexp_rows", lambda r, t: (_lme_rows(r, t),)),
+    ("binary_product_table", lambda r, t: (_u(r, t, shape=(12, 5)),)),
+    ("group_codes", lambda r, t: ((r.random((6, 12)) < 0.5).astype(t), 8)),
+    ("binary_product", lambda r, t: (K.group_codes((r.random((6, 12)) < 0.5).astype(t), 8),
+                                     K.binary_product_table(_u(r, t, shape=(12, 5))), _u(r, t, shape=(5,)))),
 ]
 
 

@@ -396,6 +396,40 @@ def test_dz_cond_dlogits():
 
 
 # --------------------------------------------------------------------------
+# Table products with a binary left factor (the importance-weighted bound)
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize("n_in, n_out", [(200, 784), (13, 7), (41, 3), (1, 2), (5, 5)])
+def test_binary_product_equals_the_matrix_product(n_in, n_out):
+    """(2 b - 1) W + c from b's group codes and W's table, against the float64 product, for
+    input widths that are and are not multiples of GROUP_BITS and of a GROUP_BLOCK of groups."""
+    r = rng_for(21)
+    W, c = r.normal(size=(n_in, n_out)), r.normal(size=n_out)
+    b = (r.random((9, n_in)) < 0.5).astype(np.float64)
+    b[0], b[1] = 0.0, 1.0                                   # all units off, all on
+    T = K.binary_product_table(W)
+    G = K.binary_product_groups(n_in)
+    assert T.shape == (G, 2 ** K.GROUP_BITS, n_out) and G % K.GROUP_BLOCK == 0
+    assert G * K.GROUP_BITS >= n_in > (G - K.GROUP_BLOCK) * K.GROUP_BITS
+    codes = K.group_codes(b, G)
+    assert codes.shape == (9, G) and codes.dtype == np.int32 and codes.max() < 2 ** K.GROUP_BITS
+    want = (2 * b - 1) @ W + c
+    assert_close("binary_product", K.binary_product(codes, T, c), want, 1e-13)
+    W32, c32, b32 = as32(W), as32(c), as32(b)
+    got32 = K.binary_product(K.group_codes(b32, G), K.binary_product_table(W32), c32)
+    assert got32.dtype == np.float32
+    assert_close("binary_product (float32)", got32, want, 1e-5)
+
+
+def test_group_codes_read_each_unit_into_its_bit():
+    b = np.zeros((2, 12))
+    b[0, [0, 4, 5, 11]] = 1.0                              # groups of 5: bits 0 and 4 of group 0, 0 of 1, 1 of 2
+    b[1, :] = 1.0
+    codes = K.group_codes(b, K.binary_product_groups(12))
+    assert codes[0, :3].tolist() == [1 + 16, 1, 2] and codes[1, :3].tolist() == [31, 31, 3]
+    assert not codes[:, 3:].any()                           # padding groups select their (zero) row 0
+
+
+# --------------------------------------------------------------------------
 # Reductions
 # --------------------------------------------------------------------------
 def test_leave_one_out_center():

@@ -334,7 +334,11 @@ def _softplus_rows(a, e):
 def loglik_rows(y, a, k):
     """log B(y; a) = sum_j [y_j a_j - softplus(a_j)] per row of a (R, n), float64 (R,), where y
     holds one row per k consecutive rows of a (k = 1: row by row; the bound's target x, one row
-    per example, against k samples' logits). Forward only (no sigma(a) cache): the bound's terms."""
+    per example, against k samples' logits). Forward only (no sigma(a) cache): the bound's terms.
+    In float32 the exponentials are computed inside the row's pass (_exp_neg_abs_f32), which
+    saves NumPy's exp and two passes over a: 0.60 against 0.93 ms for 1000 x 784 logits."""
+    if a.dtype == np.float32:
+        return _loglik_rows_f32(y, a, k)
     return _loglik_rows(y, a, k, _exp_neg_abs(a))
 
 
@@ -349,6 +353,64 @@ def _loglik_rows(y, a, k, e):
         for j in range(m):
             acc += yr[j] * a[r, j] - max(a[r, j], 0.0)
         out[r] = acc - _sum_log1p_row(e[r])
+    return out
+
+
+# exp(-|a|) for float32 a, inside a jitted loop. Numba calls libm's scalar expf per element here
+# (llvmlite has no SVML), so this is written out in a form LLVM vectorises:
+#   t = max(-|a|, -87) = n ln 2 + f,  n = round(t / ln 2) (an integer in [-126, 0]),  |f| <= ln(2) / 2,
+#   exp(t) = 2^n e^f,
+# f computed as t - n LN2_HI - n LN2_LO (LN2_HI has 9 significant bits, so n LN2_HI is exact),
+# e^f by its Taylor polynomial of degree 7 (remainder (ln(2)/2)^8 / 8! = 5e-9, below float32's
+# resolution of 6e-8), and 2^n by writing n + 127 into a float32's exponent bits. Measured
+# over [-87, 0]: at most 5 ulp from the exact value (NumPy's expf: 3). Below -87 the result
+# stays exp(-87) = 1.6e-38 instead of going subnormal; log1p of either is 0 in any sum here.
+LN2_HI, LN2_LO = 0.693359375, -2.12194440e-4
+EXP_LOWEST = -87.0
+EXP_TAYLOR = tuple(1.0 / np.prod(np.arange(1.0, i + 1.0)) for i in range(8))      # 1 / i!
+
+
+@njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract", "arcp", "nsz"}, inline="always")
+def _exp_neg_abs_f32(a, e, exponent_bits):
+    """e[j] = exp(-|a[j]|) for float32 rows a, e and an int32 scratch row exponent_bits (see above)."""
+    inv_ln2, lowest = np.float32(1.0 / np.log(2.0)), np.float32(EXP_LOWEST)
+    hi_part, lo_part, half = np.float32(LN2_HI), np.float32(LN2_LO), np.float32(0.5)
+    c0, c1, c2, c3, c4, c5, c6, c7 = [np.float32(c) for c in EXP_TAYLOR]
+    for j in range(a.shape[0]):
+        t = max(-abs(a[j]), lowest)
+        n = np.floor(t * inv_ln2 + half)
+        f = (t - n * hi_part) - n * lo_part
+        e[j] = c0 + f * (c1 + f * (c2 + f * (c3 + f * (c4 + f * (c5 + f * (c6 + f * c7))))))
+        exponent_bits[j] = (np.int32(n) + np.int32(127)) << np.int32(23)
+    scale = exponent_bits.view(np.float32)                      # 2^n
+    for j in range(a.shape[0]):
+        e[j] *= scale[j]
+
+
+@arith_kernel
+def _exp_neg_abs_f32_array(a):
+    """exp(-|a|) for a float32 array a, as _exp_neg_abs_f32 computes it inside the kernels (for tests)."""
+    af = a.reshape(-1)
+    e = np.empty_like(af)
+    _exp_neg_abs_f32(af, e, np.empty(af.shape[0], dtype=np.int32))
+    return e.reshape(a.shape)
+
+
+@arith_kernel
+def _loglik_rows_f32(y, a, k):
+    """loglik_rows for float32 a, with the exponentials of softplus(a) = max(a, 0) + log1p(e),
+    e = exp(-|a|), computed row by row in the pass."""
+    R, m = a.shape
+    out = np.empty(R, dtype=np.float64)
+    e = np.empty(m, dtype=np.float32)
+    exponent_bits = np.empty(m, dtype=np.int32)
+    for r in range(R):
+        yr, ar = y[r // k], a[r]
+        acc = 0.0
+        for j in range(m):
+            acc += yr[j] * ar[j] - max(ar[j], np.float32(0.0))
+        _exp_neg_abs_f32(ar, e, exponent_bits)
+        out[r] = acc - _sum_log1p_row(e)
     return out
 
 

@@ -395,6 +395,37 @@ def test_dz_cond_dlogits():
     assert_float32_agrees("dz_cond_dlogits", K.dz_cond_dlogits, a, u, b, tol=1e-4)
 
 
+def test_float32_exponential_is_within_5_ulp():
+    """The bound's float32 exp(-|a|) (kernels._exp_neg_abs_f32): within 5 ulp of the exact value
+    on [-87, 87], exp(-87) beyond (never subnormal, never negative), NaN for NaN."""
+    a = np.concatenate([np.linspace(-87.0, 87.0, 200001), rng_for(22).normal(size=20000) * 5,
+                        [0.0, -0.0, 1e-30, -1e-30]]).astype(np.float32)
+    exact = np.exp(-np.abs(a.astype(np.float64)))
+    ulps = float(np.max(np.abs(K._exp_neg_abs_f32_array(a) - exact) / exact)) / 2.0 ** -24
+    assert ulps <= 5.0, f"exp(-|a|) off by {ulps:.2f} ulp"
+    beyond = np.array([87.5, -88.0, 103.0, 1e30, -np.inf, np.inf, np.nan], dtype=np.float32)
+    got = K._exp_neg_abs_f32_array(beyond)
+    assert np.all(got[:-1] == K._exp_neg_abs_f32_array(np.float32([-87.0]))[0]) and np.isnan(got[-1]), got
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_loglik_rows_float32_agrees_with_float64(k):
+    """loglik_rows computes its float32 exponentials in the pass: same values as in float64
+    (where NumPy's exp is used), to float32 resolution, logits from -100 to 100."""
+    r = rng_for(23)
+    y = (r.random((4, 300)) < 0.3).astype(np.float64)
+    a = r.normal(size=(4 * k, 300)) * 6
+    a[0, :6] = [0.0, 90.0, -90.0, 1e-30, 100.0, -100.0]
+    want = K.loglik_rows(y, a, k)
+    sp = np.logaddexp(0.0, a)
+    assert_close("loglik_rows (float64)", want, np.sum(np.repeat(y, k, axis=0) * a - sp, axis=1), 1e-12)
+    got = K.loglik_rows(as32(y), as32(a), k)
+    assert got.dtype == np.float64
+    assert_close("loglik_rows (float32)", got, K.loglik_rows(y, as64(as32(a)), k), 1e-7)
+    a[1, 7] = np.nan
+    assert np.isnan(K.loglik_rows(as32(y), as32(a), k)[1])
+
+
 # --------------------------------------------------------------------------
 # Table products with a binary left factor (the importance-weighted bound)
 # --------------------------------------------------------------------------

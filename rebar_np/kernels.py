@@ -92,13 +92,17 @@ def _accumulate_outer(h, da, dW):
 # --------------------------------------------------------------------------
 # Dense (affine) layer
 # --------------------------------------------------------------------------
-@kernel
 def dense_forward(h, W, c):
     """Affine map  a = h W + c.
 
     h: (B, n_in), W: (n_in, n_out), c: (n_out,)  ->  a: (B, n_out).
+
+    NumPy's product, not Numba's: Numba's calls SciPy's OpenBLAS, and NumPy ships its own,
+    which here (0.3.31 against SciPy's 0.3.30) does these shapes 1.2-1.3x faster: 24 x 784 x 200
+    in 93 instead of 120 us. For the backward's dL/da W^T it is the other way round (145 against
+    117 us), so the backward kernels keep Numba's.
     """
-    a = h @ W
+    a = np.matmul(h, W)
     a += c
     return a
 
@@ -124,19 +128,19 @@ def dense_backward_input(W, da):
     return da @ W.T
 
 
-@kernel
 def dense_tangent(h_dot, W, h, W_dot, c_dot):
     """Forward mode of a = h W + c:  a_dot = h_dot W + h W_dot + c_dot.
 
     Pass empty (0, 0) arrays for h_dot or W_dot (and an empty c_dot) to drop a term:
     the input-only tangent is h_dot W, the parameter-direction tangent h W_dot + c_dot.
+    (NumPy's products, as in dense_forward.)
     """
     if h_dot.size:
-        a_dot = h_dot @ W
+        a_dot = np.matmul(h_dot, W)
         if W_dot.size:
-            a_dot += h @ W_dot
+            a_dot += np.matmul(h, W_dot)
     else:
-        a_dot = h @ W_dot
+        a_dot = np.matmul(h, W_dot)
     if c_dot.size:
         a_dot += c_dot
     return a_dot

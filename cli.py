@@ -290,8 +290,8 @@ def new_train_config(options, given, hparams, config_file, output):
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--limit", default=0, type=int, help="Evaluate only the first N examples (0: all).")
 @click.option("--chunk-rows", default=None, type=int,
-              help="(example, sample) rows evaluated at once per thread [default: 1000 on the CPU, "
-                   "small enough to stay in cache; 131072 on a GPU].")
+              help="(example, sample) rows evaluated at once per thread [default: 2000 on the CPU, "
+                   "small enough to stay in the caches; 131072 on a GPU].")
 @click.option("--data-dir", default=None, type=click.Path(file_okay=False),
               help="Folder with the data files (default: the run's own).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, or cuda to evaluate on the GPU.")

@@ -192,18 +192,22 @@ class GradVariance:
 # --------------------------------------------------------------------------
 # Evaluation
 # --------------------------------------------------------------------------
+CPU_CHUNK_ROWS = 2_000        # (example, sample) rows per pass of an evaluation thread (see evaluate)
+
+
 def evaluate(model, params, x, n_samples, seed=0, examples_per_chunk=None, progress=False, desc="eval",
              workers=None, out=None):
     """Mean over the examples of the n_samples-sample importance-weighted bound.
 
-    Examples are processed in chunks of about 1,000 (example, sample) rows per
-    pass (samples per example drawn at most 100 at a time), so memory stays
-    bounded whatever n_samples is and a pass's arrays stay in cache (on 2 cores,
-    chunks of 10,000 rows made the 5000-sample bound about 1.5x slower). The
-    chunks run on ``workers`` threads (default: one per core) with one BLAS
-    thread each: NumPy's ufuncs, BLAS and the kernels release the GIL, so every
-    core works on matrix products and on elementwise work alike. Chunk i draws its noise from SeedSequence(seed).spawn()[i]: the
-    result depends on seed and chunking, not on the number of workers.
+    Examples are processed in chunks of about CPU_CHUNK_ROWS (example, sample) rows
+    per pass (samples per example drawn at most 100 at a time), so memory stays
+    bounded whatever n_samples is and a pass's arrays stay in the caches (on 2
+    cores, 5000-sample bound: 1,000 and 8,000 rows were 7% and 15-20% slower than
+    2,000-4,000). The chunks run on ``workers`` threads (default: one per core)
+    with one BLAS thread each: NumPy's ufuncs, BLAS and the kernels release the
+    GIL, so every core works all the time. Chunk i draws its noise from
+    SeedSequence(seed).spawn()[i]: the result depends on seed and chunking, not on
+    the number of workers.
     With params on the GPU (rebar_np.device) the chunks, about 2^17 rows by default,
     run one after another in this thread, each copied to the device; with the same
     chunks (examples_per_chunk, and workers=1 on the CPU) the result is the CPU's.
@@ -220,7 +224,7 @@ def evaluate(model, params, x, n_samples, seed=0, examples_per_chunk=None, progr
         per = examples_per_chunk or max(1, (1 << 17) // k_chunk)
     else:
         workers = workers or len(os.sched_getaffinity(0))
-        per = examples_per_chunk or max(1, 1_000 // k_chunk)
+        per = examples_per_chunk or max(1, CPU_CHUNK_ROWS // k_chunk)
         per = min(per, -(-x.shape[0] // workers))          # a few examples still keep every worker busy
     dtype = next(iter(params.values())).dtype
     starts = list(range(0, x.shape[0], per))

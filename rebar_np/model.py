@@ -511,8 +511,8 @@ def iw_bound(model, params, x, n_samples, rng, chunk=100):
     - log B(y; a) = y.a - sum_j softplus(a_j) (kernels.loglik_rows), with one SIMD
       exponential per unit;
     - the products whose left factor is a sample, (2 b - 1) W + c, are sums of table rows
-      (kernels.binary_product, the tables of the W's built once per call): on the CPU about
-      2x faster than the matrix products.
+      (kernels.binary_product, the tables of the W's built once per call) where the tables
+      fit the caches: on the CPU about 2x faster than the matrix products at width 200.
 
     With x and params on the GPU (rebar_np.device) every pass runs there; the noise is
     drawn on the host, as in training.
@@ -538,15 +538,21 @@ def iw_bound(model, params, x, n_samples, rng, chunk=100):
 
 
 def _sample_logits(model, params):
-    """logits(name, codes) = T_name(2 b - 1) for a hard sample b given by its group codes
-    (kernels.group_codes), forward only: the first dense layer of every T fed by a sample is a
-    table product (kernels.binary_product), the tables built here, once per call."""
+    """logits(name, b, codes) = T_name(2 b - 1) for a hard sample b with its group codes
+    (kernels.group_codes), forward only. The first dense layer of every T fed by a sample is a
+    table product (kernels.binary_product, the tables built here, once per call) where the
+    table fits the caches (kernels.binary_product_pays), else a matrix product."""
     nl = model.nonlinear
     fed_by_samples = [f"q{l}" for l in range(1, model.n_layer)] + [f"p{l}" for l in range(model.n_layer)]
-    tables = {name: K.binary_product_table(params[first_layer(name, nl)[0]]) for name in fed_by_samples}
+    weights = {name: params[first_layer(name, nl)[0]] for name in fed_by_samples}
+    tables = {name: K.binary_product_table(W) for name, W in weights.items() if K.binary_product_pays(W)}
 
-    def logits(name, codes):
-        a1 = K.binary_product(codes, tables[name], params[first_layer(name, nl)[1]])
+    def logits(name, b, codes):
+        c = params[first_layer(name, nl)[1]]
+        if name in tables:
+            a1 = K.binary_product(codes, tables[name], c)
+        else:
+            a1 = K.dense_forward(2.0 * b - 1.0, weights[name], c)
         return transform_forward_after_first(params, name, a1, None, nl)[0]
     return logits
 
@@ -567,7 +573,7 @@ def _iw_chunk_elbo(model, per_example, sample_logits, target, B, k, rng):
             b = K.threshold_samples(u, thr0, k)
             logq = (K.per_example_dot(b, a0, k).reshape(B, k) - sp0[:, None]).reshape(R)
         else:
-            a = sample_logits(f"q{l}", codes[-1])
+            a = sample_logits(f"q{l}", samples[-1], codes[-1])
             b = K.threshold_samples(u, K.sigmoid_forward(-a), 1)
             logq += K.loglik_rows(b, a, 1)
         samples.append(b)
@@ -578,7 +584,7 @@ def _iw_chunk_elbo(model, per_example, sample_logits, target, B, k, rng):
     else:                                                     # sp: the prior sees x_top
         logp = (K.per_example_dot(samples[-1], prior, k).reshape(B, k) - sp_prior[:, None]).reshape(R)
     for l in range(L - 1, -1, -1):
-        a = sample_logits(f"p{l}", codes[l])
+        a = sample_logits(f"p{l}", samples[l], codes[l])
         logp += K.loglik_rows(target, a, k) if l == 0 else K.loglik_rows(samples[l - 1], a, 1)
     return (logp - logq).reshape(B, k)
 

@@ -451,6 +451,12 @@ def test_binary_product_equals_the_matrix_product(n_in, n_out):
     assert_close("binary_product (float32)", got32, want, 1e-5)
 
 
+def test_tables_pay_only_while_they_fit_the_caches():
+    assert K.binary_product_pays(np.zeros((200, 784), np.float32))          # 4 MB
+    assert K.binary_product_pays(np.zeros((500, 500), np.float32))          # 6.7 MB
+    assert not K.binary_product_pays(np.zeros((1000, 1000), np.float32))    # 25.6 MB
+
+
 def test_group_codes_read_each_unit_into_its_bit():
     b = np.zeros((2, 12))
     b[0, [0, 4, 5, 11]] = 1.0                              # groups of 5: bits 0 and 4 of group 0, 0 of 1, 1 of 2

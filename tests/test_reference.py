@@ -156,12 +156,17 @@ def test_iw_bound_between_elbo_and_log_marginal():
     assert np.all(5 * sd < 0.5 * (logpx - elbo)), "the convergence check would not tell log p(x) from the ELBO"
 
 
+@pytest.mark.parametrize("products", ["tables", "matrix"])
 @pytest.mark.parametrize("chunk", [1, 7, 100, 250])
-def test_iw_bound_matches_reference_at_the_same_noise(chunk):
+def test_iw_bound_matches_reference_at_the_same_noise(chunk, products, monkeypatch):
     """iw_bound draws, chunk by chunk, 32 random bits per unit, uniform_bits(rng, (B * k_chunk, H))
     per layer, standing for u = (bits + 1/2) 2^-32, with rows n * k_chunk .. (n + 1) * k_chunk - 1
     for example n; at that noise it must equal log mean exp of the reference ELBOs, however the
-    samples are chunked."""
+    samples are chunked, with the samples' products done by tables or (tables too large to
+    pay) by matrix products."""
+    from rebar_np import kernels
+    if products == "matrix":
+        monkeypatch.setattr(kernels, "TABLE_MAX_BYTES", 0)
     model, params, x, _, _ = instance("sp", 2, True, seed=5, batch_size=3)
     B, k = x.shape[0], 250
     got = iw_bound(model, params, x, k, np.random.default_rng(3), chunk=chunk)

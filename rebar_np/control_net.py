@@ -61,7 +61,7 @@ def init_control_net(n_in, width, rng, dtype, prefix="relax", n_context=0):
 
 
 def control_net_forward(aux, prefix, z, context=None):
-    """r(z; ctx) = tanh(sigma(z) W1 + ctx V1 + c1) . w2 + c2. Returns (r (N,), cache = (s, h, ctx, sigma'(z)))."""
+    """r(z; ctx) = tanh(sigma(z) W1 + ctx V1 + c1) . w2 + c2. Returns (r (N,), cache = (s, h, ctx))."""
     z = np.ascontiguousarray(z)
     s = K.sigmoid_forward(z)
     pre = K.dense_forward(s, aux[prefix + ".W1"], aux[prefix + ".c1"])
@@ -70,13 +70,13 @@ def control_net_forward(aux, prefix, z, context=None):
         pre += context @ aux[prefix + ".V1"]
     h = K.tanh_forward(pre)
     r = h @ aux[prefix + ".w2"] + aux[prefix + ".c2"][0]
-    return r.astype(z.dtype, copy=False), (s, h, context, s * (1.0 - s))
+    return r.astype(z.dtype, copy=False), (s, h, context)
 
 
 def control_net_backward(aux, aux_grads, prefix, cache, dr, need_dz=False):
     """Accumulate dL/dphi given dL/dr (N,): dL/dw2 += h^T dr, dL/dc2 += sum dr, dL/dpre = dr w2 (1 - h^2),
     dL/dW1 += s^T dL/dpre, dL/dV1 += ctx^T dL/dpre, dL/dc1 += sum dL/dpre. Returns dL/dz when need_dz."""
-    s, h, context, dsig = cache
+    s, h, context = cache
     aux_grads[prefix + ".w2"] += h.T @ dr
     aux_grads[prefix + ".c2"][0] += dr.sum()
     dpre = K.tanh_backward(h, np.ascontiguousarray(dr[:, None] * aux[prefix + ".w2"][None, :]))
@@ -84,24 +84,24 @@ def control_net_backward(aux, aux_grads, prefix, cache, dr, need_dz=False):
         aux_grads[prefix + ".V1"] += context.T @ dpre
     ds = K.dense_backward(s, aux[prefix + ".W1"], dpre, aux_grads[prefix + ".W1"], aux_grads[prefix + ".c1"],
                           need_dz)
-    return ds * dsig if need_dz else ds
+    return K.sigmoid_backward(s, ds) if need_dz else ds            # dL/dz = dL/ds sigma'(z)
 
 
 def control_net_input_grad(aux, prefix, cache):
     """rho = dr/dz = sigma'(z) [((1 - h^2) w2) W1^T], (N, n): the backward of r with dL/dr = 1 and no parameter
     gradients."""
-    _, h, _, dsig = cache
+    s, h, _ = cache
     w2 = aux[prefix + ".w2"]
     dpre = K.tanh_backward(h, np.ascontiguousarray(np.broadcast_to(w2, h.shape)))
-    return K.dense_backward_input(aux[prefix + ".W1"], dpre) * dsig
+    return K.sigmoid_backward(s, K.dense_backward_input(aux[prefix + ".W1"], dpre))
 
 
 def control_net_tangent_backward(aux, aux_grads, prefix, cache, v, c, scale=1.0):
     """Accumulate scale * dS/dphi into aux_grads, S = sum_n [ <v_n, rho(z_n)> - c_n r(z_n) ] (module docstring)."""
-    s, h, context, dsig = cache
+    s, h, context = cache
     w2 = aux[prefix + ".w2"]
     W1 = aux[prefix + ".W1"]
-    v = np.ascontiguousarray(v * dsig, dtype=h.dtype)  # v' = sigma'(z) v: the tangent of s along z_dot = v
+    v = np.ascontiguousarray(K.sigmoid_backward(s, v), dtype=h.dtype)  # v' = sigma'(z) v: the tangent of s along z_dot = v
     one_minus_h2 = 1.0 - h * h
     pre_dot = v @ W1                                   # tangent of pre along s_dot = v'
     h_dot = one_minus_h2 * pre_dot

@@ -19,7 +19,7 @@ import numpy as np
 from numba import cuda, float64
 
 from .device import empty, launch, simulator
-from .kernels import BITS_TO_UNIFORM, GROUP_BITS, U_MAX, U_MIN  # noqa: F401
+from .kernels import BITS_TO_UNIFORM, GROUP_BITS, U_MAX, U_MIN
 from .kernels import binary_product_groups, binary_product_pays  # noqa: F401  (host helpers, the same on both)
 
 

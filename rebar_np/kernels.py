@@ -643,7 +643,8 @@ def threshold_samples(bits, thr, k):
 # (max |error| 2.8e-6 against sgemm's 4.2e-6 there). Five bits per group measured best
 # (4: the sum is longer, 6 and 8: the tables outgrow the caches).
 GROUP_BITS = 5
-GROUP_BLOCK = 8       # table rows summed per pass over an output row; G is padded to a multiple
+GROUP_BLOCK = 8       # table rows summed per pass over an output row (binary_product writes the 8
+                      # out); G is padded to a multiple
 # The tables must stay in the caches: those of 1000-unit layers (20-26 MB) were no faster than
 # sgemm, those of 200- and 500-unit layers (4 and 7 MB) 1.9 and 1.5x faster.
 TABLE_MAX_BYTES = 8 << 20

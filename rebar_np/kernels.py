@@ -15,9 +15,11 @@ Symbols: ``a`` logits, ``h`` a layer's input or a hidden activation, ``u``
 uniform noise, ``z`` logistic noise, ``b`` hard sample, ``s`` relaxed sample,
 ``lam`` temperature.
 """
+import threading
+
 import numpy as np
 import scipy.linalg.cython_blas  # noqa: F401  the BLAS that Numba's products use, and _gemm below
-from numba import njit, types
+from numba import njit, prange, types
 from llvmlite import binding as llvm_binding
 from numba.extending import get_cython_function_address, overload
 
@@ -31,6 +33,8 @@ fast_kernel = njit(cache=True, error_model="numpy", fastmath=True, nogil=True)  
 # so LLVM vectorises them, but that keep NaN and inf semantics (no "nnan"/"ninf"):
 # a NaN produced in a step must survive to the finiteness check.
 arith_kernel = njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract", "arcp", "nsz"}, nogil=True)
+# Kernels whose prange loops share their work between cores ("Products on two cores" below).
+split_kernel = njit(cache=True, error_model="numpy", nogil=True, parallel=True)
 
 # Transcendental functions (exp, log, log1p, tanh) are taken from NumPy's ufuncs,
 # which have SIMD implementations (AVX2 / AVX-512); Numba without Intel's SVML
@@ -97,17 +101,20 @@ def dense_forward(h, W, c):
 
     h: (B, n_in), W: (n_in, n_out), c: (n_out,)  ->  a: (B, n_out).
 
-    NumPy's product, not Numba's: Numba's calls SciPy's OpenBLAS, and NumPy ships its own,
-    which here (0.3.31 against SciPy's 0.3.30) does these shapes 1.2-1.3x faster: 24 x 784 x 200
-    in 93 instead of 120 us. For the backward's dL/da W^T it is the other way round (145 against
-    117 us), so the backward kernels keep Numba's.
+    In the training step's thread, a product big enough to share is computed in two column
+    blocks (see "Products on two cores" below). Otherwise NumPy's product, not
+    Numba's: Numba's calls SciPy's OpenBLAS, and NumPy ships its own, which here (0.3.31
+    against SciPy's 0.3.30) does these shapes 1.2-1.3x faster: 24 x 784 x 200 in 93 instead
+    of 120 us. For the backward's dL/da W^T it is the other way round (145 against 117 us),
+    so the backward kernels keep Numba's.
     """
+    if _in_blocks(h.shape[0] * W.size, h, W, c):
+        return _dense_forward_halves(h, W, c, np.empty((h.shape[0], W.shape[1]), h.dtype))
     a = np.matmul(h, W)
     a += c
     return a
 
 
-@kernel
 def dense_backward(h, W, da, dW, dc, need_dh):
     """Backward of a = h W + c, given dL/da (B, n_out).
 
@@ -115,6 +122,13 @@ def dense_backward(h, W, da, dW, dc, need_dh):
     dL/dc += sum_n dL/da[n]     (n_out,)
     dL/dh  = dL/da W^T          (B, n_in), returned when need_dh, else an empty (0, 0) array
     """
+    if _in_blocks(h.shape[0] * W.size, h, W, da, dW, dc):
+        return _dense_backward_halves(h, W, da, dW, dc, np.zeros(h.shape if need_dh else (0, 0), da.dtype))
+    return _dense_backward(h, W, da, dW, dc, need_dh)
+
+
+@kernel
+def _dense_backward(h, W, da, dW, dc, need_dh):
     _accumulate_outer(h, da, dW)
     dc += da.sum(axis=0)
     if need_dh:
@@ -122,9 +136,15 @@ def dense_backward(h, W, da, dW, dc, need_dh):
     return np.empty((0, 0), dtype=da.dtype)
 
 
-@kernel
 def dense_backward_input(W, da):
     """Only the input gradient of a = h W + c:  dL/dh = dL/da W^T  (no parameter gradients)."""
+    if _in_blocks(da.shape[0] * W.size, W, da):
+        return _dense_backward_input_halves(W, da, np.zeros((da.shape[0], W.shape[0]), da.dtype))
+    return _dense_backward_input(W, da)
+
+
+@kernel
+def _dense_backward_input(W, da):
     return da @ W.T
 
 
@@ -133,8 +153,11 @@ def dense_tangent(h_dot, W, h, W_dot, c_dot):
 
     Pass empty (0, 0) arrays for h_dot or W_dot (and an empty c_dot) to drop a term:
     the input-only tangent is h_dot W, the parameter-direction tangent h W_dot + c_dot.
-    (NumPy's products, as in dense_forward.)
+    (NumPy's products, as in dense_forward, or two column blocks.)
     """
+    B = h_dot.shape[0] if h_dot.size else h.shape[0]
+    if _in_blocks(B * W.size, h_dot, W, h, W_dot, c_dot):
+        return _dense_tangent_halves(h_dot, W, h, W_dot, c_dot, np.empty((B, W.shape[1]), W.dtype))
     if h_dot.size:
         a_dot = np.matmul(h_dot, W)
         if W_dot.size:
@@ -143,6 +166,130 @@ def dense_tangent(h_dot, W, h, W_dot, c_dot):
         a_dot = np.matmul(h, W_dot)
     if c_dot.size:
         a_dot += c_dot
+    return a_dot
+
+
+# --------------------------------------------------------------------------
+# Products on two cores
+#
+# A batch-24 step is a chain of products of about a million multiply-adds each (24 x 784 x 200
+# takes ~100 us on one core): too small for BLAS's own threads, whose hand-offs cost more
+# than they save, but worth halving. In the training step's thread (the main thread) each
+# product below is cut into two blocks of output columns (for dL/dW, of rows), split at a
+# multiple of 16 floats (a 64-byte cache line); single-threaded BLAS computes each block
+# (?gemm, alpha = beta = 1, with the whole arrays' leading dimensions), and Numba's prange
+# gives the two blocks to two cores when this thread may use two (numba.set_num_threads,
+# which train.StepCores sets by measuring), or runs them one after the other when it may
+# use one. The blocks are the same either way, so the results are bit for bit the same on
+# one core or two: the choice changes the speed only, and may change during a run.
+# The outputs are allocated by the callers (inside a parallel kernel Numba would fill new
+# arrays in parallel regions of their own), and the kernels use no array expressions
+# (each would become a parallel region too).
+#
+# Other threads (the evaluation's workers, one per core) keep the one-block products.
+# --------------------------------------------------------------------------
+SPLIT_MIN_MACS = 200_000        # smaller products stay in one block (halving them gains less than the hand-off)
+_MAIN_THREAD = threading.main_thread().ident
+
+
+def in_step_thread():
+    """Whether kernels called from this thread work in two blocks (the main thread)."""
+    return threading.get_ident() == _MAIN_THREAD
+
+
+def _in_blocks(macs, *arrays):
+    """Whether a product of `macs` multiply-adds on these arrays is computed in two blocks: a big
+    enough product, on C-contiguous NumPy arrays of one float dtype (what ?gemm takes), in the
+    step's thread."""
+    if macs < SPLIT_MIN_MACS:
+        return False
+    dtype = arrays[0].dtype
+    for a in arrays:
+        if type(a) is not np.ndarray or a.dtype != dtype or not a.flags.c_contiguous:
+            return False
+    return dtype in (np.float32, np.float64) and in_step_thread()
+
+
+@kernel
+def _halves(n):
+    """The two blocks [0, mid) and [mid, n) of n columns: mid a multiple of 16 near n / 2."""
+    mid = (n // 2) // 16 * 16
+    return mid if mid > 0 else n // 2
+
+
+@kernel
+def _fill_columns(out, lo, hi, row):
+    """out[:, lo:hi] = row[lo:hi] (or 0 for an empty row), as scalar loops."""
+    for r in range(out.shape[0]):
+        for j in range(lo, hi):
+            out[r, j] = row[j] if row.size else 0.0
+
+
+@split_kernel
+def _dense_forward_halves(h, W, c, a):
+    """a = h W + c, written into a (B, n_out), by column blocks. Row-major a is column-major
+    a^T, so a block of its columns is  a^T[lo:hi] += W^T[lo:hi] h^T  on top of c:
+    ?gemm("N", "N") on W's and a's columns lo:hi."""
+    B, n_in = h.shape
+    n_out = W.shape[1]
+    mid = _halves(n_out)
+    for part in prange(2):
+        lo, hi = (0, mid) if part == 0 else (mid, n_out)
+        _fill_columns(a, lo, hi, c)
+        if hi > lo and B > 0 and n_in > 0:
+            _gemm(ord("N"), ord("N"), hi - lo, B, n_in, W[:, lo:], n_out, h, n_in, a[:, lo:], n_out)
+    return a
+
+
+@split_kernel
+def _dense_backward_halves(h, W, da, dW, dc, dh):
+    """dense_backward by blocks of W's rows (the inputs): for rows lo:hi,
+    dL/dW[lo:hi] += h[:, lo:hi]^T da   (column-major dW^T[:, lo:hi] += da^T h[:, lo:hi]: ?gemm("N", "T"))
+    dL/dh[:, lo:hi] = da W[lo:hi]^T    (column-major dh^T[lo:hi] += W[lo:hi] da^T: ?gemm("T", "N")),
+    dh arriving as zeros (or empty (0, 0): not wanted); then dL/dc."""
+    B, n_in = h.shape
+    n_out = da.shape[1]
+    mid = _halves(n_in)
+    for part in prange(2):
+        lo, hi = (0, mid) if part == 0 else (mid, n_in)
+        if hi > lo and B > 0:
+            _gemm(ord("N"), ord("T"), n_out, hi - lo, B, da, n_out, h[:, lo:], n_in, dW[lo:, :], n_out)
+            if dh.size:
+                _gemm(ord("T"), ord("N"), hi - lo, B, n_out, W[lo:, :], n_out, da, n_out, dh[:, lo:], n_in)
+    for r in range(B):
+        for j in range(n_out):
+            dc[j] += da[r, j]
+    return dh
+
+
+@split_kernel
+def _dense_backward_input_halves(W, da, dh):
+    """dh = da W^T into dh (zeros) by blocks of its columns: column-major dh^T[lo:hi] += W[lo:hi] da^T."""
+    B, n_out = da.shape
+    n_in = W.shape[0]
+    mid = _halves(n_in)
+    for part in prange(2):
+        lo, hi = (0, mid) if part == 0 else (mid, n_in)
+        if hi > lo and B > 0:
+            _gemm(ord("T"), ord("N"), hi - lo, B, n_out, W[lo:, :], n_out, da, n_out, dh[:, lo:], n_in)
+    return dh
+
+
+@split_kernel
+def _dense_tangent_halves(h_dot, W, h, W_dot, c_dot, a_dot):
+    """a_dot = h_dot W + h W_dot + c_dot into a_dot (B, n_out) by column blocks, each term a
+    ?gemm("N", "N") on the block (as in _dense_forward_halves); empty arrays drop terms."""
+    n_in, n_out = W.shape
+    B = a_dot.shape[0]
+    mid = _halves(n_out)
+    for part in prange(2):
+        lo, hi = (0, mid) if part == 0 else (mid, n_out)
+        _fill_columns(a_dot, lo, hi, c_dot)
+        if hi > lo and B > 0 and n_in > 0:
+            if h_dot.size:
+                _gemm(ord("N"), ord("N"), hi - lo, B, n_in, W[:, lo:], n_out, h_dot, n_in, a_dot[:, lo:], n_out)
+            if W_dot.size:
+                _gemm(ord("N"), ord("N"), hi - lo, B, n_in, W_dot[:, lo:], n_out, h, n_in, a_dot[:, lo:], n_out)
     return a_dot
 
 

@@ -143,6 +143,88 @@ def test_dense_float32():
     assert_float32_agrees("dense_tangent", K.dense_tangent, h, W, h, W, c)
 
 
+# Products in two blocks (the training step's thread; kernels.py "Products on two cores")
+BLOCK_SHAPES = [(24, 784, 200), (24, 200, 784), (9, 500, 47), (3, 70000, 1)]
+
+
+def one_block(fn, *args):
+    """fn computed off the main thread: the one-block products (NumPy's and Numba's)."""
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(fn, *args).result()
+
+
+def in_threads(n, fn, *args):
+    import numba
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    try:
+        return fn(*args)
+    finally:
+        numba.set_num_threads(before)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("B,n_in,n_out", BLOCK_SHAPES)
+def test_products_in_blocks_equal_the_one_block_products(B, n_in, n_out, dtype):
+    """Big products in the main thread run as two ?gemm blocks: the same values as one product
+    (to rounding), dL/dW and dL/dc accumulated, dL/dh only when asked, whatever the edges."""
+    assert K._in_blocks(B * n_in * n_out, np.zeros((1, 1)))
+    r = rng_for(3)
+    h, hd = (r.standard_normal((B, n_in)).astype(dtype) for _ in range(2))
+    W, Wd = (r.standard_normal((n_in, n_out)).astype(dtype) for _ in range(2))
+    c, da = r.standard_normal(n_out).astype(dtype), r.standard_normal((B, n_out)).astype(dtype)
+    e2, e1 = np.empty((0, 0), dtype), np.empty(0, dtype)
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+
+    assert_close("forward", K.dense_forward(h, W, c), one_block(K.dense_forward, h, W, c), tol)
+    for need_dh in (True, False):
+        dW0, dc0 = r.standard_normal(W.shape).astype(dtype), r.standard_normal(c.shape).astype(dtype)
+        dW, dc, dW1, dc1 = dW0.copy(), dc0.copy(), dW0.copy(), dc0.copy()
+        dh = K.dense_backward(h, W, da, dW, dc, need_dh)
+        dh1 = one_block(K.dense_backward, h, W, da, dW1, dc1, need_dh)
+        assert dh.shape == dh1.shape == ((B, n_in) if need_dh else (0, 0))
+        assert_close("backward dh", dh, dh1, tol)
+        assert_close("backward dW += h^T da", dW - dW0, dW1 - dW0, tol)
+        assert_close("backward dc += sum da", dc - dc0, dc1 - dc0, tol)
+    assert_close("backward input", K.dense_backward_input(W, da), one_block(K.dense_backward_input, W, da), tol)
+    for args, label in (((hd, W, h, Wd, c), "both"), ((hd, W, h, e2, e1), "input"), ((e2, W, h, Wd, c), "params")):
+        assert_close(f"tangent ({label})", K.dense_tangent(*args), one_block(K.dense_tangent, *args), tol)
+
+
+def test_products_in_blocks_do_not_depend_on_the_cores():
+    """One core or two run the same blocks, so the step's numbers are bit for bit the same
+    (what lets train.StepCores switch during a run)."""
+    r = rng_for(4)
+    h, W = r.standard_normal((24, 784)).astype(np.float32), r.standard_normal((784, 200)).astype(np.float32)
+    c, da = r.standard_normal(200).astype(np.float32), r.standard_normal((24, 200)).astype(np.float32)
+    outs = []
+    for n in (1, 2):
+        dW, dc = np.zeros_like(W), np.zeros_like(c)
+        outs.append([in_threads(n, K.dense_forward, h, W, c), in_threads(n, K.dense_backward, h, W, da, dW, dc, True),
+                     dW, dc, in_threads(n, K.dense_backward_input, W, da),
+                     in_threads(n, K.dense_tangent, h, W, h, W, c)])
+    for a, b in zip(*outs):
+        assert np.array_equal(a, b)
+
+
+def test_small_or_unusual_products_stay_in_one_block():
+    f32 = np.zeros((24, 200), np.float32)
+    assert not K._in_blocks(K.SPLIT_MIN_MACS - 1, f32)
+    assert K._in_blocks(K.SPLIT_MIN_MACS, f32)
+    assert not K._in_blocks(K.SPLIT_MIN_MACS, f32, f32.astype(np.float64))     # mixed dtypes
+    assert not K._in_blocks(K.SPLIT_MIN_MACS, np.zeros((200, 24), np.float32).T)  # not C-contiguous
+    assert not K._in_blocks(K.SPLIT_MIN_MACS, f32.astype(np.int64))
+    assert not one_block(K._in_blocks, K.SPLIT_MIN_MACS, f32)                   # not the step's thread
+
+
+@pytest.mark.parametrize("n", [7, 200, 16, 784, 1])
+def test_halves_cover_the_columns_at_a_cache_line(n):
+    mid = K._halves(n)
+    assert 0 <= mid <= n and (mid % 16 == 0 or n < 32)
+    assert abs(mid - n / 2) <= 16
+
+
 # --------------------------------------------------------------------------
 # Pointwise nonlinearities
 # --------------------------------------------------------------------------

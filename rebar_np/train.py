@@ -9,16 +9,18 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 
+import numba
 import numpy as np
+from numba import prange
 from tqdm import tqdm
 
 from . import estimators as E
-from .adam import AdamConfig, adam_init, adam_update
+from .adam import SPLIT_MIN_SIZE, AdamConfig, adam_init, adam_update
 from .checkpoint import save_checkpoint
 from .device import DEVICES, check_device, is_device, to_device, to_host, twin, zeros_like
 from .resume import LoopState, capture_state, restore_state
 from .rundir import recorder_for
-from .kernels import arith_kernel, kernel
+from .kernels import arith_kernel, in_step_thread, kernel, split_kernel
 from .model import SBN, init_params, iw_bound, check_params
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
@@ -135,6 +137,19 @@ def ema_moments(g, m1, m2, decay):
     return bad
 
 
+@split_kernel
+def ema_moments_halves(g, m1, m2, decay):
+    """ema_moments on the two halves of the flat tensors, one per core (the same result)."""
+    gf, f1, f2 = g.reshape(-1), m1.reshape(-1), m2.reshape(-1)
+    n = gf.size
+    mid = n // 2 // 16 * 16
+    bad = 0
+    for part in prange(2):
+        lo, hi = (0, mid) if part == 0 else (mid, n)
+        bad += ema_moments(gf[lo:hi], f1[lo:hi], f2[lo:hi], decay)
+    return bad
+
+
 @kernel
 def all_finite(a):
     af = a.reshape(-1)
@@ -166,9 +181,11 @@ class GradVariance:
         self.t += 1
         first_bad = None
         moments = twin(ema_moments, next(iter(grads.values()), None))
+        split = moments is ema_moments and in_step_thread()
         for k, g in grads.items():
             m1 = self.m1[k]
-            if moments(g, m1, self.m2[k], m1.dtype.type(self.decay)) and first_bad is None:
+            fold = ema_moments_halves if split and g.size >= SPLIT_MIN_SIZE and g.flags.c_contiguous else moments
+            if fold(g, m1, self.m2[k], m1.dtype.type(self.decay)) and first_bad is None:
                 first_bad = k
         return first_bad
 
@@ -320,6 +337,67 @@ def step_blas_threads(batch_size):
     return threadpool_limits(limits=limit, user_api="blas")
 
 
+class StepCores:
+    """How many cores the training step's kernels use, one or two, chosen by timing both.
+
+    The step's big products and optimizer passes are computed in two blocks whatever the
+    number of cores (kernels.py, "Products on two cores"), so this choice changes the speed
+    only, never the numbers. Which is faster depends on what else the machine is doing: on a
+    quiet 2-core machine two cores make the 2-layer linear step 1.2-1.4x faster at batch 24,
+    but when another process keeps the second core busy every step waits for it (two nvil
+    trainings side by side: 7.2 ms a step each on two cores, 1.2 ms on one). So the loop
+    measures: `probe` steps on one core, then on two, twice over, and keeps the faster for
+    `every` steps, or until a window of `window` steps is `slack` times slower than measured;
+    then it measures again. `available`: the most threads Numba may use (NUMBA_NUM_THREADS;
+    1 keeps every step on one core). Only the time inside the step counts.
+    """
+
+    def __init__(self, available, probe=20, every=5000, window=200, slack=1.5):
+        self.choices = [1, 2] if min(available, numba.config.NUMBA_NUM_THREADS) >= 2 else [1]
+        self.probe, self.every, self.window, self.slack = probe, every, window, slack
+        self.restore, self.current = numba.get_num_threads(), 0
+        self._start_probe()
+
+    def _start_probe(self):
+        self.plan = [n for _ in range(2) for n in self.choices for _ in range(self.probe)] \
+            if len(self.choices) > 1 else []
+        self.times = {n: [] for n in self.choices}
+        self._use(self.plan[0] if self.plan else self.choices[0])
+
+    def _use(self, n):
+        if n != self.current or numba.get_num_threads() != n:
+            numba.set_num_threads(n)
+        self.current = n
+
+    def record(self, seconds):
+        """Account the step just run (its duration) and set the cores of the next one."""
+        if self.plan:
+            n = self.plan.pop(0)
+            self.times[n].append(seconds)
+            if self.plan:
+                self._use(self.plan[0])
+                return
+            per_step = {n: float(np.median(t)) for n, t in self.times.items()}
+            best = min(per_step, key=per_step.get)
+            self.expected, self.since, self.window_time, self.window_steps = per_step[best], 0, 0.0, 0
+            self._use(best)
+            return
+        if len(self.choices) == 1:
+            return
+        self.since += 1
+        self.window_time += seconds
+        self.window_steps += 1
+        if self.window_steps == self.window:
+            slow = self.window_time / self.window_steps > self.slack * self.expected
+            self.window_time, self.window_steps = 0.0, 0
+            if slow or self.since >= self.every:
+                self._start_probe()
+
+    def close(self):
+        """Give the main thread back the threads it had."""
+        numba.set_num_threads(self.restore)
+
+
 def train(cfg, data, log=print, progress=None, resume=None, recorder=None):
     """Train cfg.model on data = {"train", "valid", "test"} arrays (N, D).
 
@@ -394,6 +472,7 @@ def train(cfg, data, log=print, progress=None, resume=None, recorder=None):
     epoch_x = train_x
     stop = StopFlag()
     blas = step_blas_threads(B)
+    cores = StepCores(1 if on_device else numba.get_num_threads())
     try:
         while step < cfg.steps:
             loop.epoch_rng_state = rng_data.bit_generator.state
@@ -413,8 +492,10 @@ def train(cfg, data, log=print, progress=None, resume=None, recorder=None):
                 if step >= cfg.steps:
                     break
                 x = epoch_dev[start:start + B] if on_device else epoch_x[order[start:start + B]]
+                t_step = time.perf_counter()
                 res = train_step(est, model, params, aux, x, rng_noise, opt, aux_opt, monitor, adam_cfg,
                                  cfg.aux_lr_scale, step + 1, options)
+                cores.record(time.perf_counter() - t_step)
                 step += 1
                 loop.step, loop.position = step, start + B
                 loop.elbo_sum += float(np.sum(res.elbo, dtype=np.float64))
@@ -434,7 +515,7 @@ def train(cfg, data, log=print, progress=None, resume=None, recorder=None):
                     log(f"Step {step}: train ELBO {row['train_elbo']:.2f}, "
                         f"log grad var {row['log_grad_var']:.3f}"
                         + "".join(f", {k} {v:.4g}" for k, v in res.stats.items())
-                        + f", {rate:.0f} steps/s")
+                        + f", {rate:.0f} steps/s on {cores.current} core{'s' if cores.current > 1 else ''}")
                     loop.elbo_sum, loop.elbo_n = 0.0, 0
                     bounds = run_eval(step) if eval_due else {}
                     recorder.report({**row, **bounds}, to_host(aux))
@@ -464,6 +545,7 @@ def train(cfg, data, log=print, progress=None, resume=None, recorder=None):
         if on_device:
             result.params, result.aux = to_host(params), to_host(aux)
         blas.restore_original_limits()
+        cores.close()
         bar.close()
         stop.restore()
         recorder.close()

@@ -6,7 +6,7 @@ import threading
 import numpy as np
 import pytest
 
-from rebar_np.adam import AdamConfig, adam_init, adam_update
+from rebar_np.adam import SPLIT_MIN_SIZE, AdamConfig, adam_init, adam_update
 from rebar_np.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from rebar_np.train import GradVariance, TrainConfig, TrainingDiverged, train
 
@@ -53,6 +53,73 @@ def test_grad_variance_matches_direct_moments():
     assert abs(mon.log_variance() - np.log(var.mean())) < 1e-10
     bad = {"a": np.zeros((4, 3)), "b": np.array([0, 0, np.nan, 0, 0.0])}
     assert mon.update(bad) == "b"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adam_and_the_monitor_in_halves_are_the_one_pass_updates(dtype):
+    """Big tensors are updated in two halves in the step's thread (on two cores when it may use
+    two): elementwise, so exactly what one pass gives; a NaN is still found and named."""
+    from concurrent.futures import ThreadPoolExecutor
+    rng = np.random.default_rng(2)
+    shapes = {"W": (300, 301), "c": (7,)}
+    assert 300 * 301 >= SPLIT_MIN_SIZE > 7
+    p = {k: rng.normal(size=s).astype(dtype) for k, s in shapes.items()}
+    g = [{k: rng.normal(size=s).astype(dtype) for k, s in shapes.items()} for _ in range(3)]
+    cfg = AdamConfig(learning_rate=0.01)
+    runs = []
+    with ThreadPoolExecutor(1) as pool:       # off the main thread: the one-pass kernels
+        for where in ("main", "pool"):
+            q, state, mon = {k: v.copy() for k, v in p.items()}, adam_init(p), GradVariance(p, 0.9)
+
+            def steps(q=q, state=state, mon=mon):
+                for gt in g:
+                    assert mon.update(gt) is None
+                    adam_update(q, gt, state, cfg)
+                bad = {k: v.copy() for k, v in g[0].items()}
+                bad["W"][299, 300] = np.nan
+                return mon.update(bad)
+            assert (steps() if where == "main" else pool.submit(steps).result()) == "W"
+            runs.append((q, state, mon))
+    (q1, s1, m1), (q2, s2, m2) = runs
+    for k in shapes:
+        for a, b in ((q1[k], q2[k]), (s1["m"][k], s2["m"][k]), (s1["v"][k], s2["v"][k]),
+                     (m1.m1[k], m2.m1[k]), (m1.m2[k], m2.m2[k])):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_step_cores_keeps_the_faster_and_measures_again():
+    """StepCores times `probe` steps on one core and on two, twice, keeps the faster, and
+    measures again after `every` steps or as soon as a window is `slack` times slower."""
+    import numba
+    from rebar_np.train import StepCores
+    before = numba.get_num_threads()
+    speed = {1: 1.0, 2: 0.6}                       # seconds a step takes on n cores
+    cores = StepCores(2, probe=3, every=40, window=10, slack=1.5)
+    try:
+        used, threads = [], set()
+        for _ in range(12 + 40):
+            used.append(cores.current)
+            threads.add(numba.get_num_threads())
+            cores.record(speed[cores.current])
+        assert used[:12] == [1] * 3 + [2] * 3 + [1] * 3 + [2] * 3     # the probe
+        assert used[12:] == [2] * 40
+        assert threads == {1, min(2, numba.config.NUMBA_NUM_THREADS)}  # what the kernels are given
+        assert cores.plan                                             # every = 40 steps later: measure again
+        for _ in range(12):
+            cores.record(speed[cores.current])
+        speed[2] = 5.0                                               # the second core got busy
+        used = []
+        for _ in range(10 + 12 + 5):
+            used.append(cores.current)
+            cores.record(speed[cores.current])
+        assert used[:10] == [2] * 10 and used[22:] == [1] * 5         # a slow window, a probe, then one core
+        one = StepCores(1)
+        assert one.current == 1 and not one.plan
+        one.record(1.0)
+        assert one.current == 1
+    finally:
+        cores.close()
+    assert numba.get_num_threads() == before
 
 
 @pytest.mark.parametrize("model", ["nvil", "dynamic_rebar"])

@@ -88,6 +88,10 @@ def parse_args(argv):
     ap.add_argument("--threads", type=int, default=None,
                     help="BLAS/Numba/XLA threads (re-executes with OPENBLAS_NUM_THREADS etc. set); "
                          "default: the libraries' own choice")
+    ap.add_argument("--step-cores", type=int, default=None,
+                    help="with --threads: cores rebar-np's step may use (NUMBA_NUM_THREADS), e.g. "
+                         "--threads 1 --step-cores 2: one BLAS and XLA thread, the step's products in "
+                         "two blocks on two cores (what rebar-np train picks on a quiet machine)")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                     help="cuda: time rebar_np's step on the GPU against its CPU step at each of --batches "
                          "(examples per second and their ratio; needs a CUDA GPU)")
@@ -111,14 +115,18 @@ def parse_args(argv):
         raise UsageError("--window must be positive")
     if args.threads is not None and args.threads < 1:
         raise UsageError("--threads must be at least 1")
+    if args.step_cores is not None and (args.threads is None or args.step_cores < 1):
+        raise UsageError("--step-cores needs --threads and must be at least 1")
     if args.compare and not os.path.exists(args.compare):
         raise UsageError(f"--compare: no such file {args.compare}")
     return args
 
 
-def set_threads(n, argv):
+def set_threads(n, argv, step_cores=None):
     """Thread counts must be set before NumPy, Numba and XLA load: set them and re-execute."""
     want = {v: str(n) for v in THREAD_VARS}
+    if step_cores is not None:
+        want["NUMBA_NUM_THREADS"] = str(step_cores)
     want["XLA_FLAGS"] = f"--xla_cpu_multi_thread_eigen={'false' if n == 1 else 'true'} " \
                         f"intra_op_parallelism_threads={n}"
     if all(os.environ.get(k) == v for k, v in want.items()):
@@ -156,7 +164,8 @@ def rebar_np_step(name, n_layer, nonlinear, B, H, data, device="cpu"):
     import numpy as np
     from rebar_np.adam import AdamConfig, adam_init
     from rebar_np.device import to_device
-    from rebar_np.train import GradVariance, train_step
+    from rebar_np.train import GradVariance, step_blas_threads, train_step
+    step_blas_threads(B)      # one BLAS thread below batch 256, as rebar-np train sets
     est, model, params, aux = rebar_np_setup(name, n_layer, nonlinear, H, data)
     xs = batches(data, B)
     if device == "cuda":
@@ -440,7 +449,7 @@ def main(argv=None):
         print(f"python -m benchmarks: error: {e}", file=sys.stderr)
         return 2
     if args.threads is not None:
-        set_threads(args.threads, argv)
+        set_threads(args.threads, argv, args.step_cores)
     if args.jax:
         try:
             import jax  # noqa: F401

@@ -188,6 +188,10 @@ def train(model, task, n_layer, n_hidden, nonlinear, batch_size, temperature, re
     Prints one line per epoch ("Step N: train ELBO ..., log grad var ...") and the
     importance-weighted bounds on validation and test every --eval-every epochs and at the end.
     Ctrl-C stops after the current step and saves a checkpoint; --resume continues it.
+
+    On the CPU the step's big products run in two blocks that two cores can share; the run
+    times one core against two now and then and keeps the faster (the numbers are the same
+    either way; report lines say which). NUMBA_NUM_THREADS=1 keeps it on one core.
     """
     from rebar_np.data import load_task
     from rebar_np.train import TrainingDiverged, train as run_training

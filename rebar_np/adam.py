@@ -14,7 +14,7 @@ import numpy as np
 from numba import prange
 
 from .device import twin, zeros_like
-from .kernels import fast_kernel, in_step_thread, split_kernel
+from .kernels import fast_kernel, halves, in_step_thread, split_kernel
 
 SPLIT_MIN_SIZE = 32_768     # tensors from this size are updated in two halves, on two cores when the step may use two
 
@@ -51,12 +51,13 @@ def adam_kernel(p, g, m, v, lr_t, beta1, beta2, eps):
 
 @split_kernel
 def adam_kernel_halves(p, g, m, v, lr_t, beta1, beta2, eps):
-    """adam_kernel on the two halves of the flat tensors, one half per core. The update is
-    elementwise, so the result is adam_kernel's exactly; the gain is a second core's share
-    of the memory traffic (7 streams over the tensor: 2x faster for a 784 x 200 weight)."""
+    """adam_kernel on the two halves of the flat tensors, one per core when the step's thread
+    may use two (train.StepCores). The update is elementwise, so the result is adam_kernel's
+    exactly; the gain is a second core's share of the memory traffic (7 streams over the
+    tensor: 1.85x faster for 400,000 entries)."""
     pf, gf, mf, vf = p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1)
     n = pf.size
-    mid = n // 2 // 16 * 16
+    mid = halves(n)
     for part in prange(2):
         lo, hi = (0, mid) if part == 0 else (mid, n)
         adam_kernel(pf[lo:hi], gf[lo:hi], mf[lo:hi], vf[lo:hi], lr_t, beta1, beta2, eps)

@@ -211,7 +211,7 @@ def _in_blocks(macs, *arrays):
 
 
 @kernel
-def _halves(n):
+def halves(n):
     """The two blocks [0, mid) and [mid, n) of n columns: mid a multiple of 16 near n / 2."""
     mid = (n // 2) // 16 * 16
     return mid if mid > 0 else n // 2
@@ -232,7 +232,7 @@ def _dense_forward_halves(h, W, c, a):
     ?gemm("N", "N") on W's and a's columns lo:hi."""
     B, n_in = h.shape
     n_out = W.shape[1]
-    mid = _halves(n_out)
+    mid = halves(n_out)
     for part in prange(2):
         lo, hi = (0, mid) if part == 0 else (mid, n_out)
         _fill_columns(a, lo, hi, c)
@@ -249,7 +249,7 @@ def _dense_backward_halves(h, W, da, dW, dc, dh):
     dh arriving as zeros (or empty (0, 0): not wanted); then dL/dc."""
     B, n_in = h.shape
     n_out = da.shape[1]
-    mid = _halves(n_in)
+    mid = halves(n_in)
     for part in prange(2):
         lo, hi = (0, mid) if part == 0 else (mid, n_in)
         if hi > lo and B > 0:
@@ -267,7 +267,7 @@ def _dense_backward_input_halves(W, da, dh):
     """dh = da W^T into dh (zeros) by blocks of its columns: column-major dh^T[lo:hi] += W[lo:hi] da^T."""
     B, n_out = da.shape
     n_in = W.shape[0]
-    mid = _halves(n_in)
+    mid = halves(n_in)
     for part in prange(2):
         lo, hi = (0, mid) if part == 0 else (mid, n_in)
         if hi > lo and B > 0:
@@ -281,7 +281,7 @@ def _dense_tangent_halves(h_dot, W, h, W_dot, c_dot, a_dot):
     ?gemm("N", "N") on the block (as in _dense_forward_halves); empty arrays drop terms."""
     n_in, n_out = W.shape
     B = a_dot.shape[0]
-    mid = _halves(n_out)
+    mid = halves(n_out)
     for part in prange(2):
         lo, hi = (0, mid) if part == 0 else (mid, n_out)
         _fill_columns(a_dot, lo, hi, c_dot)

@@ -20,7 +20,7 @@ from .checkpoint import save_checkpoint
 from .device import DEVICES, check_device, is_device, to_device, to_host, twin, zeros_like
 from .resume import LoopState, capture_state, restore_state
 from .rundir import recorder_for
-from .kernels import arith_kernel, in_step_thread, kernel, split_kernel
+from .kernels import arith_kernel, halves, in_step_thread, kernel, split_kernel
 from .model import SBN, init_params, iw_bound, check_params
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
@@ -139,10 +139,11 @@ def ema_moments(g, m1, m2, decay):
 
 @split_kernel
 def ema_moments_halves(g, m1, m2, decay):
-    """ema_moments on the two halves of the flat tensors, one per core (the same result)."""
+    """ema_moments on the two halves of the flat tensors, one per core when the step's thread may
+    use two (the same result, as in adam.adam_kernel_halves)."""
     gf, f1, f2 = g.reshape(-1), m1.reshape(-1), m2.reshape(-1)
     n = gf.size
-    mid = n // 2 // 16 * 16
+    mid = halves(n)
     bad = 0
     for part in prange(2):
         lo, hi = (0, mid) if part == 0 else (mid, n)
@@ -343,7 +344,7 @@ class StepCores:
     The step's big products and optimizer passes are computed in two blocks whatever the
     number of cores (kernels.py, "Products on two cores"), so this choice changes the speed
     only, never the numbers. Which is faster depends on what else the machine is doing: on a
-    quiet 2-core machine two cores make the 2-layer linear step 1.2-1.4x faster at batch 24,
+    quiet 2-core machine two cores make the 2-layer linear step 1.3-1.45x faster at batch 24,
     but when another process keeps the second core busy every step waits for it (two nvil
     trainings side by side: 7.2 ms a step each on two cores, 1.2 ms on one). So the loop
     measures: `probe` steps on one core, then on two, twice over, and keeps the faster for

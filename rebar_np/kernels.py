@@ -109,7 +109,7 @@ def dense_forward(h, W, c):
     so the backward kernels keep Numba's.
     """
     if _in_blocks(h.shape[0] * W.size, h, W, c):
-        return _dense_forward_halves(h, W, c, np.empty((h.shape[0], W.shape[1]), h.dtype))
+        return _affine_halves(h, W, h, np.empty((0, 0), h.dtype), c, np.empty((h.shape[0], W.shape[1]), h.dtype))
     a = np.matmul(h, W)
     a += c
     return a
@@ -139,7 +139,8 @@ def _dense_backward(h, W, da, dW, dc, need_dh):
 def dense_backward_input(W, da):
     """Only the input gradient of a = h W + c:  dL/dh = dL/da W^T  (no parameter gradients)."""
     if _in_blocks(da.shape[0] * W.size, W, da):
-        return _dense_backward_input_halves(W, da, np.zeros((da.shape[0], W.shape[0]), da.dtype))
+        e2, e1 = np.empty((0, 0), da.dtype), np.empty(0, da.dtype)
+        return _dense_backward_halves(e2, W, da, e2, e1, np.zeros((da.shape[0], W.shape[0]), da.dtype))
     return _dense_backward_input(W, da)
 
 
@@ -157,7 +158,7 @@ def dense_tangent(h_dot, W, h, W_dot, c_dot):
     """
     B = h_dot.shape[0] if h_dot.size else h.shape[0]
     if _in_blocks(B * W.size, h_dot, W, h, W_dot, c_dot):
-        return _dense_tangent_halves(h_dot, W, h, W_dot, c_dot, np.empty((B, W.shape[1]), W.dtype))
+        return _affine_halves(h_dot, W, h, W_dot, c_dot, np.empty((B, W.shape[1]), W.dtype))
     if h_dot.size:
         a_dot = np.matmul(h_dot, W)
         if W_dot.size:
@@ -226,71 +227,47 @@ def _fill_columns(out, lo, hi, row):
 
 
 @split_kernel
-def _dense_forward_halves(h, W, c, a):
-    """a = h W + c, written into a (B, n_out), by column blocks. Row-major a is column-major
-    a^T, so a block of its columns is  a^T[lo:hi] += W^T[lo:hi] h^T  on top of c:
-    ?gemm("N", "N") on W's and a's columns lo:hi."""
-    B, n_in = h.shape
-    n_out = W.shape[1]
-    mid = halves(n_out)
-    for part in prange(2):
-        lo, hi = (0, mid) if part == 0 else (mid, n_out)
-        _fill_columns(a, lo, hi, c)
-        if hi > lo and B > 0 and n_in > 0:
-            _gemm(ord("N"), ord("N"), hi - lo, B, n_in, W[:, lo:], n_out, h, n_in, a[:, lo:], n_out)
-    return a
-
-
-@split_kernel
 def _dense_backward_halves(h, W, da, dW, dc, dh):
     """dense_backward by blocks of W's rows (the inputs): for rows lo:hi,
     dL/dW[lo:hi] += h[:, lo:hi]^T da   (column-major dW^T[:, lo:hi] += da^T h[:, lo:hi]: ?gemm("N", "T"))
     dL/dh[:, lo:hi] = da W[lo:hi]^T    (column-major dh^T[lo:hi] += W[lo:hi] da^T: ?gemm("T", "N")),
-    dh arriving as zeros (or empty (0, 0): not wanted); then dL/dc."""
-    B, n_in = h.shape
-    n_out = da.shape[1]
-    mid = halves(n_in)
-    for part in prange(2):
-        lo, hi = (0, mid) if part == 0 else (mid, n_in)
-        if hi > lo and B > 0:
-            _gemm(ord("N"), ord("T"), n_out, hi - lo, B, da, n_out, h[:, lo:], n_in, dW[lo:, :], n_out)
-            if dh.size:
-                _gemm(ord("T"), ord("N"), hi - lo, B, n_out, W[lo:, :], n_out, da, n_out, dh[:, lo:], n_in)
-    for r in range(B):
-        for j in range(n_out):
-            dc[j] += da[r, j]
-    return dh
-
-
-@split_kernel
-def _dense_backward_input_halves(W, da, dh):
-    """dh = da W^T into dh (zeros) by blocks of its columns: column-major dh^T[lo:hi] += W[lo:hi] da^T."""
+    then dL/dc. dh arrives as zeros; an empty dh, or empty h, dW and dc (dense_backward_input),
+    drops those products."""
     B, n_out = da.shape
     n_in = W.shape[0]
     mid = halves(n_in)
     for part in prange(2):
         lo, hi = (0, mid) if part == 0 else (mid, n_in)
         if hi > lo and B > 0:
-            _gemm(ord("T"), ord("N"), hi - lo, B, n_out, W[lo:, :], n_out, da, n_out, dh[:, lo:], n_in)
+            if dW.size:
+                _gemm(ord("N"), ord("T"), n_out, hi - lo, B, da, n_out, h[:, lo:], n_in, dW[lo:, :], n_out)
+            if dh.size:
+                _gemm(ord("T"), ord("N"), hi - lo, B, n_out, W[lo:, :], n_out, da, n_out, dh[:, lo:], n_in)
+    if dc.size:
+        for r in range(B):
+            for j in range(n_out):
+                dc[j] += da[r, j]
     return dh
 
 
 @split_kernel
-def _dense_tangent_halves(h_dot, W, h, W_dot, c_dot, a_dot):
-    """a_dot = h_dot W + h W_dot + c_dot into a_dot (B, n_out) by column blocks, each term a
-    ?gemm("N", "N") on the block (as in _dense_forward_halves); empty arrays drop terms."""
-    n_in, n_out = W.shape
-    B = a_dot.shape[0]
+def _affine_halves(h1, W1, h2, W2, c, out):
+    """out = h1 W1 + h2 W2 + c (B, n_out) by column blocks; an empty h1 or W2 (or c) drops its
+    term (dense_forward: h W + c; dense_tangent: h_dot W + h W_dot + c_dot). Row-major out is
+    column-major out^T, so a block of its columns is  out^T[lo:hi] += W^T[lo:hi] h^T  per term,
+    on top of c: ?gemm("N", "N") on W's and out's columns lo:hi."""
+    n_in, n_out = W1.shape
+    B = out.shape[0]
     mid = halves(n_out)
     for part in prange(2):
         lo, hi = (0, mid) if part == 0 else (mid, n_out)
-        _fill_columns(a_dot, lo, hi, c_dot)
+        _fill_columns(out, lo, hi, c)
         if hi > lo and B > 0 and n_in > 0:
-            if h_dot.size:
-                _gemm(ord("N"), ord("N"), hi - lo, B, n_in, W[:, lo:], n_out, h_dot, n_in, a_dot[:, lo:], n_out)
-            if W_dot.size:
-                _gemm(ord("N"), ord("N"), hi - lo, B, n_in, W_dot[:, lo:], n_out, h, n_in, a_dot[:, lo:], n_out)
-    return a_dot
+            if h1.size:
+                _gemm(ord("N"), ord("N"), hi - lo, B, n_in, W1[:, lo:], n_out, h1, n_in, out[:, lo:], n_out)
+            if W2.size:
+                _gemm(ord("N"), ord("N"), hi - lo, B, n_in, W2[:, lo:], n_out, h2, n_in, out[:, lo:], n_out)
+    return out
 
 
 # --------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import numpy as np
 from numba import prange
 
 from .device import twin, zeros_like
-from .kernels import fast_kernel, halves, in_step_thread, split_kernel
+from .kernels import _halves, _in_step_thread, fast_kernel, split_kernel
 
 SPLIT_MIN_SIZE = 32_768     # tensors from this size are updated in two halves, on two cores when the step may use two
 
@@ -57,7 +57,7 @@ def adam_kernel_halves(p, g, m, v, lr_t, beta1, beta2, eps):
     tensor: 1.85x faster for 400,000 entries)."""
     pf, gf, mf, vf = p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1)
     n = pf.size
-    mid = halves(n)
+    mid = _halves(n)
     for part in prange(2):
         lo, hi = (0, mid) if part == 0 else (mid, n)
         adam_kernel(pf[lo:hi], gf[lo:hi], mf[lo:hi], vf[lo:hi], lr_t, beta1, beta2, eps)
@@ -69,7 +69,7 @@ def adam_update(params, grads, state, cfg, lr_scale=1.0):
     t = state["t"]
     lr_t = cfg.learning_rate * lr_scale * np.sqrt(1.0 - cfg.beta2 ** t) / (1.0 - cfg.beta1 ** t)
     kernel = twin(adam_kernel, next(iter(params.values()), None))
-    split = kernel is adam_kernel and in_step_thread()
+    split = kernel is adam_kernel and _in_step_thread()
     for k, p in params.items():
         typed = p.dtype.type
         update = adam_kernel_halves if split and p.size >= SPLIT_MIN_SIZE and p.flags.c_contiguous else kernel

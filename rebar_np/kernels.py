@@ -193,7 +193,7 @@ SPLIT_MIN_MACS = 200_000        # smaller products stay in one block (halving th
 _MAIN_THREAD = threading.main_thread().ident
 
 
-def in_step_thread():
+def _in_step_thread():
     """Whether kernels called from this thread work in two blocks (the main thread)."""
     return threading.get_ident() == _MAIN_THREAD
 
@@ -208,11 +208,11 @@ def _in_blocks(macs, *arrays):
     for a in arrays:
         if type(a) is not np.ndarray or a.dtype != dtype or not a.flags.c_contiguous:
             return False
-    return dtype in (np.float32, np.float64) and in_step_thread()
+    return dtype in (np.float32, np.float64) and _in_step_thread()
 
 
 @kernel
-def halves(n):
+def _halves(n):
     """The two blocks [0, mid) and [mid, n) of n columns: mid a multiple of 16 near n / 2."""
     mid = (n // 2) // 16 * 16
     return mid if mid > 0 else n // 2
@@ -235,7 +235,7 @@ def _dense_backward_halves(h, W, da, dW, dc, dh):
     drops those products."""
     B, n_out = da.shape
     n_in = W.shape[0]
-    mid = halves(n_in)
+    mid = _halves(n_in)
     for part in prange(2):
         lo, hi = (0, mid) if part == 0 else (mid, n_in)
         if hi > lo and B > 0:
@@ -258,7 +258,7 @@ def _affine_halves(h1, W1, h2, W2, c, out):
     on top of c: ?gemm("N", "N") on W's and out's columns lo:hi."""
     n_in, n_out = W1.shape
     B = out.shape[0]
-    mid = halves(n_out)
+    mid = _halves(n_out)
     for part in prange(2):
         lo, hi = (0, mid) if part == 0 else (mid, n_out)
         _fill_columns(out, lo, hi, c)

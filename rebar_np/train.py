@@ -20,7 +20,7 @@ from .checkpoint import save_checkpoint
 from .device import DEVICES, check_device, is_device, to_device, to_host, twin, zeros_like
 from .resume import LoopState, capture_state, restore_state
 from .rundir import recorder_for
-from .kernels import arith_kernel, halves, in_step_thread, kernel, split_kernel
+from .kernels import _halves, _in_step_thread, arith_kernel, kernel, split_kernel
 from .model import SBN, init_params, iw_bound, check_params
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
@@ -143,7 +143,7 @@ def ema_moments_halves(g, m1, m2, decay):
     use two (the same result, as in adam.adam_kernel_halves)."""
     gf, f1, f2 = g.reshape(-1), m1.reshape(-1), m2.reshape(-1)
     n = gf.size
-    mid = halves(n)
+    mid = _halves(n)
     bad = 0
     for part in prange(2):
         lo, hi = (0, mid) if part == 0 else (mid, n)
@@ -182,7 +182,7 @@ class GradVariance:
         self.t += 1
         first_bad = None
         moments = twin(ema_moments, next(iter(grads.values()), None))
-        split = moments is ema_moments and in_step_thread()
+        split = moments is ema_moments and _in_step_thread()
         for k, g in grads.items():
             m1 = self.m1[k]
             fold = ema_moments_halves if split and g.size >= SPLIT_MIN_SIZE and g.flags.c_contiguous else moments

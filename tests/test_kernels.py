@@ -220,7 +220,7 @@ def test_small_or_unusual_products_stay_in_one_block():
 
 @pytest.mark.parametrize("n", [7, 200, 16, 784, 1])
 def test_halves_cover_the_columns_at_a_cache_line(n):
-    mid = K.halves(n)
+    mid = K._halves(n)
     assert 0 <= mid <= n and (mid % 16 == 0 or n < 32)
     assert abs(mid - n / 2) <= 16
 

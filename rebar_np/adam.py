@@ -14,9 +14,7 @@ import numpy as np
 from numba import prange
 
 from .device import twin, zeros_like
-from .kernels import _halves, _in_step_thread, fast_kernel, split_kernel
-
-SPLIT_MIN_SIZE = 32_768     # tensors from this size are updated in two halves, on two cores when the step may use two
+from .kernels import _halves, _in_halves, fast_kernel, split_kernel
 
 
 @dataclass(frozen=True)
@@ -69,9 +67,8 @@ def adam_update(params, grads, state, cfg, lr_scale=1.0):
     t = state["t"]
     lr_t = cfg.learning_rate * lr_scale * np.sqrt(1.0 - cfg.beta2 ** t) / (1.0 - cfg.beta1 ** t)
     kernel = twin(adam_kernel, next(iter(params.values()), None))
-    split = kernel is adam_kernel and _in_step_thread()
     for k, p in params.items():
         typed = p.dtype.type
-        update = adam_kernel_halves if split and p.size >= SPLIT_MIN_SIZE and p.flags.c_contiguous else kernel
+        update = adam_kernel_halves if kernel is adam_kernel and _in_halves(p) else kernel
         update(p, grads[k], state["m"][k], state["v"][k],
                typed(lr_t), typed(cfg.beta1), typed(cfg.beta2), typed(cfg.eps))

@@ -190,6 +190,7 @@ def dense_tangent(h_dot, W, h, W_dot, c_dot):
 # Other threads (the evaluation's workers, one per core) keep the one-block products.
 # --------------------------------------------------------------------------
 SPLIT_MIN_MACS = 200_000        # smaller products stay in one block (halving them gains less than the hand-off)
+SPLIT_MIN_SIZE = 32_768         # elementwise passes (Adam, the variance monitor) over smaller tensors stay whole
 _MAIN_THREAD = threading.main_thread().ident
 
 
@@ -209,6 +210,12 @@ def _in_blocks(macs, *arrays):
         if type(a) is not np.ndarray or a.dtype != dtype or not a.flags.c_contiguous:
             return False
     return dtype in (np.float32, np.float64) and _in_step_thread()
+
+
+def _in_halves(a):
+    """Whether an elementwise pass over the NumPy array a runs in two halves (adam.adam_kernel_halves,
+    train.ema_moments_halves): a big enough C-contiguous tensor, in the step's thread."""
+    return a.size >= SPLIT_MIN_SIZE and a.flags.c_contiguous and _in_step_thread()
 
 
 @kernel

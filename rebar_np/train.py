@@ -15,12 +15,12 @@ from numba import prange
 from tqdm import tqdm
 
 from . import estimators as E
-from .adam import SPLIT_MIN_SIZE, AdamConfig, adam_init, adam_update
+from .adam import AdamConfig, adam_init, adam_update
 from .checkpoint import save_checkpoint
 from .device import DEVICES, check_device, is_device, to_device, to_host, twin, zeros_like
 from .resume import LoopState, capture_state, restore_state
 from .rundir import recorder_for
-from .kernels import _halves, _in_step_thread, arith_kernel, kernel, split_kernel
+from .kernels import _halves, _in_halves, arith_kernel, kernel, split_kernel
 from .model import SBN, init_params, iw_bound, check_params
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
@@ -182,10 +182,9 @@ class GradVariance:
         self.t += 1
         first_bad = None
         moments = twin(ema_moments, next(iter(grads.values()), None))
-        split = moments is ema_moments and _in_step_thread()
         for k, g in grads.items():
             m1 = self.m1[k]
-            fold = ema_moments_halves if split and g.size >= SPLIT_MIN_SIZE and g.flags.c_contiguous else moments
+            fold = ema_moments_halves if moments is ema_moments and _in_halves(g) else moments
             if fold(g, m1, self.m2[k], m1.dtype.type(self.decay)) and first_bad is None:
                 first_bad = k
         return first_bad
@@ -366,9 +365,9 @@ class StepCores:
         self._use(self.plan[0] if self.plan else self.choices[0])
 
     def _use(self, n):
-        if n != self.current or numba.get_num_threads() != n:
+        if n != self.current:
             numba.set_num_threads(n)
-        self.current = n
+            self.current = n
 
     def record(self, seconds):
         """Account the step just run (its duration) and set the cores of the next one."""
@@ -380,17 +379,16 @@ class StepCores:
                 return
             per_step = {n: float(np.median(t)) for n, t in self.times.items()}
             best = min(per_step, key=per_step.get)
-            self.expected, self.since, self.window_time, self.window_steps = per_step[best], 0, 0.0, 0
+            self.expected, self.since, self.window_time = per_step[best], 0, 0.0
             self._use(best)
             return
         if len(self.choices) == 1:
             return
         self.since += 1
         self.window_time += seconds
-        self.window_steps += 1
-        if self.window_steps == self.window:
-            slow = self.window_time / self.window_steps > self.slack * self.expected
-            self.window_time, self.window_steps = 0.0, 0
+        if self.since % self.window == 0:
+            slow = self.window_time / self.window > self.slack * self.expected
+            self.window_time = 0.0
             if slow or self.since >= self.every:
                 self._start_probe()
 

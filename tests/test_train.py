@@ -6,7 +6,8 @@ import threading
 import numpy as np
 import pytest
 
-from rebar_np.adam import SPLIT_MIN_SIZE, AdamConfig, adam_init, adam_update
+from rebar_np.adam import AdamConfig, adam_init, adam_update
+from rebar_np.kernels import SPLIT_MIN_SIZE
 from rebar_np.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from rebar_np.train import GradVariance, TrainConfig, TrainingDiverged, train
 

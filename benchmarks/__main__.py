@@ -164,8 +164,9 @@ def rebar_np_step(name, n_layer, nonlinear, B, H, data, device="cpu"):
     import numpy as np
     from rebar_np.adam import AdamConfig, adam_init
     from rebar_np.device import to_device
-    from rebar_np.train import GradVariance, step_blas_threads, train_step
+    from rebar_np.train import GradVariance, keep_freed_memory, step_blas_threads, train_step
     step_blas_threads(B)      # one BLAS thread below batch 256, as rebar-np train sets
+    keep_freed_memory()       # freed arrays stay in the heap, as rebar-np train sets
     est, model, params, aux = rebar_np_setup(name, n_layer, nonlinear, H, data)
     xs = batches(data, B)
     if device == "cuda":

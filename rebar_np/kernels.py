@@ -15,6 +15,7 @@ Symbols: ``a`` logits, ``h`` a layer's input or a hidden activation, ``u``
 uniform noise, ``z`` logistic noise, ``b`` hard sample, ``s`` relaxed sample,
 ``lam`` temperature.
 """
+import functools
 import threading
 
 import numpy as np
@@ -108,8 +109,10 @@ def dense_forward(h, W, c):
     of 120 us. For the backward's dL/da W^T it is the other way round (145 against 117 us),
     so the backward kernels keep Numba's.
     """
-    if _in_blocks(h.shape[0] * W.size, h, W, c):
-        return _affine_halves(h, W, h, np.empty((0, 0), h.dtype), c, np.empty((h.shape[0], W.shape[1]), h.dtype))
+    B, (n_in, n_out) = h.shape[0], W.shape
+    if _in_blocks(B * W.size, h, W, c):
+        return _affine_halves(h, W, h, np.empty((0, 0), h.dtype), c, np.empty((B, n_out), h.dtype),
+                              _blocks_per_half(n_out, B, B * n_in))
     a = np.matmul(h, W)
     a += c
     return a
@@ -123,7 +126,10 @@ def dense_backward(h, W, da, dW, dc, need_dh):
     dL/dh  = dL/da W^T          (B, n_in), returned when need_dh, else an empty (0, 0) array
     """
     if _in_blocks(h.shape[0] * W.size, h, W, da, dW, dc):
-        return _dense_backward_halves(h, W, da, dW, dc, np.zeros(h.shape if need_dh else (0, 0), da.dtype))
+        B, (n_in, n_out) = h.shape[0], W.shape
+        return _dense_backward_halves(h, W, da, dW, dc, np.zeros(h.shape if need_dh else (0, 0), da.dtype),
+                                      _blocks_per_half(n_in, B, B * n_out),
+                                      _blocks_per_half(n_in, B, B * n_out, SMALL_GEMM_TN_ENTRIES // B))
     return _dense_backward(h, W, da, dW, dc, need_dh)
 
 
@@ -139,8 +145,10 @@ def _dense_backward(h, W, da, dW, dc, need_dh):
 def dense_backward_input(W, da):
     """Only the input gradient of a = h W + c:  dL/dh = dL/da W^T  (no parameter gradients)."""
     if _in_blocks(da.shape[0] * W.size, W, da):
+        B, (n_in, n_out) = da.shape[0], W.shape
         e2, e1 = np.empty((0, 0), da.dtype), np.empty(0, da.dtype)
-        return _dense_backward_halves(e2, W, da, e2, e1, np.zeros((da.shape[0], W.shape[0]), da.dtype))
+        return _dense_backward_halves(e2, W, da, e2, e1, np.zeros((B, n_in), da.dtype), 1,
+                                      _blocks_per_half(n_in, B, B * n_out, SMALL_GEMM_TN_ENTRIES // B))
     return _dense_backward_input(W, da)
 
 
@@ -158,7 +166,9 @@ def dense_tangent(h_dot, W, h, W_dot, c_dot):
     """
     B = h_dot.shape[0] if h_dot.size else h.shape[0]
     if _in_blocks(B * W.size, h_dot, W, h, W_dot, c_dot):
-        return _affine_halves(h_dot, W, h, W_dot, c_dot, np.empty((B, W.shape[1]), W.dtype))
+        n_in, n_out = W.shape
+        return _affine_halves(h_dot, W, h, W_dot, c_dot, np.empty((B, n_out), W.dtype),
+                              _blocks_per_half(n_out, B, B * n_in))
     if h_dot.size:
         a_dot = np.matmul(h_dot, W)
         if W_dot.size:
@@ -176,13 +186,27 @@ def dense_tangent(h_dot, W, h, W_dot, c_dot):
 # A batch-24 step is a chain of products of about a million multiply-adds each (24 x 784 x 200
 # takes ~100 us on one core): too small for BLAS's own threads, whose hand-offs cost more
 # than they save, but worth halving. In the training step's thread (the main thread) each
-# product below is cut into two blocks of output columns (for dL/dW, of rows), split at a
-# multiple of 16 floats (a 64-byte cache line); single-threaded BLAS computes each block
-# (?gemm, alpha = beta = 1, with the whole arrays' leading dimensions), and Numba's prange
-# gives the two blocks to two cores when this thread may use two (numba.set_num_threads,
-# which train.StepCores sets by measuring), or runs them one after the other when it may
-# use one. The blocks are the same either way, so the results are bit for bit the same on
-# one core or two: the choice changes the speed only, and may change during a run.
+# product below is cut into two halves of output columns (for dL/dW and dL/dh, of rows), split
+# at a multiple of 16 floats (a 64-byte cache line), and Numba's prange gives the two halves to
+# two cores when this thread may use two (numba.set_num_threads, which train.StepCores sets by
+# measuring), or runs them one after the other when it may use one.
+#
+# Each half is computed by single-threaded BLAS (?gemm, alpha = beta = 1, with the whole
+# arrays' leading dimensions) in one or more equal blocks (_blocks_per_half): OpenBLAS
+# multiplies a product of at most SMALL_GEMM_MACS multiply-adds with its small-matrix kernels,
+# without first copying both operands into packed panels, and at batch 24 that copy costs as
+# much as the multiplication. Measured on one core (Zen 4, SciPy's OpenBLAS 0.3.30, float32,
+# batch 24), per product, whole or halved against small blocks:
+#     784 x 200:  h W 117 -> 69 us,  dL/dW 86 -> 78,  dL/dh 117 -> 87
+#     200 x 784:  h W 114 -> 68 us,  dL/dW 87 -> 73,  dL/dh 122 -> 71
+#     784 x 1000: h W 587 -> 359 us, dL/dW 402 -> 391, dL/dh 578 -> 370
+# Its ("T", "N") kernel, which dL/dh uses, is also only taken for at most SMALL_GEMM_TN_ENTRIES
+# output entries. From batch 128 the small kernels are slower than packing (784 x 200: h W
+# 441 -> 523 us), so above SMALL_GEMM_MAX_BATCH, or where a product would need more than
+# MAX_BLOCKS_PER_HALF blocks, each half is one block.
+#
+# The blocks are the same whatever the number of cores, so the results are bit for bit the same
+# on one core or two: the choice changes the speed only, and may change during a run.
 # The outputs are allocated by the callers (inside a parallel kernel Numba would fill new
 # arrays in parallel regions of their own), and the kernels use no array expressions
 # (each would become a parallel region too).
@@ -191,6 +215,10 @@ def dense_tangent(h_dot, W, h, W_dot, c_dot):
 # --------------------------------------------------------------------------
 SPLIT_MIN_MACS = 200_000        # smaller products stay in one block (halving them gains less than the hand-off)
 SPLIT_MIN_SIZE = 32_768         # elementwise passes (Adam, the variance monitor) over smaller tensors stay whole
+SMALL_GEMM_MACS = 1_000_000     # OpenBLAS's small-matrix kernels take ?gemm products up to 100^3 multiply-adds
+SMALL_GEMM_TN_ENTRIES = 1200    # ... and ("T", "N") products with at most this many output entries
+SMALL_GEMM_MAX_BATCH = 64       # above this batch size packing pays (see above)
+MAX_BLOCKS_PER_HALF = 16
 _MAIN_THREAD = threading.main_thread().ident
 
 
@@ -212,6 +240,23 @@ def _in_blocks(macs, *arrays):
     return dtype in (np.float32, np.float64) and _in_step_thread()
 
 
+@functools.lru_cache(maxsize=None)
+def _blocks_per_half(n, batch, macs_per_unit, max_units=None):
+    """Into how many equal blocks each half of a product's n split units (output columns or
+    rows) is cut, so that every block is small enough for OpenBLAS's small-matrix kernels:
+    at most SMALL_GEMM_MACS multiply-adds (macs_per_unit per unit) and at most max_units units.
+    1 (the whole half) above SMALL_GEMM_MAX_BATCH or where it would take more than
+    MAX_BLOCKS_PER_HALF blocks."""
+    if batch > SMALL_GEMM_MAX_BATCH:
+        return 1
+    half = max(_halves(n), n - _halves(n))
+    for k in range(1, MAX_BLOCKS_PER_HALF + 1):
+        size = -(-half // k)
+        if size * macs_per_unit <= SMALL_GEMM_MACS and (max_units is None or size <= max_units):
+            return k
+    return 1
+
+
 def _in_halves(a):
     """Whether an elementwise pass over the NumPy array a runs in two halves (adam.adam_kernel_halves,
     train.ema_moments_halves): a big enough C-contiguous tensor, in the step's thread."""
@@ -226,6 +271,14 @@ def _halves(n):
 
 
 @kernel
+def _block(n, part, k, q):
+    """Block q of the k equal blocks of half `part` (0: [0, mid), 1: [mid, n)) of n units."""
+    mid = _halves(n)
+    lo, hi = (0, mid) if part == 0 else (mid, n)
+    return lo + (hi - lo) * q // k, lo + (hi - lo) * (q + 1) // k
+
+
+@kernel
 def _fill_columns(out, lo, hi, row):
     """out[:, lo:hi] = row[lo:hi] (or 0 for an empty row), as scalar loops."""
     for r in range(out.shape[0]):
@@ -234,22 +287,25 @@ def _fill_columns(out, lo, hi, row):
 
 
 @split_kernel
-def _dense_backward_halves(h, W, da, dW, dc, dh):
-    """dense_backward by blocks of W's rows (the inputs): for rows lo:hi,
+def _dense_backward_halves(h, W, da, dW, dc, dh, k_dW, k_dh):
+    """dense_backward by blocks of W's rows (the inputs), k_dW (k_dh) blocks per half: for rows lo:hi,
     dL/dW[lo:hi] += h[:, lo:hi]^T da   (column-major dW^T[:, lo:hi] += da^T h[:, lo:hi]: ?gemm("N", "T"))
     dL/dh[:, lo:hi] = da W[lo:hi]^T    (column-major dh^T[lo:hi] += W[lo:hi] da^T: ?gemm("T", "N")),
     then dL/dc. dh arrives as zeros; an empty dh, or empty h, dW and dc (dense_backward_input),
     drops those products."""
     B, n_out = da.shape
     n_in = W.shape[0]
-    mid = _halves(n_in)
     for part in prange(2):
-        lo, hi = (0, mid) if part == 0 else (mid, n_in)
-        if hi > lo and B > 0:
-            if dW.size:
-                _gemm(ord("N"), ord("T"), n_out, hi - lo, B, da, n_out, h[:, lo:], n_in, dW[lo:, :], n_out)
-            if dh.size:
-                _gemm(ord("T"), ord("N"), hi - lo, B, n_out, W[lo:, :], n_out, da, n_out, dh[:, lo:], n_in)
+        if B > 0 and dW.size:
+            for q in range(k_dW):
+                lo, hi = _block(n_in, part, k_dW, q)
+                if hi > lo:
+                    _gemm(ord("N"), ord("T"), n_out, hi - lo, B, da, n_out, h[:, lo:], n_in, dW[lo:, :], n_out)
+        if B > 0 and dh.size:
+            for q in range(k_dh):
+                lo, hi = _block(n_in, part, k_dh, q)
+                if hi > lo:
+                    _gemm(ord("T"), ord("N"), hi - lo, B, n_out, W[lo:, :], n_out, da, n_out, dh[:, lo:], n_in)
     if dc.size:
         for r in range(B):
             for j in range(n_out):
@@ -258,22 +314,22 @@ def _dense_backward_halves(h, W, da, dW, dc, dh):
 
 
 @split_kernel
-def _affine_halves(h1, W1, h2, W2, c, out):
-    """out = h1 W1 + h2 W2 + c (B, n_out) by column blocks; an empty h1 or W2 (or c) drops its
-    term (dense_forward: h W + c; dense_tangent: h_dot W + h W_dot + c_dot). Row-major out is
+def _affine_halves(h1, W1, h2, W2, c, out, k):
+    """out = h1 W1 + h2 W2 + c (B, n_out) by column blocks, k per half; an empty h1 or W2 (or c) drops
+    its term (dense_forward: h W + c; dense_tangent: h_dot W + h W_dot + c_dot). Row-major out is
     column-major out^T, so a block of its columns is  out^T[lo:hi] += W^T[lo:hi] h^T  per term,
     on top of c: ?gemm("N", "N") on W's and out's columns lo:hi."""
     n_in, n_out = W1.shape
     B = out.shape[0]
-    mid = _halves(n_out)
     for part in prange(2):
-        lo, hi = (0, mid) if part == 0 else (mid, n_out)
-        _fill_columns(out, lo, hi, c)
-        if hi > lo and B > 0 and n_in > 0:
-            if h1.size:
-                _gemm(ord("N"), ord("N"), hi - lo, B, n_in, W1[:, lo:], n_out, h1, n_in, out[:, lo:], n_out)
-            if W2.size:
-                _gemm(ord("N"), ord("N"), hi - lo, B, n_in, W2[:, lo:], n_out, h2, n_in, out[:, lo:], n_out)
+        for q in range(k):
+            lo, hi = _block(n_out, part, k, q)
+            _fill_columns(out, lo, hi, c)
+            if hi > lo and B > 0 and n_in > 0:
+                if h1.size:
+                    _gemm(ord("N"), ord("N"), hi - lo, B, n_in, W1[:, lo:], n_out, h1, n_in, out[:, lo:], n_out)
+                if W2.size:
+                    _gemm(ord("N"), ord("N"), hi - lo, B, n_in, W2[:, lo:], n_out, h2, n_in, out[:, lo:], n_out)
     return out
 
 

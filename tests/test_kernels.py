@@ -144,7 +144,7 @@ def test_dense_float32():
 
 
 # Products in two blocks (the training step's thread; kernels.py "Products on two cores")
-BLOCK_SHAPES = [(24, 784, 200), (24, 200, 784), (9, 500, 47), (3, 70000, 1)]
+BLOCK_SHAPES = [(24, 784, 200), (24, 200, 784), (24, 1000, 333), (9, 500, 47), (3, 70000, 1)]
 
 
 def one_block(fn, *args):
@@ -167,8 +167,9 @@ def in_threads(n, fn, *args):
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("B,n_in,n_out", BLOCK_SHAPES)
 def test_products_in_blocks_equal_the_one_block_products(B, n_in, n_out, dtype):
-    """Big products in the main thread run as two ?gemm blocks: the same values as one product
-    (to rounding), dL/dW and dL/dc accumulated, dL/dh only when asked, whatever the edges."""
+    """Big products in the main thread run as two halves of ?gemm blocks: the same values as one
+    product (to rounding), dL/dW and dL/dc accumulated, dL/dh only when asked, whatever the edges
+    (uneven halves and blocks; 24 x 1000 x 333 takes 5, 5 and 11 blocks per half)."""
     assert K._in_blocks(B * n_in * n_out, np.zeros((1, 1)))
     r = rng_for(3)
     h, hd = (r.standard_normal((B, n_in)).astype(dtype) for _ in range(2))
@@ -223,6 +224,33 @@ def test_halves_cover_the_columns_at_a_cache_line(n):
     mid = K._halves(n)
     assert 0 <= mid <= n and (mid % 16 == 0 or n < 32)
     assert abs(mid - n / 2) <= 16
+
+
+@pytest.mark.parametrize("n", [7, 200, 333, 784, 1])
+@pytest.mark.parametrize("k", [1, 2, 5, 16])
+def test_blocks_cover_each_half_in_order(n, k):
+    """The k blocks of each half tile [0, mid) and [mid, n) in order (some empty when k > n / 2)."""
+    mid = K._halves(n)
+    for part, (lo0, hi0) in enumerate(((0, mid), (mid, n))):
+        edges = [K._block(n, part, k, q) for q in range(k)]
+        assert edges[0][0] == lo0 and edges[-1][1] == hi0
+        assert all(a[1] == b[0] for a, b in zip(edges, edges[1:]))
+        assert all(0 <= hi - lo <= -(-(hi0 - lo0) // k) for lo, hi in edges)
+
+
+def test_blocks_per_half_fit_the_small_matrix_kernels():
+    """Blocks small enough for OpenBLAS's unpacked kernels at small batches, whole halves otherwise."""
+    for n, B, per_unit, max_units in ((200, 24, 24 * 784, None), (784, 24, 24 * 200, None),
+                                      (784, 24, 24 * 200, K.SMALL_GEMM_TN_ENTRIES // 24), (1000, 64, 64 * 200, None)):
+        k = K._blocks_per_half(n, B, per_unit, max_units)
+        size = -(-max(K._halves(n), n - K._halves(n)) // k)
+        assert 1 < k <= K.MAX_BLOCKS_PER_HALF and size * per_unit <= K.SMALL_GEMM_MACS
+        assert max_units is None or size <= max_units
+        assert -(-max(K._halves(n), n - K._halves(n)) // (k - 1)) * per_unit > K.SMALL_GEMM_MACS or \
+            (max_units is not None and -(-max(K._halves(n), n - K._halves(n)) // (k - 1)) > max_units)  # the fewest
+    assert K._blocks_per_half(784, 24, 100, None) == 1                              # already small
+    assert K._blocks_per_half(784, K.SMALL_GEMM_MAX_BATCH + 1, 200 * 128, None) == 1  # packing pays
+    assert K._blocks_per_half(100_000, 24, 24 * 784, None) == 1                     # would take too many
 
 
 # --------------------------------------------------------------------------

@@ -31,11 +31,12 @@ def estimate(model, params, aux, x, u=None, rng=None, options=None):
     u = prepare_noise(model, x, u, rng)
     z0 = [K.logistic_noise(ul) for ul in u]
     hp = hard_pass(model, params, x, z0)                 # the hard ELBO is what training reports
-    sums = zeros_like(params)
+    grads = zeros_like(params)
     rp = relaxed_pass(model, params, x, hp, z0, 0, options["temperature"],
-                      options["relaxation"] == "muprop", False, grads=sums, dlogits_l=True)
+                      options["relaxation"] == "muprop", False, grads=grads, dlogits_l=True)
     B = x.shape[0]
-    grads = {k: -g / B for k, g in sums.items()}
+    for g in grads.values():      # sum_n d f_0 / d theta  ->  -(1/B) of it, in place
+        g /= -B
     return Estimate(grads, {}, hp.f, frozen={"b": hp.b, "z0": z0},
                     stats={"relaxed_elbo": float(np.mean(rp.f))})
 

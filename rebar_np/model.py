@@ -58,6 +58,8 @@ class SBN:
     n_hidden: int
     nonlinear: bool
     mean_x: np.ndarray = field(repr=False)
+    # per-dtype constants derived from mean_x (q_input's centring row, the data bias), made once
+    _constants: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -86,10 +88,20 @@ class SBN:
         """Number of pixels p models: all, or the bottom half for task sp."""
         return self.n_input - self.n_input // 2 if self.task == "sp" else self.n_input
 
+    def _constant(self, name, dtype, make):
+        """make() in dtype, computed once per (name, dtype) and read-only."""
+        key = (name, np.dtype(dtype))
+        value = self._constants.get(key)
+        if value is None:
+            value = np.ascontiguousarray(make(), dtype=dtype)
+            value.flags.writeable = False
+            self._constants[key] = value
+        return value
+
     def q_input(self, x):
         """x - mean_x (or x_top - mean_top for sp), in x's dtype: input of q0 (and of prior for sp)."""
         n = self.n_cond
-        return contiguous(x[:, :n] - self.mean_x[:n].astype(x.dtype))
+        return contiguous(x[:, :n] - self._constant("mean_cond", x.dtype, lambda: self.mean_x[:n]))
 
     def target(self, x):
         """The pixels p(x | b_0) scores: x, or x_bottom for sp."""
@@ -97,8 +109,10 @@ class SBN:
 
     def data_bias(self, dtype):
         """logit(clip(mean, 0.001, 0.999)) of the target pixels, added to p(x | b_0)'s logits."""
-        m = np.clip(self.mean_x[self.n_input - self.n_target:], 0.001, 0.999)
-        return (np.log(m) - np.log1p(-m)).astype(dtype)
+        def bias():
+            m = np.clip(self.mean_x[self.n_input - self.n_target:], 0.001, 0.999)
+            return np.log(m) - np.log1p(-m)
+        return self._constant("data_bias", dtype, bias)
 
     def check_batch(self, x):
         if x.ndim != 2 or x.shape[1] != self.n_input:

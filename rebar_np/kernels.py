@@ -218,7 +218,7 @@ SPLIT_MIN_SIZE = 32_768         # elementwise passes (Adam, the variance monitor
 SMALL_GEMM_MACS = 1_000_000     # OpenBLAS's small-matrix kernels take ?gemm products up to 100^3 multiply-adds
 SMALL_GEMM_TN_ENTRIES = 1200    # ... and ("T", "N") products with at most this many output entries
 SMALL_GEMM_MAX_BATCH = 64       # above this batch size packing pays (see above)
-MAX_BLOCKS_PER_HALF = 16
+MAX_BLOCKS_PER_HALF = 16        # beyond this the blocks are too thin to gain (one ?gemm call each)
 _MAIN_THREAD = threading.main_thread().ident
 
 
@@ -280,8 +280,8 @@ def _block(n, part, k, q):
 
 @kernel
 def _fill_columns(out, lo, hi, row):
-    """out[:, lo:hi] = row[lo:hi] (or 0 for an empty row). Slices copy at memory speed: the scalar
-    loop, with its index checks, took 16 us for 24 x 784 (the products' blocks 34 us each)."""
+    """out[:, lo:hi] = row[lo:hi] (or 0 for an empty row), by row slices: a scalar loop over
+    j in range(lo, hi) did not vectorise and took 16 us for 24 x 784, the slices 5.6 us."""
     if row.size:
         for r in range(out.shape[0]):
             out[r, lo:hi] = row[lo:hi]

@@ -127,7 +127,7 @@ def rebar_estimate(model, params, aux, x, u, rng, options):
 
     frozen = {"b": hp.b, "signal": hp.f - c, "f_l": [rp.f for rp, _, _ in per_layer], "z0": z0,
               "a": [q.a for q in hp.layers]}
-    stats = {"temperature": lam, "eta_mean": float(np.mean(list(eta.values()))), "variance_objective": V}
+    stats = {"temperature": lam, "eta_mean": sum(eta.values()) / len(eta), "variance_objective": V}
     return Estimate(grads, aux_grads, hp.f, frozen=frozen, stats=stats)
 
 

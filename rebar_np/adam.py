@@ -14,7 +14,7 @@ import numpy as np
 from numba import prange
 
 from .device import twin, zeros_like
-from .kernels import _halves, _in_halves, fast_kernel, split_kernel
+from .kernels import _half, _in_halves, fast_kernel, split_kernel
 
 
 @dataclass(frozen=True)
@@ -55,9 +55,8 @@ def adam_kernel_halves(p, g, m, v, lr_t, beta1, beta2, eps):
     tensor: 1.85x faster for 400,000 entries)."""
     pf, gf, mf, vf = p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1)
     n = pf.size
-    mid = _halves(n)
     for part in prange(2):
-        lo, hi = (0, mid) if part == 0 else (mid, n)
+        lo, hi = _half(n, part)
         adam_kernel(pf[lo:hi], gf[lo:hi], mf[lo:hi], vf[lo:hi], lr_t, beta1, beta2, eps)
 
 

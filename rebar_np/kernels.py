@@ -128,8 +128,7 @@ def dense_backward(h, W, da, dW, dc, need_dh):
     if _in_blocks(h.shape[0] * W.size, h, W, da, dW, dc):
         B, (n_in, n_out) = h.shape[0], W.shape
         return _dense_backward_halves(h, W, da, dW, dc, np.zeros(h.shape if need_dh else (0, 0), da.dtype),
-                                      _blocks_per_half(n_in, B, B * n_out),
-                                      _blocks_per_half(n_in, B, B * n_out, SMALL_GEMM_TN_ENTRIES // B))
+                                      _blocks_per_half(n_in, B, B * n_out), _input_grad_blocks(B, n_in, n_out))
     return _dense_backward(h, W, da, dW, dc, need_dh)
 
 
@@ -148,7 +147,7 @@ def dense_backward_input(W, da):
         B, (n_in, n_out) = da.shape[0], W.shape
         e2, e1 = np.empty((0, 0), da.dtype), np.empty(0, da.dtype)
         return _dense_backward_halves(e2, W, da, e2, e1, np.zeros((B, n_in), da.dtype), 1,
-                                      _blocks_per_half(n_in, B, B * n_out, SMALL_GEMM_TN_ENTRIES // B))
+                                      _input_grad_blocks(B, n_in, n_out))
     return _dense_backward_input(W, da)
 
 
@@ -259,6 +258,12 @@ def _blocks_per_half(n, batch, macs_per_unit, max_units=None):
     return 1
 
 
+def _input_grad_blocks(B, n_in, n_out):
+    """Blocks per half of dL/dh = dL/da W^T, a ("T", "N") product: its rows' multiply-adds and
+    output entries both within the small-matrix limits."""
+    return _blocks_per_half(n_in, B, B * n_out, SMALL_GEMM_TN_ENTRIES // B)
+
+
 def _in_halves(a):
     """Whether an elementwise pass over the NumPy array a runs in two halves (adam.adam_kernel_halves,
     train.ema_moments_halves): a big enough C-contiguous tensor, in the step's thread."""
@@ -273,10 +278,16 @@ def _halves(n):
 
 
 @kernel
-def _block(n, part, k, q):
-    """Block q of the k equal blocks of half `part` (0: [0, mid), 1: [mid, n)) of n units."""
+def _half(n, part):
+    """Half `part` of n units: 0 is [0, mid), 1 is [mid, n), with mid = _halves(n)."""
     mid = _halves(n)
-    lo, hi = (0, mid) if part == 0 else (mid, n)
+    return (0, mid) if part == 0 else (mid, n)
+
+
+@kernel
+def _block(n, part, k, q):
+    """Block q of the k equal blocks of half `part` of n units (see _half)."""
+    lo, hi = _half(n, part)
     return lo + (hi - lo) * q // k, lo + (hi - lo) * (q + 1) // k
 
 

@@ -20,7 +20,7 @@ from .checkpoint import save_checkpoint
 from .device import DEVICES, check_device, is_device, to_device, to_host, twin, zeros_like
 from .resume import LoopState, capture_state, restore_state
 from .rundir import recorder_for
-from .kernels import _halves, _in_halves, arith_kernel, kernel, split_kernel
+from .kernels import _half, _in_halves, arith_kernel, kernel, split_kernel
 from .model import SBN, init_params, iw_bound, check_params
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
@@ -143,10 +143,9 @@ def ema_moments_halves(g, m1, m2, decay):
     use two (the same result, as in adam.adam_kernel_halves)."""
     gf, f1, f2 = g.reshape(-1), m1.reshape(-1), m2.reshape(-1)
     n = gf.size
-    mid = _halves(n)
     bad = 0
     for part in prange(2):
-        lo, hi = (0, mid) if part == 0 else (mid, n)
+        lo, hi = _half(n, part)
         bad += ema_moments(gf[lo:hi], f1[lo:hi], f2[lo:hi], decay)
     return bad
 

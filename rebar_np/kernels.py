@@ -250,7 +250,7 @@ def _blocks_per_half(n, batch, macs_per_unit, max_units=None):
     MAX_BLOCKS_PER_HALF blocks."""
     if batch > SMALL_GEMM_MAX_BATCH:
         return 1
-    half = max(_halves(n), n - _halves(n))
+    half = n - _halves(n)           # the larger half: _halves(n) <= n / 2
     for k in range(1, MAX_BLOCKS_PER_HALF + 1):
         size = -(-half // k)
         if size * macs_per_unit <= SMALL_GEMM_MACS and (max_units is None or size <= max_units):

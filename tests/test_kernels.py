@@ -243,11 +243,11 @@ def test_blocks_per_half_fit_the_small_matrix_kernels():
     for n, B, per_unit, max_units in ((200, 24, 24 * 784, None), (784, 24, 24 * 200, None),
                                       (784, 24, 24 * 200, K.SMALL_GEMM_TN_ENTRIES // 24), (1000, 64, 64 * 200, None)):
         k = K._blocks_per_half(n, B, per_unit, max_units)
-        size = -(-max(K._halves(n), n - K._halves(n)) // k)
+        half = max(K._halves(n), n - K._halves(n))
+        size, fewer = -(-half // k), -(-half // (k - 1))      # block sizes with k and with k - 1 blocks
         assert 1 < k <= K.MAX_BLOCKS_PER_HALF and size * per_unit <= K.SMALL_GEMM_MACS
         assert max_units is None or size <= max_units
-        assert -(-max(K._halves(n), n - K._halves(n)) // (k - 1)) * per_unit > K.SMALL_GEMM_MACS or \
-            (max_units is not None and -(-max(K._halves(n), n - K._halves(n)) // (k - 1)) > max_units)  # the fewest
+        assert fewer * per_unit > K.SMALL_GEMM_MACS or (max_units is not None and fewer > max_units)  # the fewest
     assert K._blocks_per_half(784, 24, 100, None) == 1                              # already small
     assert K._blocks_per_half(784, K.SMALL_GEMM_MAX_BATCH + 1, 200 * 128, None) == 1  # packing pays
     assert K._blocks_per_half(100_000, 24, 24 * 784, None) == 1                     # would take too many

@@ -41,6 +41,7 @@ import platform
 import subprocess
 import sys
 import time
+import types
 
 ARCHS = {"linear1": (1, False), "linear2": (2, False), "nonlinear1": (1, True), "nonlinear2": (2, True)}
 from .macs import COUNTED_ESTIMATORS as ALL_ESTIMATORS  # noqa: E402  (numpy-only module)
@@ -158,9 +159,10 @@ def rebar_np_setup(name, n_layer, nonlinear, H, data):
     return est, model, init_params(model, 0, np.float32), est.init_aux(model, 1, np.float32)
 
 
-def rebar_np_step(name, n_layer, nonlinear, B, H, data, device="cpu"):
+def rebar_np_step(name, n_layer, nonlinear, B, H, data, device="cpu", estimate=None):
     """A callable running one rebar_np.train.train_step on the next batch (device "cuda": with the
-    parameters, optimizer state and batches in GPU memory, as `rebar-np train --device cuda` runs)."""
+    parameters, optimizer state and batches in GPU memory, as `rebar-np train --device cuda` runs).
+    estimate: another implementation of the estimator's estimate function (benchmarks/fused_nvil.py)."""
     import numpy as np
     from rebar_np.adam import AdamConfig, adam_init
     from rebar_np.device import to_device
@@ -168,6 +170,8 @@ def rebar_np_step(name, n_layer, nonlinear, B, H, data, device="cpu"):
     step_blas_threads(B)      # one BLAS thread below batch 256, as rebar-np train sets
     keep_freed_memory()       # freed arrays stay in the heap, as rebar-np train sets
     est, model, params, aux = rebar_np_setup(name, n_layer, nonlinear, H, data)
+    if estimate is not None:
+        est = types.SimpleNamespace(estimate=estimate)
     xs = batches(data, B)
     if device == "cuda":
         params, aux, xs = to_device(params), to_device(aux), to_device(xs)

@@ -198,3 +198,39 @@ def test_scaling_prints_a_markdown_table():
     assert r.returncode == 0, r.stderr
     table = [line for line in r.stdout.splitlines() if line.startswith("|")]
     assert table[0].startswith("| arch | width | batch | nvil ms/step") and len(table) == 4
+
+
+@pytest.mark.parametrize("n_layer, task", [(1, "sbn"), (2, "sbn"), (3, "omni")])
+def test_fused_nvil_estimate_gives_rebar_nps_gradients(n_layer, task):
+    """benchmarks/fused_nvil.py's one-function NVIL estimate (a measurement of the Python between
+    kernels) computes nvil's ELBO, gradients and baseline loss, float32, for the same noise."""
+    from benchmarks import fused_nvil
+    rng = np.random.default_rng(n_layer)
+    x = (rng.random((7, 784)) < 0.2).astype(np.float32)
+    model = SBN(task, n_layer, 40, False, np.clip(x.mean(axis=0, dtype=np.float64), 0.02, 0.98))
+    est = E.get("nvil")
+    params, aux = init_params(model, 0, np.float32), est.init_aux(model, 1, np.float32)
+    for k in params:          # nonzero biases and prior, so that every term is exercised
+        params[k] += (0.1 * rng.standard_normal(params[k].shape)).astype(np.float32)
+    u = draw_noise(model, 7, rng)
+    want, got = est.estimate(model, params, aux, x, u=u), fused_nvil.estimate(model, params, aux, x, u=u)
+    np.testing.assert_allclose(got.elbo, want.elbo, rtol=1e-5)
+    assert abs(got.stats["baseline_loss"] - want.stats["baseline_loss"]) <= 1e-5 * want.stats["baseline_loss"]
+    for mine, theirs in ((got.grads, want.grads), (got.aux_grads, want.aux_grads)):
+        assert mine.keys() == theirs.keys()
+        for k in theirs:
+            scale = float(np.max(np.abs(theirs[k])))
+            assert scale > 0, k
+            err = float(np.max(np.abs(mine[k] - theirs[k]))) / scale
+            assert err < 1e-5, f"{k}: relative difference {err:.2e}"
+
+
+def test_fused_nvil_refuses_what_it_does_not_cover():
+    from benchmarks import fused_nvil
+    x = np.zeros((2, 784), np.float32)
+    for model, dtype in ((SBN("sbn", 1, 8, True, np.full(784, 0.3)), np.float32),
+                         (SBN("sp", 1, 8, False, np.full(784, 0.3)), np.float32),
+                         (SBN("sbn", 1, 8, False, np.full(784, 0.3)), np.float64)):
+        params = init_params(model, 0, dtype)
+        with pytest.raises(ValueError, match="fused NVIL estimate"):
+            fused_nvil.estimate(model, params, E.get("nvil").init_aux(model, 1, dtype), x.astype(dtype))

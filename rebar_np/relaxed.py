@@ -138,7 +138,7 @@ def relaxed_pass(model, params, x, hp, z0, l, lam, improved, tangent, grads=None
             if k > l:
                 ds_dot[k] -= a_dot[k]
             dt_dot = K.sigmoid_backward_tangent(q.s, s_dot[k], ds[k], ds_dot[k])
-            f_dot += np.sum(dt * t_exp[k], axis=1, dtype=np.float64)
+            f_dot += K.per_example_dot(dt, t_exp[k], 1)
             g_z_dot[k] = (dt_dot - dt) * inv_lam                  # d(1/lam)/dtau = -1/lam
         if k > l:
             da = K.relaxed_logits_backward(dt, q.s, q.sig, inv_lam + c)

@@ -289,6 +289,40 @@ def test_sigmoid_forward_backward():
                  fd(lambda: float(np.sum(G * K.sigmoid_forward(a))), a))
 
 
+def test_sigmoid_forward_float32_rows():
+    """float32 rows take sigma from exp(-|a|) in one pass: within 4e-7 relative of the float64
+    value everywhere (the tanh form 1/2 + tanh(a/2)/2 loses it to cancellation for negative a:
+    6% off at a = -16, 0 from a = -17 on), 0 or 1 (never subnormal) far out, NaN for NaN;
+    other shapes keep the tanh form."""
+    r = rng_for(31)
+    a = np.concatenate([r.normal(size=(3, 200)) * 8, [np.linspace(-90.0, 90.0, 200)]]).astype(np.float32)
+    want = expit(a.astype(np.float64))
+    got = K.sigmoid_forward(a)
+    assert got.dtype == np.float32
+    rel = float(np.max(np.abs(got - want) / np.maximum(want, 1e-30)))
+    assert rel < 4e-7, f"float32 sigmoid off by {rel:.2e} relative"
+    edge = np.array([[-1000.0, -88.0, 88.0, 1000.0, -np.inf, np.inf, 0.0, np.nan]], dtype=np.float32)
+    out = K.sigmoid_forward(edge)
+    assert list(out[0, :7]) == [0.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.5] and np.isnan(out[0, 7]), out
+    assert not np.any(np.signbit(out[0, :7])), out
+    v = np.float32([-3.0, 0.5, 4.0])                  # 1-D: the tanh form
+    assert_close("sigmoid_forward (1-D float32)", K.sigmoid_forward(v), expit(v.astype(np.float64)), 1e-6)
+
+
+def test_per_example_dot_sums_in_float64():
+    """d[r] = sum_j s[r, j] a[r // k, j] for k = 1, 2 and R, float64. For k = 1 (row by row) the
+    float32 entries are summed in float64 (every float32 product is exact in float64, so only
+    the order of the sum differs from the reference); the other two are float32 products."""
+    r = rng_for(32)
+    s = r.normal(size=(6, 300)).astype(np.float32)
+    for k in (1, 2, 6):
+        a = r.normal(size=(6 // k, 300)).astype(np.float32)
+        want = np.array([np.sum(s[i].astype(np.float64) * a[i // k].astype(np.float64)) for i in range(6)])
+        got = K.per_example_dot(s, a, k)
+        assert got.dtype == np.float64
+        assert_close(f"per_example_dot (k = {k})", got, want, 1e-13 if k == 1 else 1e-6)
+
+
 def test_sigmoid_backward_tangent():
     a, G = pointwise_setup()
     r = rng_for(6)
@@ -503,11 +537,20 @@ def test_dz_cond_dlogits():
     want = np.where(b == 1, 1 - up0 / u, 1 - (1 - up0) / (1 - u))
     assert_close("dz_cond_dlogits (closed form)", K.dz_cond_dlogits(a, u, b), want, 1e-12)
     assert_float32_agrees("dz_cond_dlogits", K.dz_cond_dlogits, a, u, b, tol=1e-4)
+    # far-out logits with u just past the threshold, where dz~/da is far from 1: u' (b = 1) and
+    # 1 - u' = sigma(a) (b = 0) are each computed without cancellation, so the result keeps
+    # float64's relative precision (through 1/2 + tanh(-a/2)/2 it was ~1e-8 off here)
+    a = np.array([[16.0, -16.0, 12.0, -12.0]])
+    u = np.array([[1.2e-7, 1.0 - 1.2e-7, 7e-6, 1.0 - 7e-6]])
+    b = np.array([[1.0, 0.0, 1.0, 0.0]])
+    want = np.where(b == 1, 1 - expit(-a) / u, 1 - expit(a) / (1 - u))
+    assert 0.05 < np.min(want) and np.max(want) < 0.2, want
+    assert_close("dz_cond_dlogits (far-out logits)", K.dz_cond_dlogits(a, u, b), want, 1e-13)
 
 
 def test_float32_exponential_is_within_5_ulp():
     """The bound's float32 exp(-|a|) (kernels._exp_neg_abs_f32): within 5 ulp of the exact value
-    on [-87, 87], exp(-87) beyond (never subnormal, never negative), NaN for NaN."""
+    on [-87, 87], 0 beyond (never subnormal, never negative), NaN for NaN."""
     a = np.concatenate([np.linspace(-87.0, 87.0, 200001), rng_for(22).normal(size=20000) * 5,
                         [0.0, -0.0, 1e-30, -1e-30]]).astype(np.float32)
     exact = np.exp(-np.abs(a.astype(np.float64)))
@@ -515,7 +558,7 @@ def test_float32_exponential_is_within_5_ulp():
     assert ulps <= 5.0, f"exp(-|a|) off by {ulps:.2f} ulp"
     beyond = np.array([87.5, -88.0, 103.0, 1e30, -np.inf, np.inf, np.nan], dtype=np.float32)
     got = K._exp_neg_abs_f32_array(beyond)
-    assert np.all(got[:-1] == K._exp_neg_abs_f32_array(np.float32([-87.0]))[0]) and np.isnan(got[-1]), got
+    assert np.all(got[:-1] == 0.0) and not np.any(np.signbit(got[:-1])) and np.isnan(got[-1]), got
 
 
 @pytest.mark.parametrize("k", [1, 3])

@@ -117,10 +117,10 @@ def rebar_estimate(model, params, aux, x, u, rng, options):
     for l, (rp, m, score_da) in enumerate(per_layer):
         q = hp.layers[l]
         a_dot_G, a_dot_eG = logit_tangents(params, f"q{l}", q.cache, nl, grads, eta, train_tau)
-        dc += (2.0 / (P * B)) * np.sum(score_da * a_dot_G, axis=1, dtype=np.float64)
+        dc += (2.0 / (P * B)) * K.per_example_dot(score_da, a_dot_G, 1)
         if train_tau:
             w = rp.g_z_dot[l] * m - rp.f_dot[:, None] * score_da
-            dtau += -(2.0 / (P * B)) * float(np.sum(a_dot_eG * w, dtype=np.float64))
+            dtau += -(2.0 / (P * B)) * K.dot(a_dot_eG, w)
     baseline_backward(aux, aux_grads, h0, hidden, dc.astype(c.dtype))
     if train_tau:
         aux_grads["tau"][0] = dtau

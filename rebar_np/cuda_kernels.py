@@ -746,6 +746,30 @@ def dot(a, b):
 
 
 @cuda.jit
+def _subtract_scaled(g, alpha, e, out):
+    i = cuda.grid(1)
+    squares, products = 0.0, 0.0
+    while i < g.size:
+        gi = g[i] - alpha * e[i]
+        g[i] = gi
+        squares += float64(gi) * gi
+        products += float64(gi) * e[i]
+        i += cuda.gridsize(1)
+    cuda.atomic.add(out, 0, squares)
+    cuda.atomic.add(out, 1, products)
+
+
+def subtract_scaled(g, alpha, e):
+    """g <- g - alpha e in place; returns (sum g^2, sum g e) of the new g, float64 host floats
+    (alpha in g's dtype, as on the CPU)."""
+    out = cuda.to_device(np.zeros(2, np.float64))
+    blocks, threads = launch(g.size)
+    _subtract_scaled[min(blocks, 64), threads](g.flat(), g.dtype.type(alpha), e.flat(), out)
+    squares, products = out.copy_to_host()
+    return float(squares), float(products)
+
+
+@cuda.jit
 def _per_example_dot(s, a, k, out):
     r = cuda.grid(1)
     while r < s.shape[0]:

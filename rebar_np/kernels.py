@@ -1061,6 +1061,27 @@ def dot(a, b):
     return acc
 
 
+def subtract_scaled(g, alpha, e):
+    """g <- g - alpha e in place (e of g's shape); returns (sum_i g_i^2, sum_i g_i e_i) of the new g,
+    accumulated in float64: REBAR's G_k = g_k - (eta_k / B) E_k together with what the variance
+    objective and its eta gradient need of it, |G_k|^2 and <G_k, E_k>, in one pass (157,000
+    float32 entries: 22 us, against 64 for the update, sum_squares and dot). alpha is rounded
+    to g's dtype, as NumPy's g -= alpha * e would."""
+    return _subtract_scaled(g, g.dtype.type(alpha), e)
+
+
+@arith_kernel
+def _subtract_scaled(g, alpha, e):
+    gf, ef = g.reshape(-1), e.reshape(-1)
+    squares, products = 0.0, 0.0
+    for i in range(gf.size):
+        gi = gf[i] - alpha * ef[i]
+        gf[i] = gi
+        squares += np.float64(gi) * gi
+        products += np.float64(gi) * ef[i]
+    return squares, products
+
+
 def per_example_dot(s, a, k):
     """d[r] = sum_j s[r, j] a[r // k, j], float64 (R,): row r of s against its example's row of a,
     where a holds one row per k consecutive rows of s (k = 1: row by row; k = R: one row for all)."""

@@ -346,6 +346,19 @@ def test_adam_kernel_updates_in_place(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_subtract_scaled_updates_in_place_and_sums(dtype):
+    rng = np.random.default_rng(8)
+    g, e = uniform(rng, (N_IN, N_OUT), dtype), uniform(rng, (N_IN, N_OUT), dtype)
+    g_dev = to_device(g)
+    got = C.subtract_scaled(g_dev, 0.37, to_device(e))
+    want = K.subtract_scaled(g, 0.37, e)
+    assert_same("subtract_scaled g", g_dev, g, TOL[np.dtype(dtype)])
+    assert all(type(x) is float for x in got), got
+    err = rel_err(got, want)
+    assert err < TOL[np.dtype(dtype)], f"subtract_scaled sums: {got} against the CPU's {want} (relative error {err:.2e})"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_ema_moments_counts_non_finite_entries(dtype):
     rng = np.random.default_rng(6)
     g = uniform(rng, (B, N_OUT), dtype)

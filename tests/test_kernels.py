@@ -323,6 +323,23 @@ def test_per_example_dot_sums_in_float64():
         assert_close(f"per_example_dot (k = {k})", got, want, 1e-13 if k == 1 else 1e-6)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_subtract_scaled(dtype):
+    """g <- g - alpha e in place (alpha rounded to g's dtype; the update within an ulp of NumPy's
+    g - alpha * e, which rounds twice where the kernel may fuse), and (|g|^2, <g, e>) of the new g
+    summed in float64."""
+    r = rng_for(33)
+    g, e = r.normal(size=(7, 300)).astype(dtype), r.normal(size=(7, 300)).astype(dtype)
+    alpha = 0.0123
+    want_g = g - g.dtype.type(alpha) * e
+    squares, products = K.subtract_scaled(g, alpha, e)
+    assert g.dtype == dtype
+    assert_close("subtract_scaled g", g, want_g, 2.0 * np.finfo(dtype).eps)
+    g64, e64 = g.astype(np.float64), e.astype(np.float64)
+    assert_close("subtract_scaled |g|^2", squares, np.sum(g64 * g64), 1e-13)
+    assert_close("subtract_scaled <g, e>", products, np.sum(g64 * e64), 1e-13)
+
+
 def test_sigmoid_backward_tangent():
     a, G = pointwise_setup()
     r = rng_for(6)

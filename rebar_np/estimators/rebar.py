@@ -106,12 +106,11 @@ def rebar_estimate(model, params, aux, x, u, rng, options):
         transform_backward(params, E, f"q{l}", q.cache, rp.g_z[l] * m - rp.f[:, None] * score_da, nl, False)
         per_layer.append((rp, m, score_da))
     eta = {k: eta_of(aux, k) for k in E}
-    for k in E:
-        grads[k] -= (eta[k] / B) * E[k]
+    sums = apply_control_variates(grads, E, eta, B)
 
     # tuning gradients of V = mean_j G_j^2
     aux_grads = zeros_like(aux)
-    P, V = variance_and_eta_grads(grads, E, eta, B, aux_grads)
+    P, V = variance_and_eta_grads(grads, sums, eta, B, aux_grads)
     dc = zeros(B, np.float64, like=x)
     dtau = 0.0
     for l, (rp, m, score_da) in enumerate(per_layer):
@@ -144,14 +143,22 @@ def hard_part(model, params, aux, x, u, rng):
     return u, z0, hp, h0, c, hidden, score_function_gradient(model, params, x, hp, hp.f - c)
 
 
-def variance_and_eta_grads(grads, E, eta, B, aux_grads):
+def apply_control_variates(grads, E, eta, B):
+    """G_k = g_k - (eta_k / B) E_k in place for every tensor k of E. Returns, per k, the sums the
+    variance objective needs of the result, (|G_k|^2, <G_k, E_k>), taken in the same pass."""
+    return {k: K.subtract_scaled(grads[k], eta[k] / B, E[k]) for k in E}
+
+
+def variance_and_eta_grads(grads, sums, eta, B, aux_grads):
     """V = (1/P) sum_j G_j^2 and its psi gradients, written into aux_grads["psi.<k>"]:
     G_k = ... - (eta_k / B) E_k, so dV/deta_k = -(2 / (P B)) <G_k, E_k>, and
-    eta = 2 sigma(psi) gives deta/dpsi = 2 sigma(psi) (1 - sigma(psi)). Returns (P, V)."""
+    eta = 2 sigma(psi) gives deta/dpsi = 2 sigma(psi) (1 - sigma(psi)).
+    sums: (|G_k|^2, <G_k, E_k>) of the tensors with a control variate (apply_control_variates);
+    the others' |G_k|^2 are summed here. Returns (P, V)."""
     P = sum(g.size for g in grads.values())
-    V = sum(K.sum_squares(g) for g in grads.values()) / P
-    for k in E:
-        dV_deta = -(2.0 / (P * B)) * K.dot(grads[k], E[k])
+    V = sum(sums[k][0] if k in sums else K.sum_squares(g) for k, g in grads.items()) / P
+    for k, (_, products) in sums.items():
+        dV_deta = -(2.0 / (P * B)) * products
         e = eta[k] / 2.0                                       # sigma(psi)
         aux_grads["psi." + k][0] = dV_deta * 2.0 * e * (1.0 - e)
     return P, V

@@ -52,7 +52,7 @@ from ..control_net import (DEFAULT_WIDTH, control_net_forward, control_net_input
 from ..model import hard_pass_at, is_recognition, score_function_surrogate, transform_backward, zeros_like
 from ..relaxed import relaxed_pass
 from . import Estimate, EstimatorError, merge_options
-from .rebar import (logit_tangents, check_options as check_rebar_options, conditional_z0, eta_of, hard_part,
+from .rebar import (apply_control_variates, logit_tangents, check_options as check_rebar_options, conditional_z0, eta_of, hard_part,
                     init_aux as rebar_init_aux, temperature, variance_and_eta_grads)
 
 DEFAULT_OPTIONS = {"temperature": 0.5, "relaxation": "muprop", "hidden": DEFAULT_WIDTH, "context": True}
@@ -112,12 +112,13 @@ def estimate(model, params, aux, x, u=None, rng=None, options=None):
         transform_backward(params, R, f"q{l}", q.cache, rho * m - r[:, None] * score_da, nl, False)
         per_layer.append((rp, m, score_da, r, rcache))
     eta = {k: eta_of(aux, k) for k in E}
-    for k in E:
-        grads[k] -= (eta[k] / B) * E[k] + R[k] * (1.0 / B)
+    for k in R:
+        grads[k] -= R[k] * (1.0 / B)
+    sums = apply_control_variates(grads, E, eta, B)            # G_k = g_k - R_k / B - (eta_k / B) E_k
 
     # tuning gradients of V = mean_j G_j^2 (REBAR's for psi, c and tau; r's below)
     aux_grads = zeros_like(aux)
-    P, V = variance_and_eta_grads(grads, E, eta, B, aux_grads)
+    P, V = variance_and_eta_grads(grads, sums, eta, B, aux_grads)
     dc = np.zeros(B, dtype=np.float64)
     dtau = 0.0
     for l, (rp, m, score_da, r, rcache) in enumerate(per_layer):

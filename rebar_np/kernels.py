@@ -422,8 +422,9 @@ def sigmoid_forward(a):
 def _sigmoid_rows_f32(a):
     """sigma(a) for float32 a (B, n) with e = exp(-|a|) (_exp_neg_abs_f32, within 5 ulp):
     sigma(a) = 1 / (1 + e) for a >= 0 and e / (1 + e) for a < 0, neither of which overflows.
-    One pass instead of NumPy's four (24 x 200: 2.7 against 5.2 us). Below a = -87 it gives
-    exp(-87) / (1 + exp(-87)) = 1.6e-38 where the tanh form rounds to 0 (from about a = -17)."""
+    One pass instead of NumPy's four (24 x 200: 2.7 against 5.2 us). It keeps float32's relative
+    precision down to a = -87 and gives 0 below (e is 0 there); the tanh form 1/2 + tanh(a/2)/2
+    loses it to cancellation for negative a: 6% off at a = -16, 9x too large at -19.5, 0 from -20."""
     n, m = a.shape
     s = np.empty((n, m), dtype=np.float32)
     exponent_bits = np.empty(m, dtype=np.int32)

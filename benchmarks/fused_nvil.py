@@ -126,7 +126,7 @@ def _nvil_estimate(h0, target, data_bias, z0, Wq, cq, Wp, cp, prior, W1, c1, W2,
             for j in range(H):
                 da[i, j] = -signal[i] * inv_B * (b[l, i, j] - sig_q[l, i, j])
         h_in = h0 if l == 0 else h[l - 1]
-        _dense_backward_halves(h_in, Wq[l], da, gWq[l], gcq[l], no_term, k_bwd_q[l], 1)
+        _dense_backward_halves(h_in, Wq[l], da, gWq[l], gcq[l], no_term, k_bwd_q[l], 1, 1.0)
     # ---- generative: dL/da = -(1 / B) (y - sigma(a)) ----
     for i in range(B):
         for j in range(H):
@@ -138,7 +138,7 @@ def _nvil_estimate(h0, target, data_bias, z0, Wq, cq, Wp, cp, prior, W1, c1, W2,
         for i in range(B):
             for j in range(sig.shape[1]):
                 da_p[i, j] = -inv_B * (y[i, j] - sig[i, j])
-        _dense_backward_halves(h[l], Wp[l], da_p, gWp[l], gcp[l], no_term, k_bwd_p[l], 1)
+        _dense_backward_halves(h[l], Wp[l], da_p, gWp[l], gcp[l], no_term, k_bwd_p[l], 1, 1.0)
     # ---- baseline: dL/dc = -2 signal / B, back through c = tanh(h0 W1 + c1) W2 + c2 ----
     loss = 0.0
     dpre = np.empty((B, n_bl), np.float32)
@@ -149,7 +149,7 @@ def _nvil_estimate(h0, target, data_bias, z0, Wq, cq, Wp, cp, prior, W1, c1, W2,
         for j in range(n_bl):
             gW2[j, 0] += hidden[i, j] * dc
             dpre[i, j] = dc * W2[j, 0] * (np.float32(1.0) - hidden[i, j] * hidden[i, j])
-    _dense_backward_halves(h0, W1, dpre, gW1, gc1, no_term, k_bwd_bl, 1)
+    _dense_backward_halves(h0, W1, dpre, gW1, gc1, no_term, k_bwd_bl, 1, 1.0)
     return f, signal, b, loss / B
 
 

@@ -468,11 +468,11 @@ def traced_products(estimator, n_layer, nonlinear, B, D=D_MNIST, H=200, seed=0, 
         seen["fwd", W.shape[0], W.shape[1]] += 1
         return orig["dense_forward"](plain(h), plain(W), plain(c))
 
-    def dense_backward(h, W, da, dW, dc, need_dh):
+    def dense_backward(h, W, da, dW, dc, need_dh, accumulate=True):
         seen["dW", W.shape[0], W.shape[1]] += 1
         if need_dh:
             seen["dh", W.shape[0], W.shape[1]] += 1
-        return orig["dense_backward"](h, W, da, dW, dc, need_dh)
+        return orig["dense_backward"](h, W, da, dW, dc, need_dh, accumulate)
 
     def dense_backward_input(W, da):
         seen["dh", W.shape[0], W.shape[1]] += 1

@@ -217,11 +217,11 @@ def dense_forward(h, W, c):
     return a
 
 
-def dense_backward(h, W, da, dW, dc, need_dh):
-    """Backward of a = h W + c:  dW += h^T da,  dc += sum_n da[n],
+def dense_backward(h, W, da, dW, dc, need_dh, accumulate=True):
+    """Backward of a = h W + c:  dW += h^T da,  dc += sum_n da[n] (= for both when not accumulate),
     dh = da W^T returned when need_dh, else an empty (0, 0) DeviceArray."""
-    _gemm(h, da, dW, trans_a=True, accumulate=True)
-    sum_cols[launch(da.shape[1])](da.d, dc.d, 1)                # dc += column sums, in place
+    _gemm(h, da, dW, trans_a=True, accumulate=accumulate)
+    sum_cols[launch(da.shape[1])](da.d, dc.d, int(accumulate))  # dc (+)= column sums, in place
     if need_dh:
         return dense_backward_input(W, da)
     return empty((0, 0), da.dtype)

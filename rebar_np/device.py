@@ -326,6 +326,11 @@ def zeros_like(a, dtype=None):
     return zeros(a.shape, dtype or a.dtype, like=a)
 
 
+def empty_like(a):
+    """An uninitialised array of a's shape and dtype, in the memory a lives in."""
+    return empty(a.shape, a.dtype) if isinstance(a, DeviceArray) else np.empty_like(a)
+
+
 # --------------------------------------------------------------------------
 # The kernel dispatch
 # --------------------------------------------------------------------------

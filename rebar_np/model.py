@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .device import K, contiguous, full, is_device, to_device, to_host, zeros
-from .device import zeros_like as _zeros_like
+from .device import empty_like as _empty_like, zeros_like as _zeros_like
 
 TASKS = ("sbn", "omni", "sp")
 SUBLAYERS = ("1", "2", "3")  # the three dense layers of a nonlinear transform
@@ -174,6 +174,11 @@ def zeros_like(params):
     return {k: _zeros_like(v) for k, v in params.items()}
 
 
+def empty_like(params):
+    """Uninitialised arrays mirroring params, for gradients whose every entry is then written."""
+    return {k: _empty_like(v) for k, v in params.items()}
+
+
 def check_params(model, params):
     """Raise ModelError unless params has exactly the model's names and shapes."""
     shapes = model.param_shapes()
@@ -212,9 +217,10 @@ def transform_forward_after_first(params, name, a1, h, nonlinear):
     return a, (h, h1, h2)
 
 
-def transform_backward(params, grads, name, cache, da, nonlinear, need_dh):
+def transform_backward(params, grads, name, cache, da, nonlinear, need_dh, accumulate=True):
     """Backward of a = T_name(h): accumulates dL/d(params of T) into grads, returns dL/dh
     (an empty array when need_dh is False). With grads=None only dL/dh is computed.
+    accumulate=False writes T's gradients instead (they may arrive uninitialised: empty_like).
 
     nonlinear, by the chain rule through the three dense layers:
       dL/dh2 = dL/da W3^T;  dL/d(pre2) = dL/dh2 (1 - h2^2);  dL/dh1 = dL/d(pre2) W2^T;
@@ -224,13 +230,14 @@ def transform_backward(params, grads, name, cache, da, nonlinear, need_dh):
         return transform_backward_input(params, name, cache, da, nonlinear)
     if not nonlinear:
         (h,) = cache
-        return K.dense_backward(h, params[name + ".W"], da, grads[name + ".W"], grads[name + ".c"], need_dh)
+        return K.dense_backward(h, params[name + ".W"], da, grads[name + ".W"], grads[name + ".c"], need_dh,
+                                accumulate)
     h, h1, h2 = cache
-    dh2 = K.dense_backward(h2, params[name + ".W3"], da, grads[name + ".W3"], grads[name + ".c3"], True)
+    dh2 = K.dense_backward(h2, params[name + ".W3"], da, grads[name + ".W3"], grads[name + ".c3"], True, accumulate)
     dh1 = K.dense_backward(h1, params[name + ".W2"], K.tanh_backward(h2, dh2),
-                           grads[name + ".W2"], grads[name + ".c2"], True)
+                           grads[name + ".W2"], grads[name + ".c2"], True, accumulate)
     return K.dense_backward(h, params[name + ".W1"], K.tanh_backward(h1, dh1),
-                            grads[name + ".W1"], grads[name + ".c1"], need_dh)
+                            grads[name + ".W1"], grads[name + ".c1"], need_dh, accumulate)
 
 
 def transform_backward_input(params, name, cache, da, nonlinear):
@@ -354,8 +361,9 @@ def log_q_layers(layers):
     return logq
 
 
-def score_backward(model, params, grads, layers, dlogq):
-    """Accumulate sum_l dL/dlogq_l * d log q(b_l | b_{l-1}) / d theta_q into grads.
+def score_backward(model, params, grads, layers, dlogq, accumulate=True):
+    """Accumulate sum_l dL/dlogq_l * d log q(b_l | b_{l-1}) / d theta_q into grads
+    (accumulate=False: write it, see transform_backward).
 
     The inputs of every layer are held fixed (hard samples are not differentiated),
     so each layer contributes  dL/da_l = dL/dlogq[:, None] (b_l - sigma(a_l))
@@ -365,7 +373,7 @@ def score_backward(model, params, grads, layers, dlogq):
     for l, q in enumerate(layers):
         w = dlogq[l] if isinstance(dlogq, list) else dlogq
         da = K.bernoulli_loglik_backward(q.s, q.sig, w)
-        transform_backward(params, grads, f"q{l}", q.cache, da, model.nonlinear, False)
+        transform_backward(params, grads, f"q{l}", q.cache, da, model.nonlinear, False, accumulate)
 
 
 # --------------------------------------------------------------------------
@@ -422,9 +430,10 @@ def generative_forward(model, params, x, samples, from_layer=0, prior=None):
                        from_layer)
 
 
-def generative_backward(model, params, grads, x, samples, pp, dlogp, need_ds):
+def generative_backward(model, params, grads, x, samples, pp, dlogp, need_ds, accumulate=True):
     """Accumulate dL/d theta_p = dL/dlogp * d log p(x, s) / d theta_p into grads
-    (grads=None: skip the parameter gradients).
+    (grads=None: skip the parameter gradients; accumulate=False: write them, see
+    transform_backward; only with from_layer = 0, where every term is computed).
 
     Each term log B(y; a) contributes dL/da = dL/dlogp (y - sigma(a)) to its
     transform. When need_ds (relaxed samples), also returns dL/ds_l for every
@@ -434,19 +443,23 @@ def generative_backward(model, params, grads, x, samples, pp, dlogp, need_ds):
     """
     L = model.n_layer
     ds = [None] * L
+    if not accumulate and pp.from_layer:
+        raise ValueError("generative_backward writes (accumulate=False) only a full pass (from_layer = 0)")
     # prior term: log B(s_{L-1}; prior logits)
     if grads is not None:
         da = K.bernoulli_loglik_backward(samples[-1], pp.prior_sig, dlogp)
         if model.task == "sp":
-            transform_backward(params, grads, "prior", pp.prior_cache, da, model.nonlinear, False)
-        else:
+            transform_backward(params, grads, "prior", pp.prior_cache, da, model.nonlinear, False, accumulate)
+        elif accumulate:
             grads["prior.logits"] += da.sum(axis=0)
+        else:
+            grads["prior.logits"][:] = da.sum(axis=0)
     if need_ds:
         ds[L - 1] = K.bernoulli_loglik_backward_sample(pp.prior_logits, dlogp)
     for l in range(L - 1, pp.from_layer - 1, -1):
         y = model.target(x) if l == 0 else samples[l - 1]
         da = K.bernoulli_loglik_backward(y, pp.sigs[l], dlogp)
-        dh = transform_backward(params, grads, f"p{l}", pp.caches[l], da, model.nonlinear, need_ds)
+        dh = transform_backward(params, grads, f"p{l}", pp.caches[l], da, model.nonlinear, need_ds, accumulate)
         if need_ds:
             ds[l] += 2.0 * dh                       # through h = 2 s_l - 1
             if l > pp.from_layer:                   # s_{l-1} is the value scored by this term
@@ -622,11 +635,11 @@ def score_function_gradient(model, params, x, hp, signal):
     as in the TF reference.
     """
     B = x.shape[0]
-    grads = zeros_like(params)
+    grads = empty_like(params)          # every tensor receives exactly one product below, written
     dlogq = [-s / B for s in signal] if isinstance(signal, list) else -signal / B
-    score_backward(model, params, grads, hp.layers, dlogq)
+    score_backward(model, params, grads, hp.layers, dlogq, accumulate=False)
     dlogp = full(B, -1.0 / B, hp.f.dtype, like=hp.f)
-    generative_backward(model, params, grads, x, hp.b, hp.pp, dlogp, False)
+    generative_backward(model, params, grads, x, hp.b, hp.pp, dlogp, False, accumulate=False)
     return grads
 
 

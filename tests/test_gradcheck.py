@@ -74,8 +74,8 @@ def test_gradcheck_catches_a_wrong_score(monkeypatch):
     """A 1% error in the score weights: exactly the recognition tensors fail."""
     real = M.score_backward
     monkeypatch.setattr(M, "score_backward",
-                        lambda model, params, grads, layers, dlogq: real(model, params, grads, layers,
-                                                                         dlogq * 1.01))
+                        lambda model, params, grads, layers, dlogq, accumulate=True:
+                        real(model, params, grads, layers, dlogq * 1.01, accumulate))
     rows = run_checks("nvil", "sp", 2, 3, False, n_input=8, batch_size=4)
     failing = {r.tensor for r in rows if not r.passed}
     assert failing == {"q0.W", "q0.c", "q1.W", "q1.c"}, describe(rows)

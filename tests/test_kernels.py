@@ -188,6 +188,15 @@ def test_products_in_blocks_equal_the_one_block_products(B, n_in, n_out, dtype):
         assert_close("backward dh", dh, dh1, tol)
         assert_close("backward dW += h^T da", dW - dW0, dW1 - dW0, tol)
         assert_close("backward dc += sum da", dc - dc0, dc1 - dc0, tol)
+        # accumulate=False writes dW and dc, whatever they held (NaN here), in blocks and in one
+        dWw, dcw, dWw1, dcw1 = (np.full(a.shape, np.nan, dtype) for a in (dW0, dc0, dW0, dc0))
+        dhw = K.dense_backward(h, W, da, dWw, dcw, need_dh, accumulate=False)
+        one_block(K.dense_backward, h, W, da, dWw1, dcw1, need_dh, False)
+        assert_close("backward dh (writing dW)", dhw, dh1, tol)
+        for got, want, label in ((dWw, dW1 - dW0, "dW = h^T da"), (dcw, dc1 - dc0, "dc = sum da"),
+                                 (dWw1, dW1 - dW0, "dW = h^T da (one block)"), (dcw1, dc1 - dc0, "dc (one block)")):
+            assert np.all(np.isfinite(got)), label
+            assert_close(f"backward {label}", got, want, tol)
     assert_close("backward input", K.dense_backward_input(W, da), one_block(K.dense_backward_input, W, da), tol)
     for args, label in (((hd, W, h, Wd, c), "both"), ((hd, W, h, e2, e1), "input"), ((e2, W, h, Wd, c), "params")):
         assert_close(f"tangent ({label})", K.dense_tangent(*args), one_block(K.dense_tangent, *args), tol)

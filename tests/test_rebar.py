@@ -139,3 +139,43 @@ def test_gradcheck_catches_a_wrong_temperature_gradient(monkeypatch):
     monkeypatch.setattr(D, "rebar_estimate", off_by_one_percent)
     rows = run_checks("dynamic_rebar", "sbn", 2, 3, False, n_input=8, batch_size=3, max_entries=20)
     assert [r.tensor for r in rows if not r.passed] == ["aux:tau"]
+
+
+@pytest.mark.parametrize("estimator,options", [("nvil", None), ("dynamic_rebar", None),
+                                               ("rebar", {"joint": True}), ("relax", None), ("muprop", None)])
+@pytest.mark.parametrize("task,L,nl,H,D,B,dtype", [("sbn", 2, False, 3, 8, 4, np.float64),
+                                                   ("sp", 2, True, 3, 8, 4, np.float64),
+                                                   ("sbn", 2, False, 200, 784, 24, np.float32)])
+def test_written_gradients_do_not_depend_on_what_memory_held(monkeypatch, estimator, options, task, L, nl, H, D,
+                                                              B, dtype):
+    """Gradients whose first backward writes instead of adding (score_function_gradient, REBAR's E,
+    RELAX's E and R) start from np.empty: the estimate must not depend on what that memory held.
+    With every new float array filled with NaN it is the same, bit for bit, as without; the last
+    shape runs the products in blocks (BLAS with beta = 0)."""
+    from rebar_np import estimators as E
+    model, params, x, u, rng = random_instance(task, L, H, nl, n_input=D, batch_size=B)
+    params = {k: v.astype(dtype) for k, v in params.items()}
+    x, u = x.astype(dtype), [ul.astype(dtype) for ul in u]
+    est = E.get(estimator)
+
+    def run():
+        aux = est.init_aux(model, 0, dtype, options)
+        return est.estimate(model, params, aux, x, u=u, options=options)
+
+    clean = run()
+    empty, empty_like = np.empty, np.empty_like
+
+    def nan_filled(a):
+        if a.dtype.kind == "f":
+            a.fill(np.nan)
+        return a
+    monkeypatch.setattr(np, "empty", lambda *a, **k: nan_filled(empty(*a, **k)))
+    monkeypatch.setattr(np, "empty_like", lambda *a, **k: nan_filled(empty_like(*a, **k)))
+    dirty = run()
+    monkeypatch.undo()
+    for group in ("grads", "aux_grads"):
+        for k, want in getattr(clean, group).items():
+            got = getattr(dirty, group)[k]
+            assert np.all(np.isfinite(got)), f"{estimator} {group}[{k}]: NaN from uninitialised memory"
+            assert np.array_equal(got, want), f"{estimator} {group}[{k}] differs"
+

@@ -40,7 +40,7 @@ for dynamic_rebar, ``tau`` (1,). rebar keeps lambda = options["temperature"].
 """
 import numpy as np
 
-from ..device import K, zeros, zeros_like as zeros_like_array
+from ..device import K, empty_like, zeros
 from ..baseline import baseline_backward, baseline_forward, init_baseline
 from ..model import (hard_pass, hard_pass_at, is_recognition, score_function_gradient,
                      score_function_surrogate, transform_backward, transform_tangent, zeros_like)
@@ -95,7 +95,7 @@ def rebar_estimate(model, params, aux, x, u, rng, options):
     # control variates: E (per q tensor) and, per layer l, what the tuning needs.
     # Per layer (default): switch layer l, its own z_l and score_l. Joint: one relaxed
     # pass with every layer relaxed, every layer's z_k and the summed score.
-    E = {k: zeros_like_array(v) for k, v in params.items() if is_recognition(k)}
+    E = {k: empty_like(v) for k, v in params.items() if is_recognition(k)}   # each written once below
     per_layer = []
     joint_rp = relaxed_pass(model, params, x, hp, z0, 0, lam, improved, train_tau) if options["joint"] else None
     for l in range(L):
@@ -103,7 +103,8 @@ def rebar_estimate(model, params, aux, x, u, rng, options):
         rp = joint_rp or relaxed_pass(model, params, x, hp, z0, l, lam, improved, train_tau)
         m = 1.0 - K.dz_cond_dlogits(q.a, u[l], q.s)          # (dz - dz~)/da_l, with dz/da = 1
         score_da = q.s - q.sig                               # d log q(b_l) / d a_l
-        transform_backward(params, E, f"q{l}", q.cache, rp.g_z[l] * m - rp.f[:, None] * score_da, nl, False)
+        transform_backward(params, E, f"q{l}", q.cache, rp.g_z[l] * m - rp.f[:, None] * score_da, nl, False,
+                           accumulate=False)
         per_layer.append((rp, m, score_da))
     eta = {k: eta_of(aux, k) for k in E}
     sums = apply_control_variates(grads, E, eta, B)

@@ -98,8 +98,8 @@ def estimate(model, params, aux, x, u=None, rng=None, options=None):
     u, z0, hp, h0, c, hidden, grads = hard_part(model, params, aux, x, u, rng)
 
     # control variates per switch layer l: E (REBAR's, scaled by eta) and R (r's, unscaled)
-    E = {k: np.zeros_like(v) for k, v in params.items() if is_recognition(k)}
-    R = {k: np.zeros_like(params[k]) for k in E}
+    E = {k: np.empty_like(v) for k, v in params.items() if is_recognition(k)}    # each written once below
+    R = {k: np.empty_like(params[k]) for k in E}
     per_layer = []
     for l in range(L):
         q = hp.layers[l]
@@ -108,8 +108,10 @@ def estimate(model, params, aux, x, u=None, rng=None, options=None):
         score_da = q.s - q.sig                               # d log q(b_l) / d a_l
         r, rcache = control_net_forward(aux, f"relax{l}", q.a + z0[l], context_of(h0, hp.b, l, options))
         rho = control_net_input_grad(aux, f"relax{l}", rcache)
-        transform_backward(params, E, f"q{l}", q.cache, rp.g_z[l] * m - rp.f[:, None] * score_da, nl, False)
-        transform_backward(params, R, f"q{l}", q.cache, rho * m - r[:, None] * score_da, nl, False)
+        transform_backward(params, E, f"q{l}", q.cache, rp.g_z[l] * m - rp.f[:, None] * score_da, nl, False,
+                           accumulate=False)
+        transform_backward(params, R, f"q{l}", q.cache, rho * m - r[:, None] * score_da, nl, False,
+                           accumulate=False)
         per_layer.append((rp, m, score_da, r, rcache))
     eta = {k: eta_of(aux, k) for k in E}
     for k in R:

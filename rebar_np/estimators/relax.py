@@ -52,8 +52,8 @@ from ..control_net import (DEFAULT_WIDTH, control_net_forward, control_net_input
 from ..model import hard_pass_at, is_recognition, score_function_surrogate, transform_backward, zeros_like
 from ..relaxed import relaxed_pass
 from . import Estimate, EstimatorError, merge_options
-from .rebar import (apply_control_variates, logit_tangents, check_options as check_rebar_options, conditional_z0, eta_of, hard_part,
-                    init_aux as rebar_init_aux, temperature, variance_and_eta_grads)
+from .rebar import (apply_control_variates, logit_tangents, check_options as check_rebar_options, conditional_z0,
+                    eta_of, hard_part, init_aux as rebar_init_aux, temperature, variance_and_eta_grads)
 
 DEFAULT_OPTIONS = {"temperature": 0.5, "relaxation": "muprop", "hidden": DEFAULT_WIDTH, "context": True}
 

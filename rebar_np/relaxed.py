@@ -62,7 +62,7 @@ class RelaxedPass:
     g_z_dot: list = None         # d g_z[k] / d tau
 
 
-def relaxed_pass(model, params, x, hp, z0, l, lam, improved, tangent, grads=None, dlogits_l=None):
+def relaxed_pass(model, params, x, hp, z0, l, lam, improved, tangent, grads=None, dlogits_l=None, accumulate=True):
     """f_l, g_z and, when tangent, their temperature derivatives, for switch layer l.
 
     hp: the hard pass (its samples, logits and per-term log-likelihoods are reused
@@ -71,8 +71,12 @@ def relaxed_pass(model, params, x, hp, z0, l, lam, improved, tangent, grads=None
     sum_n d f_l / d theta of the parameters above the switch layer's logits into
     it, and, with dlogits_l = the per-example weight of the switch layer's own
     logits path (e.g. for l = 0: the concrete estimator), of T_ql's parameters.
+    accumulate=False writes that gradient instead (grads may arrive uninitialised); only for
+    l = 0 with dlogits_l, where it covers every parameter.
     The terms below the switch layer are hard and not differentiated.
     """
+    if not accumulate and not (l == 0 and dlogits_l and grads is not None):
+        raise ValueError("relaxed_pass writes its gradient (accumulate=False) only from layer 0 with dlogits_l")
     L, nl = model.n_layer, model.nonlinear
     B = x.shape[0]
     ones = full(B, 1.0, hp.f.dtype, like=hp.f)
@@ -106,7 +110,7 @@ def relaxed_pass(model, params, x, hp, z0, l, lam, improved, tangent, grads=None
 
     # ---- reverse: d f_l / d s_k from the generative terms ----------------------
     if not tangent:
-        ds = generative_backward(model, params, grads, x, samples, pp, ones, True)
+        ds = generative_backward(model, params, grads, x, samples, pp, ones, True, accumulate)
     else:
         ds, ds_dot = [None] * L, [None] * L
         ds[L - 1] = K.bernoulli_loglik_backward_sample(pp.prior_logits, ones)
@@ -148,13 +152,13 @@ def relaxed_pass(model, params, x, hp, z0, l, lam, improved, tangent, grads=None
                 dh, dh_dot = transform_backward_input_tangent(params, f"q{k}", q.cache, qt[k], da, da_dot, nl)
                 ds_dot[k - 1] += 2.0 * dh_dot
             elif grads is not None:
-                dh = transform_backward(params, grads, f"q{k}", q.cache, da, nl, True)
+                dh = transform_backward(params, grads, f"q{k}", q.cache, da, nl, True, accumulate)
             else:
                 dh = transform_backward_input(params, f"q{k}", q.cache, da, nl)
             ds[k - 1] += 2.0 * dh
         elif grads is not None and dlogits_l:   # the switch layer's logits (input hard, not differentiated)
             da = K.relaxed_logits_backward(dt, q.s, q.sig, inv_lam + c)
-            transform_backward(params, grads, f"q{k}", q.cache, da, nl, False)
+            transform_backward(params, grads, f"q{k}", q.cache, da, nl, False, accumulate)
     return RelaxedPass(l, layers, f, g_z, f_dot.astype(f.dtype) if tangent else None,
                        g_z_dot if tangent else None)
 

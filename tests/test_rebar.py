@@ -141,17 +141,17 @@ def test_gradcheck_catches_a_wrong_temperature_gradient(monkeypatch):
     assert [r.tensor for r in rows if not r.passed] == ["aux:tau"]
 
 
-@pytest.mark.parametrize("estimator,options", [("nvil", None), ("dynamic_rebar", None),
-                                               ("rebar", {"joint": True}), ("relax", None), ("muprop", None)])
+@pytest.mark.parametrize("estimator,options", [("nvil", None), ("dynamic_rebar", None), ("rebar", {"joint": True}),
+                                               ("relax", None), ("muprop", None), ("concrete", None)])
 @pytest.mark.parametrize("task,L,nl,H,D,B,dtype", [("sbn", 2, False, 3, 8, 4, np.float64),
                                                    ("sp", 2, True, 3, 8, 4, np.float64),
                                                    ("sbn", 2, False, 200, 784, 24, np.float32)])
 def test_written_gradients_do_not_depend_on_what_memory_held(monkeypatch, estimator, options, task, L, nl, H, D,
                                                               B, dtype):
     """Gradients whose first backward writes instead of adding (score_function_gradient, REBAR's E,
-    RELAX's E and R) start from np.empty: the estimate must not depend on what that memory held.
-    With every new float array filled with NaN it is the same, bit for bit, as without; the last
-    shape runs the products in blocks (BLAS with beta = 0)."""
+    RELAX's E and R, concrete's relaxed pass) start from np.empty: the estimate must not depend
+    on what that memory held. With every new float array filled with NaN it is the same, bit for
+    bit, as without; the last shape runs the products in blocks (BLAS with beta = 0)."""
     from rebar_np import estimators as E
     model, params, x, u, rng = random_instance(task, L, H, nl, n_input=D, batch_size=B)
     params = {k: v.astype(dtype) for k, v in params.items()}

@@ -12,7 +12,7 @@ objective and biased for E_q[f(b)]: the unbiasedness test shows it (tests/).
 import numpy as np
 
 from ..device import K
-from ..model import hard_pass, zeros_like
+from ..model import empty_like, hard_pass
 from ..relaxed import relaxed_pass
 from . import Estimate, merge_options, prepare_noise
 from .rebar import check_options
@@ -31,9 +31,9 @@ def estimate(model, params, aux, x, u=None, rng=None, options=None):
     u = prepare_noise(model, x, u, rng)
     z0 = [K.logistic_noise(ul) for ul in u]
     hp = hard_pass(model, params, x, z0)                 # the hard ELBO is what training reports
-    grads = zeros_like(params)
+    grads = empty_like(params)           # the relaxed pass from layer 0 writes every tensor once
     rp = relaxed_pass(model, params, x, hp, z0, 0, options["temperature"],
-                      options["relaxation"] == "muprop", False, grads=grads, dlogits_l=True)
+                      options["relaxation"] == "muprop", False, grads=grads, dlogits_l=True, accumulate=False)
     B = x.shape[0]
     for g in grads.values():      # sum_n d f_0 / d theta  ->  -(1/B) of it, in place
         g /= -B

@@ -28,26 +28,21 @@ import time
 import numpy as np
 from numba import njit
 
-from rebar_np.kernels import (_affine_halves, _dense_backward_halves, _exp_neg_abs_f32, _output_blocks,
-                              _sum_log1p_row, _weight_grad_blocks, logistic_noise)
+from rebar_np.kernels import (_affine_halves, _bernoulli_loglik_row, _dense_backward_halves, _exp_neg_abs_f32,
+                              _output_blocks, _weight_grad_blocks, logistic_noise)
 
 fused = njit(cache=True, error_model="numpy", nogil=True, fastmath={"reassoc", "contract", "arcp", "nsz"})
 
 
 @fused
 def _loglik_forward(y, a, ll, sig, e, exponent_bits):
-    """ll[i] = log B(y_i; a_i) = sum_j [y_ij a_ij - max(a_ij, 0) - log1p(e_ij)] and sig = sigma(a),
-    e = exp(-|a|) computed row by row (kernels.bernoulli_loglik_forward, in one pass)."""
+    """ll[i] = log B(y_i; a_i) and sig = sigma(a), e = exp(-|a|) computed row by row: the row
+    arithmetic of kernels.bernoulli_loglik_forward (_bernoulli_loglik_row), into given arrays."""
     n, m = a.shape
     e, exponent_bits = e[:m], exponent_bits[:m]
     for i in range(n):
         _exp_neg_abs_f32(a[i], e, exponent_bits)
-        acc = 0.0
-        for j in range(m):
-            acc += y[i, j] * a[i, j] - max(a[i, j], np.float32(0.0))
-            r = np.float32(1.0) / (np.float32(1.0) + e[j])
-            sig[i, j] = r if a[i, j] >= 0 else e[j] * r
-        ll[i] = acc - _sum_log1p_row(e)
+        ll[i] = _bernoulli_loglik_row(y[i], a[i], e, sig[i])
 
 
 @fused

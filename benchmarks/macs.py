@@ -5,7 +5,8 @@
     step_products("vimco", 2, False, 24, options={"samples": 5})   # options: see step_products
 
 A dense layer a = h W + c with h (B, i) and W (i, o) costs B i o multiply-adds in
-each of the five products a step can run on it (model.py / kernels.py names):
+each of the five products a step can run on it (model.py / kernels.py names), and
+B^2 (i + o) in the sixth, REBAR's Gram route (two products through the (B, B) Gram matrix):
 
 | kind    | product         | shapes                | where                                     |
 |---------|-----------------|-----------------------|-------------------------------------------|
@@ -14,6 +15,7 @@ each of the five products a step can run on it (model.py / kernels.py names):
 | dh      | dh = da W^T     | (B, o) @ (o, i)       | dense_backward(need_dh) / _backward_input |
 | tan_in  | a_dot = h_dot W | (B, i) @ (i, o)       | dense_tangent, input direction            |
 | tan_par | a_dot = h W_dot | (B, i) @ (i, o)       | dense_tangent, parameter direction        |
+| gram    | h (h^T d)       | (B, i) @ (i, B), then (B, B) @ (B, o) | gram_tangent              |
 
 A transform T (SPEC section 1) is one dense layer (linear) or three, (n_in, H),
 (H, H), (H, n_out) with tanh between them (nonlinear). Its passes cost, per dense
@@ -44,7 +46,9 @@ computes dW on both layers and dh on the second):
 |               | parameter gradients of p and q_l (l > 0) and input gradients; dW of q_0                  |
 | rebar         | nvil + per switch layer l: relaxed forward (q_k, k > l; p_k, k >= l), input-gradient     |
 |               | reverse (same transforms), control-variate dW of q_l; the variance objective's           |
-|               | parameter-direction tangent of q_l along G                                               |
+|               | parameter-direction tangent of q_l along G. A linear q_l below the batch of              |
+|               | rebar.gram_pays (batch 24: both layers) instead has one gram and no score-part dW, E dW  |
+|               | or tangent: its G_W is one dW (score part and control variate together)                  |
 | dynamic_rebar | rebar, with every relaxed pass also carrying its temperature tangent (tan_in on the      |
 |               | forward, backward_input_tangent on the reverse) and, for nonlinear q_l, a second tangent |
 |               | of q_l along eta G (a linear q_l shares the product h G_W between G and eta G)           |
@@ -102,7 +106,7 @@ from functools import cache
 
 D_MNIST = 784
 N_BASELINE_HIDDEN = 100      # rebar_np.baseline.N_BASELINE_HIDDEN
-KINDS = ("fwd", "dW", "dh", "tan_in", "tan_par")
+KINDS = ("fwd", "dW", "dh", "tan_in", "tan_par", "gram")
 
 
 @dataclass(frozen=True)
@@ -117,12 +121,17 @@ class Product:
 
     @property
     def macs(self):
+        if self.kind == "gram":
+            return self.B * self.B * (self.n_in + self.n_out)
         return self.B * self.n_in * self.n_out
 
     @property
     def mkn(self):
-        """(m, k, n) of the product (m, k) @ (k, n) as the kernel (or the plain `@`) computes it."""
+        """(m, k, n) of the product (m, k) @ (k, n) as the kernel (or the plain `@`) computes it
+        (for a gram, of its first product, h h^T; the second is (B, B, o))."""
         B, i, o = self.B, self.n_in, self.n_out
+        if self.kind == "gram":
+            return (B, i, B)
         if self.kind == "dW" and self.transposed:
             return (o, B, i)
         return {"fwd": (B, i, o), "tan_in": (B, i, o), "tan_par": (B, i, o),
@@ -193,10 +202,12 @@ class _Step:
         for l in range(self.L):
             self.forward(f"p{l}")
 
-    def score_gradient(self):
+    def score_gradient(self, recognition=None):
+        """recognition: per layer, whether q_l's score part is computed here (default: every layer)."""
         self.stage = "score backward"
         for l in range(self.L):
-            self.backward(f"q{l}", False)
+            if recognition is None or recognition[l]:
+                self.backward(f"q{l}", False)
         for l in range(self.L):
             self.backward(f"p{l}", False)
 
@@ -339,20 +350,28 @@ def step_products(estimator, n_layer, nonlinear, B, D=D_MNIST, H=200, options=No
         s.hard_pass()
         s.relaxed(0, False, True)
     elif estimator in ("rebar", "dynamic_rebar", "relax"):
+        from rebar_np.estimators.rebar import gram_pays
         dynamic = estimator != "rebar"       # relax trains the temperature too
+        gram = [estimator != "relax" and not nonlinear and gram_pays(rows, s.T(f"q{l}")[0]) for l in range(L)]
         s.hard_pass()
         s.baseline_forward()
-        s.score_gradient()
+        s.score_gradient(recognition=[not g for g in gram])
         for l in range(L):
             s.relaxed(l, dynamic, False)
             if estimator == "relax":
                 s.control_net(l)
             s.stage = "control variate dW"
+            if gram[l]:
+                s.backward(f"q{l}", False)          # G_W: the score part and E's together
+                continue
             s.backward(f"q{l}", False)              # E: REBAR's control variate
             if estimator == "relax":
                 s.backward(f"q{l}", False)          # R: r_l's, a second backward of q_l
         for l in range(L):
             s.stage = "variance objective"
+            if gram[l]:
+                s.add("gram", s.T(f"q{l}")[0])      # h G_W and the sums, through h h^T
+                continue
             s.tangent_direction(f"q{l}")
             if dynamic and nonlinear:   # along eta G: shares the product with G for a linear q_l
                 s.tangent_direction(f"q{l}")
@@ -443,7 +462,7 @@ def _recording(f):
 
 def traced_products(estimator, n_layer, nonlinear, B, D=D_MNIST, H=200, seed=0, options=None):
     """The products rebar_np really runs in one estimate (B examples; B K noise rows for a
-    K-sample estimator): its four dense kernels are wrapped for the duration of one call and
+    K-sample estimator): its four dense kernels and gram_tangent are wrapped for the duration of one call and
     every call is recorded as (kind, n_in, n_out), and so are rebar_np.control_net's functions
     (relax's r_l), whose plain `@` products are recorded as ("@", m, k, n) (see _Recorded and
     the module docstring). Returns a sorted list of (key, count). This is the check on
@@ -460,7 +479,7 @@ def traced_products(estimator, n_layer, nonlinear, B, D=D_MNIST, H=200, seed=0, 
 
     seen = Counter()
     orig = {k: getattr(K, k) for k in ("dense_forward", "dense_backward", "dense_backward_input",
-                                       "dense_tangent")}
+                                       "dense_tangent", "gram_tangent")}
 
     plain = np.asarray           # the dense kernels' own products are counted here, not as a plain `@`
 
@@ -485,6 +504,10 @@ def traced_products(estimator, n_layer, nonlinear, B, D=D_MNIST, H=200, seed=0, 
             seen["tan_par", W.shape[0], W.shape[1]] += 1
         return orig["dense_tangent"](plain(h_dot), plain(W), plain(h), plain(W_dot), plain(c_dot))
 
+    def gram_tangent(h, d):
+        seen["gram", h.shape[1], d.shape[1]] += 1
+        return orig["gram_tangent"](plain(h), plain(d))
+
     rng = np.random.default_rng(seed)
     x = (rng.random((B, D)) < 0.3).astype(np.float32)
     model = SBN("sbn", n_layer, H, nonlinear, np.full(D, 0.3))
@@ -493,7 +516,8 @@ def traced_products(estimator, n_layer, nonlinear, B, D=D_MNIST, H=200, seed=0, 
     aux = est.init_aux(model, seed, np.float32, options)
     u = draw_noise(model, E.noise_rows(est, B, options), rng, np.float32)
     wrappers = {"dense_forward": dense_forward, "dense_backward": dense_backward,
-                "dense_backward_input": dense_backward_input, "dense_tangent": dense_tangent}
+                "dense_backward_input": dense_backward_input, "dense_tangent": dense_tangent,
+                "gram_tangent": gram_tangent}
     # rebar_np.control_net's functions, wherever they were imported by name (relax, bernoulli)
     net_fns = ("control_net_forward", "control_net_backward", "control_net_input_grad",
                "control_net_tangent_backward")

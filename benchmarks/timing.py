@@ -116,7 +116,11 @@ def matmul_replay(products, seed=0):
     ops = []
     for p in products:
         B, i, o = p.B, p.n_in, p.n_out
-        if p.kind in ("fwd", "tan_in", "tan_par"):
+        if p.kind == "gram":             # h h^T, then (h h^T) d
+            h = f32(B, i)
+            ops.append((h, h.T, np.empty((B, B), np.float32)))
+            a, b = f32(B, B), f32(B, o)
+        elif p.kind in ("fwd", "tan_in", "tan_par"):
             a, b = f32(B, i), f32(i, o)
         elif p.kind == "dW":
             a, b = f32(B, i).T, f32(B, o)

@@ -188,6 +188,17 @@ def dense_tangent(h_dot, W, h, W_dot, c_dot):
     return a_dot
 
 
+
+def gram_tangent(h, d):
+    """h (h^T d) (B, n_out), for h (B, n_in) and d (B, n_out), through the Gram matrix h h^T (B, B).
+
+    For a = h W + c whose weight gradient is G_W = h^T d, this is h G_W, the tangent of a along
+    its own weight gradient, without forming G_W: B^2 (n_in + n_out) multiply-adds instead of
+    B n_in n_out, fewer at batch 24 (24 x 784 x 200: 0.57 against 3.8 million).
+    Inner products of two such gradients follow from it too (REBAR's variance objective):
+    <h^T d, h^T e> = <e, h h^T d>."""
+    return np.matmul(np.matmul(h, h.T), d)
+
 # --------------------------------------------------------------------------
 # Products on two cores
 #

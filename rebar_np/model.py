@@ -624,7 +624,7 @@ def hard_pass_at(model, params, x, b):
     return HardPass(layers, logq, logp, pp, logp - sum(logq))
 
 
-def score_function_gradient(model, params, x, hp, signal):
+def score_function_gradient(model, params, x, hp, signal, recognition=True):
     """The loss gradient of the score-function family, averaged over the batch:
 
         dL/d theta_q = -(1/B) sum_n signal_n  sum_l d log q(b_{n,l} | .) / d theta_q
@@ -633,11 +633,14 @@ def score_function_gradient(model, params, x, hp, signal):
     signal: (B,) learning signal (held constant), or a list of L per-layer signals.
     The direct term -d log q / d theta_q of f is left out: its expectation is 0,
     as in the TF reference.
+    recognition=False computes dL/d theta_p only: the recognition tensors are returned
+    uninitialised, for a caller that writes them itself (REBAR, with its control variates).
     """
     B = x.shape[0]
     grads = empty_like(params)          # every tensor receives exactly one product below, written
-    dlogq = [-s / B for s in signal] if isinstance(signal, list) else -signal / B
-    score_backward(model, params, grads, hp.layers, dlogq, accumulate=False)
+    if recognition:
+        dlogq = [-s / B for s in signal] if isinstance(signal, list) else -signal / B
+        score_backward(model, params, grads, hp.layers, dlogq, accumulate=False)
     dlogp = full(B, -1.0 / B, hp.f.dtype, like=hp.f)
     generative_backward(model, params, grads, x, hp.b, hp.pp, dlogp, False, accumulate=False)
     return grads

@@ -87,8 +87,12 @@ def test_mac_count_of_the_issue_set_up():
     B, q0, q1 = 24, 24 * 784 * 200, 24 * 200 * 200
     hard = 2 * (q0 + q1)                     # q0, q1, p0, p1 forward
     assert M.step_macs("reinforce", 2, False, B) == 2 * hard
-    # 63,405,600 before the tangents along G and eta G shared their product (minus q0 + q1)
-    assert M.step_macs("dynamic_rebar", 2, False, B) == 63_405_600 - (q0 + q1)
+    # 63,405,600 before the tangents along G and eta G shared their product (minus q0 + q1), and before
+    # the Gram route (minus E's dW, the tangent h G_W and the score part's own dW of q0 and q1, plus
+    # the two Gram products B^2 (n_in + n_out) of each)
+    gram = B * B * (784 + 200) + B * B * (200 + 200)
+    dynamic_rebar = 63_405_600 - (q0 + q1) - 3 * (q0 + q1) + (q0 + q1) + gram
+    assert M.step_macs("dynamic_rebar", 2, False, B) == dynamic_rebar == 50_033_184
     # arm, disarm: reinforce + antithetic branches (l = 0: q1, p0, p1; l = 1: p1; p0 costs what q0 does)
     assert M.step_macs("arm", 2, False, B) == M.step_macs("disarm", 2, False, B) == 2 * hard + (q0 + 3 * q1)
     # vimco, reinforce_loo: reinforce on B K = 120 rows
@@ -96,7 +100,9 @@ def test_mac_count_of_the_issue_set_up():
     # relax: dynamic_rebar + R's dW of q0, q1 + r_0, r_1 (M = 32, contexts 784 and 984 wide):
     # forward 3 products, rho 1, tangent backward 5 (one of them (1, B) @ (B, M))
     r = sum(B * 32 * (200 * 2 + 1 + ctx) + B * 32 * (200 * 3 + 1 + ctx) for ctx in (784, 984))
-    assert M.step_macs("relax", 2, False, B) == M.step_macs("dynamic_rebar", 2, False, B) + (q0 + q1) + r
+    # (relax keeps the score part's dW, E and the tangent products: the Gram route is REBAR's alone)
+    dynamic_rebar_without_gram = dynamic_rebar + 2 * (q0 + q1) - gram
+    assert M.step_macs("relax", 2, False, B) == dynamic_rebar_without_gram + (q0 + q1) + r
     assert M.step_macs("relax", 2, False, B) == 67_660_320
 
 

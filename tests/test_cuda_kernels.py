@@ -358,6 +358,13 @@ def test_subtract_scaled_updates_in_place_and_sums(dtype):
     assert err < TOL[np.dtype(dtype)], f"subtract_scaled sums: {got} against the CPU's {want} (relative error {err:.2e})"
 
 
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gram_tangent(dtype):
+    rng = np.random.default_rng(9)
+    h, d = uniform(rng, (B, N_IN), dtype), uniform(rng, (B, N_OUT), dtype)
+    assert_same("gram_tangent", C.gram_tangent(to_device(h), to_device(d)), K.gram_tangent(h, d), TOL[np.dtype(dtype)])
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_ema_moments_counts_non_finite_entries(dtype):
     rng = np.random.default_rng(6)

@@ -349,6 +349,22 @@ def test_subtract_scaled(dtype):
     assert_close("subtract_scaled <g, e>", products, np.sum(g64 * e64), 1e-13)
 
 
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_gram_tangent_is_h_times_the_weight_gradient(dtype):
+    """h (h^T d) through the Gram matrix equals the tangent h G_W of the weight gradient G_W = h^T d,
+    and <d, .>, <e, .> of it are |G_W|^2 and <G_W, h^T e>, the sums REBAR's tuning reads off it."""
+    r = rng_for(34)
+    h, d, e = (r.normal(size=shape).astype(dtype) for shape in ((6, 50), (6, 9), (6, 9)))
+    h64, d64, e64 = h.astype(np.float64), d.astype(np.float64), e.astype(np.float64)
+    G, E = h64.T @ d64, h64.T @ e64
+    Y = K.gram_tangent(h, d)
+    assert Y.dtype == dtype and Y.shape == d.shape
+    tol = 1e-13 if dtype == np.float64 else 1e-5
+    assert_close("gram_tangent", Y, h64 @ G, tol)
+    assert_close("<d, h h^T d> = |h^T d|^2", K.dot(d, Y), np.sum(G * G), tol)
+    assert_close("<e, h h^T d> = <h^T d, h^T e>", K.dot(e, Y), np.sum(G * E), tol)
+
 def test_sigmoid_backward_tangent():
     a, G = pointwise_setup()
     r = rng_for(6)

@@ -122,6 +122,50 @@ def test_rebar_gradcheck(estimator, task, L, nl, joint):
     assert any(n.startswith("aux:psi.") for n in names) and any(n.startswith("aux:baseline.") for n in names)
 
 
+
+@pytest.mark.parametrize("estimator", ["rebar", "dynamic_rebar"])
+@pytest.mark.parametrize("task,L", [("sbn", 1), ("sbn", 3), ("sp", 2)])
+@pytest.mark.parametrize("joint", [False, True])
+def test_gram_route_gives_the_same_estimate(monkeypatch, estimator, task, L, joint):
+    """A linear q transform's G_k, its variance sums and logit tangents through the Gram matrix
+    (recognition_gradient) equal those of E_k and the tangent product, to float64 rounding."""
+    import rebar_np.estimators.rebar as R
+    from rebar_np import estimators as E
+    model, params, x, u, _ = random_instance(task, L, 5, False, n_input=12, batch_size=4, seed=3)
+    est, options = E.get(estimator), {"joint": joint}
+
+    def run(gram):
+        monkeypatch.setattr(R, "gram_pays", lambda B, shape: gram)
+        aux = est.init_aux(model, 0, np.float64, options)
+        for i, k in enumerate(sorted(aux)):
+            if k.startswith("psi."):
+                aux[k][:] = 0.1 * i - 1.0               # a different eta per tensor, W and c included
+        return est.estimate(model, params, aux, x, u=u, options=options)
+
+    gram, plain = run(True), run(False)
+    for group in ("grads", "aux_grads"):
+        for k, want in getattr(plain, group).items():
+            got = getattr(gram, group)[k]
+            err = np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-300)
+            assert err < 1e-12, f"{estimator} {group}[{k}]: relative error {err:.2e} between the routes"
+    assert abs(gram.stats["variance_objective"] / plain.stats["variance_objective"] - 1) < 1e-12
+
+
+@pytest.mark.parametrize("joint", [False, True])
+def test_dynamic_rebar_gradcheck_through_the_gram_route(monkeypatch, joint):
+    import rebar_np.estimators.rebar as R
+    monkeypatch.setattr(R, "gram_pays", lambda B, shape: True)
+    rows = run_checks("dynamic_rebar", "sbn", 2, 3, False, n_input=8, batch_size=3, max_entries=60,
+                      options={"joint": joint})
+    bad = [f"{r.tensor}: rel {r.max_rel_err:.2e}" for r in rows if not r.passed]
+    assert not bad, "; ".join(bad)
+
+
+def test_gram_route_is_taken_at_batch_24():
+    from rebar_np.estimators.rebar import gram_pays
+    assert gram_pays(24, (784, 200)) and gram_pays(24, (200, 200))
+    assert not gram_pays(320, (784, 200)) and not gram_pays(200, (200, 200))
+
 @pytest.mark.parametrize("task,L,nl", [("sbn", 2, False), ("sp", 3, True)])
 def test_concrete_gradcheck(task, L, nl):
     rows = run_checks("concrete", task, L, 3, nl, n_input=8, batch_size=3)

@@ -14,6 +14,9 @@ paths have equal values and differ only through dz/da_l at the switch layer
     E_k = sum_n backprop_{T_ql}( g_z (1 - dz~/da_l) - f_l (b_l - sigma(a_l)) )_k
 
 with g_z = d f_l / d z_l. The generative tensors get no control-variate term.
+Each q tensor's G_k is written once, from both parts (recognition_gradient): for a linear
+T_ql at batch 24 through the Gram matrix h h^T, so that neither E_W nor the product h G_W of
+the tuning below is formed.
 
 Tuning (SPEC "Tuning eta, lambda and the baseline online"): V = (1/P) sum_j G_j^2
 over all P model-gradient entries, minimised over psi (eta = 2 sigma(psi), one
@@ -90,33 +93,31 @@ def rebar_estimate(model, params, aux, x, u, rng, options):
     improved = options["relaxation"] == "muprop"
     lam = temperature(aux, options)
     B, L, nl = x.shape[0], model.n_layer, model.nonlinear
-    u, z0, hp, h0, c, hidden, grads = hard_part(model, params, aux, x, u, rng)
+    # the generative gradient; each q tensor's G_k is written per layer below, with its control variate
+    u, z0, hp, h0, c, hidden, grads = hard_part(model, params, aux, x, u, rng, recognition=False)
+    eta = {k: eta_of(aux, k) for k in params if is_recognition(k)}
+    dlogq = -(hp.f - c) / B                                  # the score part's weight, -(f - c) / B
 
-    # control variates: E (per q tensor) and, per layer l, what the tuning needs.
     # Per layer (default): switch layer l, its own z_l and score_l. Joint: one relaxed
     # pass with every layer relaxed, every layer's z_k and the summed score.
-    E = {k: empty_like(v) for k, v in params.items() if is_recognition(k)}   # each written once below
-    per_layer = []
+    sums, per_layer = {}, []       # sums: (|G_k|^2, <G_k, E_k>) per q tensor, for the variance objective
     joint_rp = relaxed_pass(model, params, x, hp, z0, 0, lam, improved, train_tau) if options["joint"] else None
     for l in range(L):
         q = hp.layers[l]
         rp = joint_rp or relaxed_pass(model, params, x, hp, z0, l, lam, improved, train_tau)
         m = 1.0 - K.dz_cond_dlogits(q.a, u[l], q.s)          # (dz - dz~)/da_l, with dz/da = 1
         score_da = q.s - q.sig                               # d log q(b_l) / d a_l
-        transform_backward(params, E, f"q{l}", q.cache, rp.g_z[l] * m - rp.f[:, None] * score_da, nl, False,
-                           accumulate=False)
-        per_layer.append((rp, m, score_da))
-    eta = {k: eta_of(aux, k) for k in E}
-    sums = apply_control_variates(grads, E, eta, B)
+        dA = K.bernoulli_loglik_backward(q.s, q.sig, dlogq)  # -(1/B) A's dL/da_l: -(f - c)(b_l - sigma(a_l)) / B
+        dE = rp.g_z[l] * m - rp.f[:, None] * score_da        # E's dL/da_l
+        tangents = recognition_gradient(params, grads, f"q{l}", q.cache, nl, dA, dE, eta, B, sums, train_tau)
+        per_layer.append((rp, m, score_da, tangents))
 
     # tuning gradients of V = mean_j G_j^2
     aux_grads = zeros_like(aux)
     P, V = variance_and_eta_grads(grads, sums, eta, B, aux_grads)
     dc = zeros(B, np.float64, like=x)
     dtau = 0.0
-    for l, (rp, m, score_da) in enumerate(per_layer):
-        q = hp.layers[l]
-        a_dot_G, a_dot_eG = logit_tangents(params, f"q{l}", q.cache, nl, grads, eta, train_tau)
+    for l, (rp, m, score_da, (a_dot_G, a_dot_eG)) in enumerate(per_layer):
         dc += (2.0 / (P * B)) * K.per_example_dot(score_da, a_dot_G, 1)
         if train_tau:
             w = rp.g_z_dot[l] * m - rp.f_dot[:, None] * score_da
@@ -125,23 +126,72 @@ def rebar_estimate(model, params, aux, x, u, rng, options):
     if train_tau:
         aux_grads["tau"][0] = dtau
 
-    frozen = {"b": hp.b, "signal": hp.f - c, "f_l": [rp.f for rp, _, _ in per_layer], "z0": z0,
+    frozen = {"b": hp.b, "signal": hp.f - c, "f_l": [rp.f for rp, _, _, _ in per_layer], "z0": z0,
               "a": [q.a for q in hp.layers]}
     stats = {"temperature": lam, "eta_mean": sum(eta.values()) / len(eta), "variance_objective": V}
     return Estimate(grads, aux_grads, hp.f, frozen=frozen, stats=stats)
 
 
-def hard_part(model, params, aux, x, u, rng):
+def recognition_gradient(params, grads, name, cache, nonlinear, dA, dE, eta, B, sums, with_eta):
+    """Write G_k = A'_k - (eta_k / B) E_k into grads for every tensor k of T_name, where
+    A'_k = backprop_{T_name}(dA)_k (the score part, its -1/B included) and E_k = backprop_{T_name}(dE)_k;
+    record (|G_k|^2, <G_k, E_k>) in sums[k]; return the logit tangents (a_dot_G, a_dot_eG) of
+    logit_tangents (a_dot_eG None unless with_eta).
+
+    A linear transform a = h W + c needs neither E_W nor the tangent's product h G_W when the
+    batch is small (gram_pays). Backprop is linear in dL/da, so with D = dA - (eta_W / B) dE
+
+        G_W = h^T D,   G_c = sum_n dA - (eta_c / B) sum_n dE,   E_c = sum_n dE,
+
+    and the rest follows from the Gram matrix h h^T (kernels.gram_tangent), Y = h h^T D = h G_W:
+
+        |G_W|^2 = <h^T D, h^T D> = <D, Y>,   <G_W, E_W> = <h^T D, h^T dE> = <dE, Y>,
+        a_dot_G = Y + G_c,   a_dot_eG = eta_W Y + eta_c G_c.
+
+    Otherwise (nonlinear, or a large batch) A' and E are backpropagated into the gradients and
+    combined by apply_control_variates, and logit_tangents gives the tangents.
+    """
+    if not nonlinear and gram_pays(B, params[name + ".W"].shape):
+        (h,) = cache
+        W, bias = name + ".W", name + ".c"
+        eta_W, eta_c = eta[W], eta[bias]
+        D = dA - (eta_W / B) * dE
+        K.dense_backward(h, params[W], D, grads[W], grads[bias], False, accumulate=False)  # G_W; sum_n D
+        E_c = dE.sum(axis=0)
+        G_c = grads[bias]
+        G_c += ((eta_W - eta_c) / B) * E_c                  # sum_n D -> sum_n dA - (eta_c / B) sum_n dE
+        Y = K.gram_tangent(h, D)
+        sums[W] = (K.dot(D, Y), K.dot(dE, Y))
+        sums[bias] = (K.sum_squares(G_c), K.dot(G_c, E_c))
+        return Y + G_c, (eta_W * Y + eta_c * G_c) if with_eta else None
+    transform_backward(params, grads, name, cache, dA, nonlinear, False, accumulate=False)
+    E = {k: empty_like(v) for k, v in params.items() if k.startswith(name + ".")}   # each written once
+    transform_backward(params, E, name, cache, dE, nonlinear, False, accumulate=False)
+    sums.update(apply_control_variates(grads, E, eta, B))
+    return logit_tangents(params, name, cache, nonlinear, grads, eta, with_eta)
+
+
+def gram_pays(B, shape):
+    """Whether recognition_gradient takes the Gram route for a weight of this (n_in, n_out) shape at
+    batch B: it costs B^2 (n_in + n_out) multiply-adds where the other route's E_W and h G_W cost
+    2 B n_in n_out and two more passes over W, so below B = 2 n_in n_out / (n_in + n_out)
+    (319 for 784 x 200, 200 for 200 x 200)."""
+    n_in, n_out = shape
+    return B * (n_in + n_out) < 2 * n_in * n_out
+
+
+def hard_part(model, params, aux, x, u, rng, recognition=True):
     """What every REBAR-family estimate starts from: the noise (drawn when u is None),
     z0 = logistic noise, the hard pass, the baseline c(x) and the score-function part
-    of the gradient -(1/B) [A + d log p] with learning signal f - c.
+    of the gradient -(1/B) [A + d log p] with learning signal f - c (recognition=False:
+    -(1/B) d log p only, the q tensors left for the caller to write).
     Returns (u, z0, hard pass, h0 = q input, c, the baseline's hidden layer, grads)."""
     u = prepare_noise(model, x, u, rng)
     z0 = [K.logistic_noise(ul) for ul in u]
     hp = hard_pass(model, params, x, z0)
     h0 = model.q_input(x)
     c, hidden = baseline_forward(aux, h0)
-    return u, z0, hp, h0, c, hidden, score_function_gradient(model, params, x, hp, hp.f - c)
+    return u, z0, hp, h0, c, hidden, score_function_gradient(model, params, x, hp, hp.f - c, recognition)
 
 
 def apply_control_variates(grads, E, eta, B):

@@ -584,19 +584,26 @@ def _sum_log1p_row(e):
     512 terms instead of one per term. Each factor is in [1, 2], so a block's product is at
     most 2^512 (float64 holds 2^1023); in float64 the product's rounding error is about
     512 ulp, far below float32 resolution and ~1e-13 relative in float64.
-    The block's product is kept as 8 interleaved partial products (term j goes to p[j % 8]),
-    so that consecutive multiplications do not wait for each other and the loop vectorises
-    (about 1.6x faster than one running product)."""
+    The block's product is kept as 8 interleaved partial products p0..p7 (term j goes to
+    p_{j % 8}), so that consecutive multiplications do not wait for each other (about 1.6x
+    faster than one running product). They are locals, not an array: an np.ones(8) per block
+    was an allocation per row (24 x 784: 6.2 against 8.2 us)."""
     total = 0.0
     m = e.shape[0]
     for start in range(0, m, 512):
         stop = min(start + 512, m)
-        p = np.ones(8)
+        p0 = p1 = p2 = p3 = p4 = p5 = p6 = p7 = 1.0
         n8 = start + (stop - start) // 8 * 8
         for j in range(start, n8, 8):
-            for q in range(8):
-                p[q] *= 1.0 + np.float64(e[j + q])
-        block = ((p[0] * p[1]) * (p[2] * p[3])) * ((p[4] * p[5]) * (p[6] * p[7]))
+            p0 *= 1.0 + np.float64(e[j])
+            p1 *= 1.0 + np.float64(e[j + 1])
+            p2 *= 1.0 + np.float64(e[j + 2])
+            p3 *= 1.0 + np.float64(e[j + 3])
+            p4 *= 1.0 + np.float64(e[j + 4])
+            p5 *= 1.0 + np.float64(e[j + 5])
+            p6 *= 1.0 + np.float64(e[j + 6])
+            p7 *= 1.0 + np.float64(e[j + 7])
+        block = ((p0 * p1) * (p2 * p3)) * ((p4 * p5) * (p6 * p7))
         for j in range(n8, stop):
             block *= 1.0 + np.float64(e[j])
         total += np.log(block)

@@ -196,8 +196,15 @@ def gram_tangent(h, d):
     its own weight gradient, without forming G_W: B^2 (n_in + n_out) multiply-adds instead of
     B n_in n_out, fewer at batch 24 (24 x 784 x 200: 0.57 against 3.8 million).
     Inner products of two such gradients follow from it too (REBAR's variance objective):
-    <h^T d, h^T e> = <e, h h^T d>."""
-    return np.matmul(np.matmul(h, h.T), d)
+    <h^T d, h^T e> = <e, h h^T d>.
+    Numba's products (SciPy's ?gemm with a transpose flag): NumPy's h @ h.T takes its ?syrk
+    path, 17 against 9 us for 24 x 784."""
+    return _gram_tangent(h, d)
+
+
+@kernel
+def _gram_tangent(h, d):
+    return (h @ h.T) @ d
 
 # --------------------------------------------------------------------------
 # Products on two cores

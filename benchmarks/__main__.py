@@ -405,6 +405,19 @@ def compare(old_path, results):
                   + extra)
 
 
+def cpu_model():
+    """The CPU's model name (/proc/cpuinfo on Linux; platform.processor() elsewhere, often empty):
+    rates from different machines are not comparable, and platform.processor() is empty on Linux."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
 def meta(args, argv):
     import numba
     import numpy as np
@@ -420,7 +433,7 @@ def meta(args, argv):
     m = {"version": rebar_np.__version__, "rebar_np_path": here, "git_commit": commit, "rebar_np_dirty": dirty,
          "argv": argv, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "python": sys.version.split()[0],
          "numpy": np.__version__, "numba": numba.__version__, "machine": platform.machine(),
-         "processor": platform.processor(), "cpu_count": os.cpu_count(),
+         "processor": platform.processor(), "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
          "threads": {k: os.environ.get(k) for k in (*THREAD_VARS, "XLA_FLAGS")},
          "loadavg_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
          "options": {k: v for k, v in vars(args).items()}}

@@ -191,8 +191,10 @@ def test_a_small_run_writes_json(tmp_path):
     r = run_benchmarks("--estimators", "nvil,dynamic_rebar", "--arch", "linear1", "--repeats", "1",
                        "--window", "0.02", "--json", str(out))
     assert r.returncode == 0, r.stderr
-    rows = json.loads(out.read_text())["rows"]
+    result = json.loads(out.read_text())
+    rows = result["rows"]
     assert [row["estimator"] for row in rows] == ["nvil", "dynamic_rebar"]
+    assert isinstance(result["meta"]["cpu_model"], str)      # runs on different machines are told apart
     for row in rows:
         assert row["macs"] == M.step_macs(row["estimator"], 1, False, 24) and row["macs_count_matches_trace"]
         assert row["steps_per_s"] > 0 and 0 < row["fraction_of_matmul"]

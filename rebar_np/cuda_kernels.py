@@ -246,12 +246,12 @@ def dense_tangent(h_dot, W, h, W_dot, c_dot):
     return a_dot
 
 
-
 def gram_tangent(h, d):
     """h (h^T d) through the Gram matrix h h^T (B, B) (see the CPU kernel)."""
     B = h.shape[0]
     gram = _gemm(h, h, empty((B, B), h.dtype), trans_b=True)
     return _gemm(gram, d, empty((B, d.shape[1]), np.result_type(h.dtype, d.dtype)))
+
 
 # --------------------------------------------------------------------------
 # Pointwise nonlinearities

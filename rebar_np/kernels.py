@@ -188,7 +188,6 @@ def dense_tangent(h_dot, W, h, W_dot, c_dot):
     return a_dot
 
 
-
 def gram_tangent(h, d):
     """h (h^T d) (B, n_out), for h (B, n_in) and d (B, n_out), through the Gram matrix h h^T (B, B).
 
@@ -205,6 +204,7 @@ def gram_tangent(h, d):
 @kernel
 def _gram_tangent(h, d):
     return (h @ h.T) @ d
+
 
 # --------------------------------------------------------------------------
 # Products on two cores

@@ -107,7 +107,7 @@ def rebar_estimate(model, params, aux, x, u, rng, options):
         rp = joint_rp or relaxed_pass(model, params, x, hp, z0, l, lam, improved, train_tau)
         m = 1.0 - K.dz_cond_dlogits(q.a, u[l], q.s)          # (dz - dz~)/da_l, with dz/da = 1
         score_da = q.s - q.sig                               # d log q(b_l) / d a_l
-        dA = K.bernoulli_loglik_backward(q.s, q.sig, dlogq)  # -(1/B) A's dL/da_l: -(f - c)(b_l - sigma(a_l)) / B
+        dA = dlogq[:, None] * score_da                        # -(1/B) A's dL/da_l: -(f - c)(b_l - sigma(a_l)) / B
         dE = rp.g_z[l] * m - rp.f[:, None] * score_da        # E's dL/da_l
         tangents = recognition_gradient(params, grads, f"q{l}", q.cache, nl, dA, dE, eta, B, sums, train_tau)
         per_layer.append((rp, m, score_da, tangents))

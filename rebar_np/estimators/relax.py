@@ -126,12 +126,13 @@ def estimate(model, params, aux, x, u=None, rng=None, options=None):
     for l, (rp, m, score_da, r, rcache) in enumerate(per_layer):
         q = hp.layers[l]
         a_dot_G, a_dot_eG = logit_tangents(params, f"q{l}", q.cache, nl, grads, eta, True)
-        dc += (2.0 / (P * B)) * K.per_example_dot(score_da, a_dot_G, 1)
+        a_dot_G_score = K.per_example_dot(score_da, a_dot_G, 1)     # <a_dot_G, score>_n, float64
+        dc += (2.0 / (P * B)) * a_dot_G_score
         w = rp.g_z_dot[l] * m - rp.f_dot[:, None] * score_da
         dtau += -(2.0 / (P * B)) * K.dot(a_dot_eG, w)
         # dV/dphi_l = -(2/(P B)) dS_l/dphi_l, S_l = sum_n [<A m, rho> - <A, score> r], A = a_dot_l[G]
         control_net_tangent_backward(aux, aux_grads, f"relax{l}", rcache, a_dot_G * m,
-                                     np.sum(a_dot_G * score_da, axis=1).astype(r.dtype), -2.0 / (P * B))
+                                     a_dot_G_score.astype(r.dtype), -2.0 / (P * B))
     baseline_backward(aux, aux_grads, h0, hidden, dc.astype(c.dtype))
     aux_grads["tau"][0] = dtau
 

@@ -822,7 +822,7 @@ def logmeanexp_rows(F):
 # --------------------------------------------------------------------------
 # Optimizer and training-loop kernels
 #
-# Twins of rebar_np.adam.adam_kernel and rebar_np.train.ema_moments / all_finite.
+# Twins of rebar_np.adam.adam_kernel and rebar_np.train.ema_moments / adam_and_moments / all_finite.
 # --------------------------------------------------------------------------
 @cuda.jit
 def _adam(p, g, m, v, lr_t, beta1, beta2, eps):
@@ -869,6 +869,14 @@ def ema_moments(g, m1, m2, decay):
     bad = _zeros1(np.int64)
     _ema_moments[launch(g.size)](g.flat(), m1.flat(), m2.flat(), decay, bad)
     return int(bad.copy_to_host()[0])
+
+
+def adam_and_moments(p, g, m, v, m1, m2, lr_t, beta1, beta2, eps, decay):
+    """ema_moments(g, m1, m2, decay), then adam_kernel(p, g, m, v, ...): the CPU's one pass as two
+    launches (on the GPU the second read of g costs little). Returns ema_moments' count."""
+    bad = ema_moments(g, m1, m2, decay)
+    adam_kernel(p, g, m, v, lr_t, beta1, beta2, eps)
+    return bad
 
 
 @cuda.jit

@@ -15,7 +15,7 @@ from numba import prange
 from tqdm import tqdm
 
 from . import estimators as E
-from .adam import AdamConfig, adam_init, adam_update
+from .adam import AdamConfig, adam_entry, adam_init, adam_update, step_size
 from .checkpoint import save_checkpoint
 from .device import DEVICES, check_device, is_device, to_device, to_host, twin, zeros_like
 from .resume import LoopState, capture_state, restore_state
@@ -115,6 +115,15 @@ class TrainResult:
 # Gradient-variance monitor (SPEC section 4)
 # --------------------------------------------------------------------------
 @arith_kernel
+def ema_entry(g, m1, m2, i, decay):
+    """Entry i of the monitor's fold (in place): m1 <- d m1 + (1 - d) g;  m2 <- d m2 + (1 - d) g^2."""
+    one = decay / decay
+    gi = g[i]
+    m1[i] = decay * m1[i] + (one - decay) * gi
+    m2[i] = decay * m2[i] + (one - decay) * gi * gi
+
+
+@arith_kernel
 def ema_moments(g, m1, m2, decay):
     """m1 <- d m1 + (1 - d) g;  m2 <- d m2 + (1 - d) g^2   (flat views, in place), in the
     arithmetic of decay's type: the monitor passes decay in its arrays' dtype, so a float32
@@ -127,13 +136,10 @@ def ema_moments(g, m1, m2, decay):
     NaN and inf semantics).
     """
     gf, f1, f2 = g.reshape(-1), m1.reshape(-1), m2.reshape(-1)
-    one = decay / decay
     bad = 0
     for i in range(gf.size):
-        gi = gf[i]
-        bad += 0 if np.isfinite(gi) else 1
-        f1[i] = decay * f1[i] + (one - decay) * gi
-        f2[i] = decay * f2[i] + (one - decay) * gi * gi
+        bad += 0 if np.isfinite(gf[i]) else 1
+        ema_entry(gf, f1, f2, i, decay)
     return bad
 
 
@@ -147,6 +153,37 @@ def ema_moments_halves(g, m1, m2, decay):
     for part in prange(2):
         lo, hi = _half(n, part)
         bad += ema_moments(gf[lo:hi], f1[lo:hi], f2[lo:hi], decay)
+    return bad
+
+
+@arith_kernel
+def adam_and_moments(p, g, m, v, m1, m2, lr_t, beta1, beta2, eps, decay):
+    """adam.adam_kernel and ema_moments in one pass (flat views, in place): the monitor's fold of
+    g, then Adam's update of p with it, entry by entry, so g is read once. Each entry's arithmetic
+    is theirs (adam.adam_entry, ema_entry), so the results are the two calls' exactly.
+    Returns the number of non-finite entries of g, as ema_moments does."""
+    pf, gf, mf, vf = p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1)
+    f1, f2 = m1.reshape(-1), m2.reshape(-1)
+    bad = 0
+    for i in range(pf.size):
+        bad += 0 if np.isfinite(gf[i]) else 1
+        ema_entry(gf, f1, f2, i, decay)
+        adam_entry(pf, gf, mf, vf, i, lr_t, beta1, beta2, eps)
+    return bad
+
+
+@split_kernel
+def adam_and_moments_halves(p, g, m, v, m1, m2, lr_t, beta1, beta2, eps, decay):
+    """adam_and_moments on the two halves of the flat tensors, one per core when the step's thread
+    may use two (the same result, as in adam.adam_kernel_halves)."""
+    pf, gf, mf, vf = p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1)
+    f1, f2 = m1.reshape(-1), m2.reshape(-1)
+    n = pf.size
+    bad = 0
+    for part in prange(2):
+        lo, hi = _half(n, part)
+        bad += adam_and_moments(pf[lo:hi], gf[lo:hi], mf[lo:hi], vf[lo:hi], f1[lo:hi], f2[lo:hi],
+                                lr_t, beta1, beta2, eps, decay)
     return bad
 
 
@@ -185,6 +222,26 @@ class GradVariance:
             m1 = self.m1[k]
             fold = ema_moments_halves if moments is ema_moments and _in_halves(g) else moments
             if fold(g, m1, self.m2[k], m1.dtype.type(self.decay)) and first_bad is None:
+                first_bad = k
+        return first_bad
+
+    def update_with_adam(self, params, grads, opt, cfg):
+        """update(grads) and adam.adam_update(params, grads, opt, cfg) in one pass over each
+        tensor (adam_and_moments): the step streams every gradient, parameter and their Adam
+        and monitor state once instead of the gradient twice, and calls one kernel per tensor
+        instead of two. The same results as the two calls. Returns what update returns; Adam
+        has then already applied a non-finite gradient (the training loop stops on it, and
+        its last good checkpoint is on disk)."""
+        self.t += 1
+        lr_t = step_size(opt, cfg)
+        fused = twin(adam_and_moments, next(iter(grads.values()), None))
+        first_bad = None
+        for k, g in grads.items():
+            p, m1 = params[k], self.m1[k]
+            typed = p.dtype.type
+            update = adam_and_moments_halves if fused is adam_and_moments and _in_halves(g) else fused
+            if update(p, g, opt["m"][k], opt["v"][k], m1, self.m2[k], typed(lr_t), typed(cfg.beta1),
+                      typed(cfg.beta2), typed(cfg.eps), typed(self.decay)) and first_bad is None:
                 first_bad = k
         return first_bad
 
@@ -280,12 +337,13 @@ def build(cfg, train_x):
 
 def train_step(est, model, params, aux, x, rng, opt, aux_opt, monitor, adam_cfg, aux_lr_scale, step,
                options=None):
-    """One step: estimate the gradients on batch x, fold them into the variance
-    monitor (which also checks them for NaN/inf), then update the model with Adam
-    and the estimator's own parameters with aux_lr_scale times the learning rate."""
+    """One step: estimate the gradients on batch x; update the model with Adam, folding the
+    gradient into the variance monitor in the same pass (which also checks it for NaN/inf);
+    then update the estimator's own parameters with aux_lr_scale times the learning rate.
+    A NaN or inf raises TrainingDiverged (after the model's update: its parameters are then
+    not usable; the last good checkpoint is on disk)."""
     res = est.estimate(model, params, aux, x, rng=rng, options=options)
-    _check_finite(step, res, monitor.update(res.grads))
-    adam_update(params, res.grads, opt, adam_cfg)
+    _check_finite(step, res, monitor.update_with_adam(params, res.grads, opt, adam_cfg))
     if aux:
         adam_update(aux, res.aux_grads, aux_opt, adam_cfg, aux_lr_scale)
     return res
@@ -585,7 +643,8 @@ class StopFlag:
 
 def _check_finite(step, res, bad_model_grad):
     """Raise TrainingDiverged naming the step and the first non-finite quantity.
-    bad_model_grad: what GradVariance.update found in the model gradient (checked in the same pass)."""
+    bad_model_grad: what GradVariance.update (or update_with_adam) found in the model gradient
+    (checked in the same pass)."""
     finite = twin(all_finite, res.elbo)
     if not finite(res.elbo):
         raise TrainingDiverged(f"non-finite ELBO at step {step}")

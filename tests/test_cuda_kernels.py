@@ -24,6 +24,7 @@ from rebar_np import kernels as K
 from rebar_np.model import uniform_bits
 from rebar_np.adam import adam_kernel as cpu_adam_kernel
 from rebar_np.device import DeviceArray, to_device, to_host
+from rebar_np.train import adam_and_moments as cpu_adam_and_moments
 from rebar_np.train import all_finite as cpu_all_finite
 from rebar_np.train import ema_moments as cpu_ema_moments
 
@@ -115,7 +116,7 @@ def test_every_cpu_kernel_has_a_twin_with_its_arguments():
     assert len(public) > 30
     for n in public:
         assert params(getattr(C, n)) == params(getattr(K, n)), n
-    for cpu in (cpu_adam_kernel, cpu_ema_moments, cpu_all_finite):
+    for cpu in (cpu_adam_kernel, cpu_ema_moments, cpu_adam_and_moments, cpu_all_finite):
         name = getattr(cpu, "py_func", cpu).__name__
         assert params(getattr(C, name)) == params(cpu), name
 
@@ -358,12 +359,12 @@ def test_subtract_scaled_updates_in_place_and_sums(dtype):
     assert err < TOL[np.dtype(dtype)], f"subtract_scaled sums: {got} against the CPU's {want} (relative error {err:.2e})"
 
 
-
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_gram_tangent(dtype):
     rng = np.random.default_rng(9)
     h, d = uniform(rng, (B, N_IN), dtype), uniform(rng, (B, N_OUT), dtype)
     assert_same("gram_tangent", C.gram_tangent(to_device(h), to_device(d)), K.gram_tangent(h, d), TOL[np.dtype(dtype)])
+
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_ema_moments_counts_non_finite_entries(dtype):
@@ -380,6 +381,25 @@ def test_ema_moments_counts_non_finite_entries(dtype):
     assert type(bad) is int and bad == cpu_ema_moments(g, m1, m2, 0.99) == 3
     assert_same("m1 (non-finite g)", m1_d, m1, TOL[np.dtype(dtype)])
     assert_same("m2 (non-finite g)", m2_d, m2, TOL[np.dtype(dtype)])
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered")   # the simulator's Adam at g = -inf
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_adam_and_moments_is_the_cpu_pass(dtype):
+    rng = np.random.default_rng(10)
+    typed = np.dtype(dtype).type
+    p, g, m = (uniform(rng, (N_IN, N_OUT), dtype) for _ in range(3))
+    v, m1, m2 = (uniform(rng, (N_IN, N_OUT), dtype, 0, 1) for _ in range(3))
+    g[1, 2], g[3, 0] = np.nan, -np.inf
+    scalars = (typed(1e-2), typed(0.9), typed(0.999), typed(1e-8), typed(0.99))
+    dev = [to_device(a) for a in (p, g, m, v, m1, m2)]
+    bad = C.adam_and_moments(*dev, *scalars)
+    assert type(bad) is int and bad == cpu_adam_and_moments(p, g, m, v, m1, m2, *scalars) == 2
+    for name, got, want in zip(("g", "m1", "m2"), dev[1:2] + dev[4:], (g, m1, m2)):
+        assert_same(f"adam_and_moments {name}", got, want, TOL[np.dtype(dtype)])
+    ok = np.isfinite(g)       # Adam's values at a NaN or inf are not defined (the CPU's fast-math loop)
+    for name, got, want in zip("pmv", (dev[0], dev[2], dev[3]), (p, m, v)):
+        assert_same(f"adam_and_moments {name}", to_device(to_host(got)[ok]), want[ok], TOL[np.dtype(dtype)])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

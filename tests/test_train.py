@@ -88,6 +88,53 @@ def test_adam_and_the_monitor_in_halves_are_the_one_pass_updates(dtype):
             np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_update_with_adam_is_the_monitor_then_adam(dtype):
+    """The training step's one pass (GradVariance.update_with_adam: adam_and_moments, in halves for
+    big tensors in the step's thread, whole in another thread) gives exactly what the monitor's
+    fold followed by Adam's update gives, and names the first tensor with a NaN or inf."""
+    from concurrent.futures import ThreadPoolExecutor
+    rng = np.random.default_rng(3)
+    shapes = {"W": (300, 301), "c": (7,), "V": (5, 4)}
+    assert 300 * 301 >= SPLIT_MIN_SIZE > 7
+    p = {k: rng.normal(size=s).astype(dtype) for k, s in shapes.items()}
+    g = [{k: (rng.normal(size=s) * 10.0 ** -i).astype(dtype) for k, s in shapes.items()} for i in range(4)]
+    cfg = AdamConfig(learning_rate=0.01)
+
+    def run(fused):
+        q, state, mon = {k: v.copy() for k, v in p.items()}, adam_init(p), GradVariance(p, 0.9)
+        for gt in g:
+            if fused:
+                assert mon.update_with_adam(q, gt, state, cfg) is None
+            else:
+                assert mon.update(gt) is None
+                adam_update(q, gt, state, cfg)
+        bad = {k: v.copy() for k, v in g[0].items()}
+        bad["c"][3], bad["V"][1, 1] = np.inf, np.nan
+        named = mon.update_with_adam(q, bad, state, cfg) if fused else mon.update(bad)
+        return q, state, mon, named
+
+    want_q, want_s, want_mon, want_named = run(False)
+    with ThreadPoolExecutor(1) as pool:
+        runs = [run(True), pool.submit(run, True).result()]
+    for q, state, mon, named in runs:
+        assert named == want_named == "c"
+        assert mon.t == want_mon.t == 5 and state["t"] == 5 and want_s["t"] == 4
+        for k in shapes:
+            for got, want in ((mon.m1[k], want_mon.m1[k]), (mon.m2[k], want_mon.m2[k])):
+                np.testing.assert_array_equal(got, want)
+        want_s2 = {"m": {k: v.copy() for k, v in want_s["m"].items()},
+                   "v": {k: v.copy() for k, v in want_s["v"].items()}, "t": want_s["t"]}
+        want_q2 = {k: v.copy() for k, v in want_q.items()}
+        bad = {k: v.copy() for k, v in g[0].items()}
+        bad["c"][3], bad["V"][1, 1] = np.inf, np.nan
+        adam_update(want_q2, bad, want_s2, cfg)     # the fused pass has applied the bad step too
+        for k in shapes:
+            for got, want in ((q[k], want_q2[k]), (state["m"][k], want_s2["m"][k]),
+                              (state["v"][k], want_s2["v"][k])):
+                np.testing.assert_array_equal(got, want)
+
+
 def test_step_cores_keeps_the_faster_and_measures_again():
     """StepCores times `probe` steps on one core and on two, twice, keeps the faster, and
     measures again after `every` steps or as soon as a window is `slack` times slower."""

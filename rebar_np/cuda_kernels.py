@@ -825,21 +825,29 @@ def logmeanexp_rows(F):
 # Twins of rebar_np.adam.adam_kernel and rebar_np.train.ema_moments / adam_and_moments / all_finite.
 # --------------------------------------------------------------------------
 @cuda.jit
-def _adam(p, g, m, v, lr_t, beta1, beta2, eps):
+def _adam(p, g, m, v, lr_t, beta1, beta2, eps, bad):
     i = cuda.grid(1)
+    nbad = 0
     one = beta1 / beta1                     # 1 in the scalars' dtype: float32 stays float32, as on the CPU
     while i < p.size:
         gi = g[i]
+        if not _finite(gi):
+            nbad += 1
         m[i] = beta1 * m[i] + (one - beta1) * gi
         v[i] = beta2 * v[i] + (one - beta2) * gi * gi
         p[i] -= lr_t * m[i] / (math.sqrt(v[i]) + eps)
         i += cuda.gridsize(1)
+    if nbad:
+        cuda.atomic.add(bad, 0, nbad)
 
 
 def adam_kernel(p, g, m, v, lr_t, beta1, beta2, eps):
     """One Adam update in place:  m <- beta1 m + (1 - beta1) g,  v <- beta2 v + (1 - beta2) g^2,
-    p <- p - lr_t m / (sqrt(v) + eps); the scalars arrive in the arrays' dtype (see adam_update)."""
-    _adam[launch(p.size)](p.flat(), g.flat(), m.flat(), v.flat(), lr_t, beta1, beta2, eps)
+    p <- p - lr_t m / (sqrt(v) + eps); the scalars arrive in the arrays' dtype (see adam_update).
+    Returns the number of non-finite entries of g (a host int)."""
+    bad = _zeros1(np.int64)
+    _adam[launch(p.size)](p.flat(), g.flat(), m.flat(), v.flat(), lr_t, beta1, beta2, eps, bad)
+    return int(bad.copy_to_host()[0])
 
 
 @cuda.jit(device=True)
@@ -875,7 +883,8 @@ def adam_and_moments(p, g, m, v, m1, m2, lr_t, beta1, beta2, eps, decay):
     """ema_moments(g, m1, m2, decay), then adam_kernel(p, g, m, v, ...): the CPU's one pass as two
     launches (on the GPU the second read of g costs little). Returns ema_moments' count."""
     bad = ema_moments(g, m1, m2, decay)
-    adam_kernel(p, g, m, v, lr_t, beta1, beta2, eps)
+    _adam[launch(p.size)](p.flat(), g.flat(), m.flat(), v.flat(), lr_t, beta1, beta2, eps,
+                          _zeros1(np.int64))      # g's count is ema_moments'; this one is not read back
     return bad
 
 

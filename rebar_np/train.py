@@ -338,14 +338,14 @@ def build(cfg, train_x):
 def train_step(est, model, params, aux, x, rng, opt, aux_opt, monitor, adam_cfg, aux_lr_scale, step,
                options=None):
     """One step: estimate the gradients on batch x; update the model with Adam, folding the
-    gradient into the variance monitor in the same pass (which also checks it for NaN/inf);
-    then update the estimator's own parameters with aux_lr_scale times the learning rate.
-    A NaN or inf raises TrainingDiverged (after the model's update: its parameters are then
-    not usable; the last good checkpoint is on disk)."""
+    gradient into the variance monitor in the same pass; then update the estimator's own
+    parameters with aux_lr_scale times the learning rate. Both passes also check their
+    gradient for NaN/inf. A NaN or inf raises TrainingDiverged after the updates: the
+    parameters are then not usable (the last good checkpoint is on disk)."""
     res = est.estimate(model, params, aux, x, rng=rng, options=options)
-    _check_finite(step, res, monitor.update_with_adam(params, res.grads, opt, adam_cfg))
-    if aux:
-        adam_update(aux, res.aux_grads, aux_opt, adam_cfg, aux_lr_scale)
+    bad_model_grad = monitor.update_with_adam(params, res.grads, opt, adam_cfg)
+    bad_aux_grad = adam_update(aux, res.aux_grads, aux_opt, adam_cfg, aux_lr_scale) if aux else None
+    _check_finite(step, res, bad_model_grad, bad_aux_grad)
     return res
 
 
@@ -641,15 +641,13 @@ class StopFlag:
         self._old = {}
 
 
-def _check_finite(step, res, bad_model_grad):
-    """Raise TrainingDiverged naming the step and the first non-finite quantity.
-    bad_model_grad: what GradVariance.update (or update_with_adam) found in the model gradient
-    (checked in the same pass)."""
-    finite = twin(all_finite, res.elbo)
-    if not finite(res.elbo):
+def _check_finite(step, res, bad_model_grad, bad_aux_grad):
+    """Raise TrainingDiverged naming the step and the first non-finite quantity: the ELBO, then
+    the tensors that GradVariance.update_with_adam (or update) and adam_update found with a NaN
+    or inf in their gradient, in the pass that used it (None: none)."""
+    if not twin(all_finite, res.elbo)(res.elbo):
         raise TrainingDiverged(f"non-finite ELBO at step {step}")
     if bad_model_grad is not None:
         raise TrainingDiverged(f"non-finite model gradient of {bad_model_grad} at step {step}")
-    for k, g in res.aux_grads.items():
-        if not finite(g):
-            raise TrainingDiverged(f"non-finite estimator gradient of {k} at step {step}")
+    if bad_aux_grad is not None:
+        raise TrainingDiverged(f"non-finite estimator gradient of {bad_aux_grad} at step {step}")

@@ -105,9 +105,8 @@ def track_variance(cfg, data, estimators, follow, log=print, report_every=0, dec
                 for k, g in res.grads.items():
                     if ema_moments(g, t.m1[k], t.m2[k], decay) and bad is None:
                         bad = k
-                _check_finite(step, res, bad)
-                if t.aux:
-                    adam_update(t.aux, res.aux_grads, t.opt, adam_cfg, cfg.aux_lr_scale)
+                bad_aux = adam_update(t.aux, res.aux_grads, t.opt, adam_cfg, cfg.aux_lr_scale) if t.aux else None
+                _check_finite(step, res, bad, bad_aux)
                 if t.name == follow:
                     followed = res
             adam_update(params, followed.grads, opt, adam_cfg)

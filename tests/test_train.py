@@ -249,6 +249,26 @@ def test_nan_stops_with_step_and_quantity_and_keeps_last_good_checkpoint(tmp_pat
     assert all(np.isfinite(v).all() for v in ck["params"].values())
 
 
+@pytest.mark.parametrize("where", ["baseline.W1", "baseline.c2"])
+def test_nan_in_an_estimator_gradient_stops_and_names_it(tmp_path, monkeypatch, where):
+    """The aux update's pass (adam_update) finds it, in a big tensor (two halves) or a small one."""
+    import rebar_np.estimators.nvil as nvil
+    real = nvil.estimate
+    calls = {"n": 0}
+
+    def poisoned(*a, **k):
+        res = real(*a, **k)
+        calls["n"] += 1
+        if calls["n"] == 12:
+            res.aux_grads[where].reshape(-1)[-1] = -np.inf
+        return res
+    monkeypatch.setattr(nvil, "estimate", poisoned)
+    with pytest.raises(TrainingDiverged) as err:
+        train(small_cfg(model="nvil", n_hidden=50, batch_size=8, steps=30), small_data(d=400),
+              log=lambda s: None, progress=False)
+    assert str(err.value) == f"non-finite estimator gradient of {where} at step 12"
+
+
 def test_ctrl_c_stops_between_steps_and_saves(tmp_path, monkeypatch):
     import rebar_np.estimators.nvil as nvil
     out = tmp_path / "run"

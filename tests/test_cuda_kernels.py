@@ -105,6 +105,42 @@ def test_importing_the_module_compiles_and_runs_nothing():
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
 
 
+def test_k_keeps_the_cpu_kernels_sees_patches_and_dispatches_once_device_arrays_exist():
+    """rebar_np.device.K (in a fresh interpreter): the CPU kernel itself, kept as a plain
+    attribute; a patch of rebar_np.kernels is seen, and so is its undoing; after the first
+    DeviceArray the same name dispatches on its arguments."""
+    env = dict(os.environ)
+    if env.get("REBAR_NP_REAL_CUDA") != "1":
+        env["NUMBA_ENABLE_CUDASIM"] = "1"
+    code = """if True:
+        import numpy as np
+        import rebar_np.kernels as KM
+        from rebar_np.device import K, to_device, to_host
+        real = KM.sigmoid_forward
+        assert K.sigmoid_forward is real and vars(K)["sigmoid_forward"] is real
+        KM.sigmoid_forward = lambda a: "patched"
+        assert K.sigmoid_forward(None) == "patched"
+        KM.sigmoid_forward = real
+        assert K.sigmoid_forward is real
+        KM.A_TEST_CONSTANT = 1
+        assert K.A_TEST_CONSTANT == 1
+        del KM.A_TEST_CONSTANT
+        try:
+            K.A_TEST_CONSTANT
+            raise SystemExit("K kept a deleted name")
+        except AttributeError:
+            pass
+        a = np.linspace(-3, 3, 12, dtype=np.float32).reshape(3, 4)
+        d = to_device(a)
+        assert K.sigmoid_forward is not real
+        assert np.allclose(to_host(K.sigmoid_forward(d)), real(a), rtol=1e-6)
+        assert np.array_equal(K.sigmoid_forward(a), real(a))
+        print("ok")
+    """
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stdout + res.stderr
+
+
 def test_every_cpu_kernel_has_a_twin_with_its_arguments():
     import inspect
 

@@ -56,7 +56,8 @@ def k_sample_estimate(model, params, x, u, rng, options, signals_fn):
     grads = zeros_like(params)
     score_backward(model, params, grads, hp.layers, dlogq)
     generative_backward(model, params, grads, xk, hp.b, hp.pp, dlogp, False)
-    stats = {"rms_signal": float(np.sqrt(np.mean(signal ** 2))), "ess": float(np.mean(1.0 / np.sum(w ** 2, axis=1)))}
+    stats = {"rms_signal": lambda: float(np.sqrt(np.mean(signal ** 2))),
+             "ess": lambda: float(np.mean(1.0 / np.sum(w ** 2, axis=1)))}
     return Estimate(grads, {}, bound.astype(dt), frozen={"b": hp.b, "dlogq": dlogq, "dlogp": dlogp}, stats=stats)
 
 

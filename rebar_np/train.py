@@ -568,14 +568,15 @@ def train(cfg, data, log=print, progress=None, resume=None, recorder=None):
                     step == cfg.steps or (epoch_done and (step // steps_per_epoch) % cfg.eval_every == 0))
                 if step % report_every == 0 or step == cfg.steps or eval_due:
                     now = time.perf_counter()
+                    stats = res.stat_values()
                     row = {"step": step, "train_elbo": loop.elbo_sum / max(loop.elbo_n, 1),
                            "log_grad_var": monitor.log_variance(), "wall_time": now - t_start,
-                           **res.stats}
+                           **stats}
                     rate = (step - last_report) / (now - t_report)
                     result.history.append(row)
                     log(f"Step {step}: train ELBO {row['train_elbo']:.2f}, "
                         f"log grad var {row['log_grad_var']:.3f}"
-                        + "".join(f", {k} {v:.4g}" for k, v in res.stats.items())
+                        + "".join(f", {k} {v:.4g}" for k, v in stats.items())
                         + f", {rate:.0f} steps/s on {cores.current} core{'s' if cores.current > 1 else ''}")
                     loop.elbo_sum, loop.elbo_n = 0.0, 0
                     bounds = run_eval(step) if eval_due else {}

@@ -343,7 +343,7 @@ def check(name, task, L, nl, seed=0, options=None):
     compare(label, res.grads, grads)
     compare(label + " (aux)", res.aux_grads, aux_grads)
     if "V" in extra:
-        np.testing.assert_allclose(res.stats["variance_objective"], extra["V"], rtol=1e-10)
+        np.testing.assert_allclose(res.stat("variance_objective"), extra["V"], rtol=1e-10)
         scale_ = max(float(np.max(np.abs(g))) for g in grads.values())
         for k, g in extra["gen_cv"].items():   # SPEC: the generative tensors get no control-variate term
             assert np.max(np.abs(g)) < 1e-9 * scale_, f"{label}: {k} would get a control-variate term"

@@ -151,7 +151,7 @@ def test_relax_starts_exactly_at_dynamic_rebar(nonlinear, relaxation, context):
         assert not np.any(r_aux[f"relax{l}.w2"]) and not np.any(r_aux[f"relax{l}.c2"])
     d = E.get("dynamic_rebar").estimate(model, params, d_aux, x, u, options=opts)
     r = E.get("relax").estimate(model, params, r_aux, x, u, options=ropts)
-    assert r.stats["rms_r"] == 0.0
+    assert r.stat("rms_r") == 0.0
     for k in params:
         np.testing.assert_allclose(r.grads[k], d.grads[k], rtol=1e-12, atol=1e-14, err_msg=k)
     for k in d_aux:

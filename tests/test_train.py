@@ -9,6 +9,8 @@ import pytest
 from rebar_np.adam import AdamConfig, adam_init, adam_update
 from rebar_np.kernels import SPLIT_MIN_SIZE
 from rebar_np.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from rebar_np.estimators import ESTIMATORS
+from rebar_np.estimators import get as get_estimator
 from rebar_np.train import GradVariance, TrainConfig, TrainingDiverged, train
 
 
@@ -168,6 +170,23 @@ def test_step_cores_keeps_the_faster_and_measures_again():
     finally:
         cores.close()
     assert numba.get_num_threads() == before
+
+
+@pytest.mark.parametrize("model", ESTIMATORS)
+def test_report_lines_log_every_stat_as_a_number(model):
+    """Estimators may hand a stat over as a function computed when read (Estimate.stat); what the
+    loop logs and records is its value, the same as the estimate's own."""
+    lines = []
+    res = train(small_cfg(model=model, steps=20, report_every=10), small_data(), log=lines.append,
+                progress=False)
+    est = get_estimator(model)
+    names = set(est.estimate(res.model, res.params, res.aux, small_data()["train"][:8],
+                             rng=np.random.default_rng(0), options=TrainConfig(model=model).estimator_options()).stats)
+    assert names, model
+    for row in res.history:
+        assert names <= set(row), (model, row)
+        assert all(type(row[k]) is float and np.isfinite(row[k]) for k in names), (model, row)
+    assert all(all(f", {k} " in line for k in names) for line in lines if line.startswith("Step 20:")), lines
 
 
 @pytest.mark.parametrize("model", ["nvil", "dynamic_rebar"])

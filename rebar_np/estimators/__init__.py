@@ -50,7 +50,18 @@ class Estimate:
     aux_grads: dict    # gradient of the estimator's own objective for every aux parameter
     elbo: np.ndarray   # (B,) per-example hard ELBO f(b)
     frozen: dict = field(default_factory=dict)   # stop-gradient quantities, for surrogate()
-    stats: dict = field(default_factory=dict)    # scalars worth logging
+    stats: dict = field(default_factory=dict)    # scalars worth logging (read through stat / stat_values)
+
+    def stat(self, name):
+        """stats[name] as a float. A value may be a function of no arguments that computes it when
+        read: the training loop logs stats at its report lines only, so a statistic that costs a
+        pass over the gradients (REBAR's variance objective) is not computed at every step."""
+        value = self.stats[name]
+        return float(value()) if callable(value) else value
+
+    def stat_values(self):
+        """Every stat as a float (see stat)."""
+        return {k: self.stat(k) for k in self.stats}
 
 
 def get(name):

@@ -83,7 +83,7 @@ def antithetic_estimate(model, params, x, u, rng, logit_gradient):
         transform_backward(params, grads, f"q{l}", q.cache, g * (-1.0 / B), nl, False)
         g_a.append(g)
         f_diffs.append(f_diff)
-    stats = {"rms_f_diff": float(np.sqrt(np.mean(np.concatenate(f_diffs).astype(np.float64) ** 2)))}
+    stats = {"rms_f_diff": lambda: float(np.sqrt(np.mean(np.concatenate(f_diffs).astype(np.float64) ** 2)))}
     return Estimate(grads, {}, hp.f, frozen={"b": hp.b, "g_a": g_a}, stats=stats)
 
 

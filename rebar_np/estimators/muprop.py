@@ -62,16 +62,16 @@ def estimate(model, params, aux, x, u=None, rng=None, options=None):
         da = K.sigmoid_backward(q.sig, (-s1 / B) * mf.df_dmu[l])
         transform_backward(params, grads, f"q{l}", q.cache, da, model.nonlinear, False)
     aux_grads = zeros_like(aux)
-    total = 0.0
+    losses = []
     for l in range(L):
         loss, dsignal = squared_signal_loss(signals[l])
-        total += loss
+        losses.append(loss)
         for name, value in ((f"psi.s0_{l}", mf.f), (f"psi.s1_{l}", lins[l])):
             _, ds_dpsi = scale_of(aux[name][0])
             aux_grads[name][0] = float(np.sum(dsignal * -value, dtype=np.float64)) * ds_dpsi
         baseline_backward(aux, aux_grads, h0, hiddens[l], -dsignal, prefix=f"baseline{l}")
     frozen = {"b": hp.b, "signals": signals, "f": hp.f, "f_mu": mf.f, "lins": lins, "df_dmu": mf.df_dmu}
-    return Estimate(grads, aux_grads, hp.f, frozen=frozen, stats={"baseline_loss": total})
+    return Estimate(grads, aux_grads, hp.f, frozen=frozen, stats={"baseline_loss": lambda: sum(loss() for loss in losses)})
 
 
 def surrogate(model, params, aux, x, u, frozen, options=None):

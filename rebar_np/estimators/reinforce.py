@@ -29,7 +29,7 @@ def estimate(model, params, aux, x, u=None, rng=None, options=None):
     signal = K.leave_one_out_center(hp.f)
     grads = score_function_gradient(model, params, x, hp, signal)
     return Estimate(grads, {}, hp.f, frozen={"b": hp.b, "signal": signal},
-                    stats={"rms_signal": float(np.sqrt(np.mean(signal.astype(np.float64) ** 2)))})
+                    stats={"rms_signal": lambda: float(np.sqrt(np.mean(signal.astype(np.float64) ** 2)))})
 
 
 def surrogate(model, params, aux, x, u, frozen, options=None):

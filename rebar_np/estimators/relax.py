@@ -139,7 +139,7 @@ def estimate(model, params, aux, x, u=None, rng=None, options=None):
     frozen = {"b": hp.b, "signal": hp.f - c, "f_l": [p[0].f for p in per_layer], "r_l": [p[3] for p in per_layer],
               "z0": z0, "a": [q.a for q in hp.layers]}
     stats = {"temperature": lam, "eta_mean": float(np.mean(list(eta.values()))), "variance_objective": V,
-             "rms_r": float(np.sqrt(np.mean(np.concatenate([p[3] for p in per_layer]).astype(np.float64) ** 2)))}
+             "rms_r": lambda: float(np.sqrt(np.mean(np.concatenate([p[3] for p in per_layer]).astype(np.float64) ** 2)))}
     return Estimate(grads, aux_grads, hp.f, frozen=frozen, stats=stats)
 
 
@@ -175,5 +175,5 @@ def surrogate(model, params, aux, x, u, frozen, options=None):
         for k in params:
             if k.startswith(f"q{l}."):
                 out[k] = base - eta_of(aux, k) / B * e_l - e_r / B
-    V = estimate(model, params, aux, x, u, options=options).stats["variance_objective"]
+    V = estimate(model, params, aux, x, u, options=options).stat("variance_objective")
     return out, V

@@ -462,7 +462,7 @@ def _recording(f):
 
 def traced_products(estimator, n_layer, nonlinear, B, D=D_MNIST, H=200, seed=0, options=None):
     """The products rebar_np really runs in one estimate (B examples; B K noise rows for a
-    K-sample estimator): its four dense kernels and gram_tangent are wrapped for the duration of one call and
+    K-sample estimator): its dense kernels and gram_tangent are wrapped for the duration of one call and
     every call is recorded as (kind, n_in, n_out), and so are rebar_np.control_net's functions
     (relax's r_l), whose plain `@` products are recorded as ("@", m, k, n) (see _Recorded and
     the module docstring). Returns a sorted list of (key, count). This is the check on
@@ -479,7 +479,8 @@ def traced_products(estimator, n_layer, nonlinear, B, D=D_MNIST, H=200, seed=0, 
 
     seen = Counter()
     orig = {k: getattr(K, k) for k in ("dense_forward", "dense_backward", "dense_backward_input",
-                                       "dense_tangent", "gram_tangent")}
+                                       "dense_tangent", "gram_tangent", "dense_forward_single",
+                                       "dense_backward_single")}
 
     plain = np.asarray           # the dense kernels' own products are counted here, not as a plain `@`
 
@@ -508,6 +509,15 @@ def traced_products(estimator, n_layer, nonlinear, B, D=D_MNIST, H=200, seed=0, 
         seen["gram", h.shape[1], d.shape[1]] += 1
         return orig["gram_tangent"](plain(h), plain(d))
 
+    def dense_forward_single(h, W, c):          # the baseline's output layer: a dense layer of one unit
+        seen["fwd", W.shape[0], W.shape[1]] += 1
+        return orig["dense_forward_single"](plain(h), plain(W), plain(c))
+
+    def dense_backward_single(h, W, da, dW, dc):
+        seen["dW", W.shape[0], W.shape[1]] += 1
+        seen["dh", W.shape[0], W.shape[1]] += 1
+        return orig["dense_backward_single"](plain(h), plain(W), plain(da), dW, dc)
+
     rng = np.random.default_rng(seed)
     x = (rng.random((B, D)) < 0.3).astype(np.float32)
     model = SBN("sbn", n_layer, H, nonlinear, np.full(D, 0.3))
@@ -517,7 +527,8 @@ def traced_products(estimator, n_layer, nonlinear, B, D=D_MNIST, H=200, seed=0, 
     u = draw_noise(model, E.noise_rows(est, B, options), rng, np.float32)
     wrappers = {"dense_forward": dense_forward, "dense_backward": dense_backward,
                 "dense_backward_input": dense_backward_input, "dense_tangent": dense_tangent,
-                "gram_tangent": gram_tangent}
+                "gram_tangent": gram_tangent, "dense_forward_single": dense_forward_single,
+                "dense_backward_single": dense_backward_single}
     # rebar_np.control_net's functions, wherever they were imported by name (relax, bernoulli)
     net_fns = ("control_net_forward", "control_net_backward", "control_net_input_grad",
                "control_net_tangent_backward")

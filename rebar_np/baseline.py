@@ -27,8 +27,7 @@ def init_baseline(model, rng, dtype, prefix="baseline"):
 def baseline_forward(aux, h0, prefix="baseline"):
     """c = tanh(h0 W1 + c1) W2 + c2 for h0 = model.q_input(x). Returns (c (B,), hidden (B, 100))."""
     hidden = K.tanh_forward(K.dense_forward(h0, aux[prefix + ".W1"], aux[prefix + ".c1"]))
-    c = K.dense_forward(hidden, aux[prefix + ".W2"], aux[prefix + ".c2"])
-    return c.reshape(-1).copy(), hidden     # (B, 1) -> (B,)
+    return K.dense_forward_single(hidden, aux[prefix + ".W2"], aux[prefix + ".c2"]), hidden
 
 
 def baseline_backward(aux, aux_grads, h0, hidden, dc, prefix="baseline"):
@@ -37,8 +36,8 @@ def baseline_backward(aux, aux_grads, h0, hidden, dc, prefix="baseline"):
     dL/dW2 += hidden^T dc;  dL/dc2 += sum dc;  dL/d(pre) = (dc W2^T) (1 - hidden^2);
     dL/dW1 += h0^T dL/d(pre);  dL/dc1 += sum dL/d(pre).
     """
-    dhidden = K.dense_backward(hidden, aux[prefix + ".W2"], dc.reshape(-1, 1),
-                               aux_grads[prefix + ".W2"], aux_grads[prefix + ".c2"], True)
+    dhidden = K.dense_backward_single(hidden, aux[prefix + ".W2"], dc, aux_grads[prefix + ".W2"],
+                                      aux_grads[prefix + ".c2"])
     K.dense_backward(h0, aux[prefix + ".W1"], K.tanh_backward(hidden, dhidden),
                      aux_grads[prefix + ".W1"], aux_grads[prefix + ".c1"], False)
 

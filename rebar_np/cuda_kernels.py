@@ -232,6 +232,17 @@ def dense_backward_input(W, da):
     return _gemm(da, W, empty((da.shape[0], W.shape[0]), np.result_type(da.dtype, W.dtype)), trans_b=True)
 
 
+def dense_forward_single(h, W, c):
+    """a = h W + c for a single output unit (W: (n_in, 1)), as a (B,) vector."""
+    return dense_forward(h, W, c).reshape(h.shape[0])
+
+
+def dense_backward_single(h, W, da, dW, dc):
+    """Backward of dense_forward_single given dL/da (B,): dW += h^T da, dc += sum_n da[n];
+    returns dh = da W^T (B, n_in)."""
+    return dense_backward(h, W, da.reshape(da.shape[0], 1), dW, dc, True)
+
+
 def dense_tangent(h_dot, W, h, W_dot, c_dot):
     """Forward mode of a = h W + c:  a_dot = h_dot W + h W_dot + c_dot, a term dropped
     when its array is empty (size 0)."""

@@ -165,6 +165,42 @@ def _dense_backward_input(W, da):
     return da @ W.T
 
 
+@arith_kernel
+def dense_forward_single(h, W, c):
+    """a = h W + c for a single output unit (W: (n_in, 1), c: (1,)), as a (B,) vector: the
+    baseline's output layer. One dot product per row here: NumPy's product of a (24, 100) matrix
+    with one column goes through OpenBLAS's ?gemm, and took 10.6 us inside a training step for
+    2,400 multiply-adds."""
+    B, n_in = h.shape
+    a = np.empty(B, dtype=h.dtype)
+    for i in range(B):
+        acc = c[0]
+        for j in range(n_in):
+            acc += h[i, j] * W[j, 0]
+        a[i] = acc
+    return a
+
+
+@arith_kernel
+def dense_backward_single(h, W, da, dW, dc):
+    """Backward of dense_forward_single given dL/da (B,):
+
+    dL/dW += h^T dL/da              (n_in, 1)
+    dL/dc += sum_n dL/da[n]         (1,)
+    dL/dh  = dL/da W^T              (B, n_in), the outer product of dL/da and W's column, returned.
+    """
+    B, n_in = h.shape
+    dh = np.empty_like(h)
+    total = dc[0]
+    for i in range(B):
+        total += da[i]
+        for j in range(n_in):
+            dW[j, 0] += h[i, j] * da[i]
+            dh[i, j] = da[i] * W[j, 0]
+    dc[0] = total
+    return dh
+
+
 def dense_tangent(h_dot, W, h, W_dot, c_dot):
     """Forward mode of a = h W + c:  a_dot = h_dot W + h W_dot + c_dot.
 

@@ -200,6 +200,21 @@ def test_dense_backward_accumulates_parameter_gradients(dtype, shape, need_dh):
         assert got.size == 0 and want.size == 0 and got.dtype == want.dtype
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dense_single(dtype):
+    h, W, c, da = dense_args(dtype, (B, N_IN, 1))
+    compare("dense_forward_single", (h, W, c), dtype)
+    rng = np.random.default_rng(2)
+    dW, dc = uniform(rng, W.shape, dtype), uniform(rng, (1,), dtype)
+    dW_d, dc_d = to_device(dW), to_device(dc)
+    want = K.dense_backward_single(h, W, da[:, 0].copy(), dW, dc)
+    got = C.dense_backward_single(to_device(h), to_device(W), to_device(da[:, 0].copy()), dW_d, dc_d)
+    tol = TOL[np.dtype(dtype)]
+    assert_same("dense_backward_single dh", got, want, tol)
+    assert_same("dense_backward_single dW", dW_d, dW, tol)
+    assert_same("dense_backward_single dc", dc_d, dc, tol)
+
+
 @pytest.mark.parametrize("shape", GEMM_SHAPES[:2])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_dense_backward_input(dtype, shape):

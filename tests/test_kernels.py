@@ -110,6 +110,25 @@ def test_dense_backward_matches_finite_differences():
     assert_close("dense_backward_input", K.dense_backward_input(W, G), dh, 1e-12)
 
 
+@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-12), (np.float32, 2e-5)])
+def test_dense_single_is_dense_of_one_unit(dtype, tol):
+    """The baseline's output layer: dense_forward_single / dense_backward_single against
+    dense_forward / dense_backward with n_out = 1 (the backward's accumulation included)."""
+    h, W, c, G = (a.astype(dtype) for a in dense_setup(4, B=6, n_in=7, n_out=1))
+    assert_close("dense_forward_single", K.dense_forward_single(h, W, c), K.dense_forward(h, W, c)[:, 0], tol)
+    assert K.dense_forward_single(h, W, c).shape == (6,) and K.dense_forward_single(h, W, c).dtype == dtype
+    dW0, dc0 = rng_for(5).normal(size=W.shape).astype(dtype), rng_for(6).normal(size=c.shape).astype(dtype)
+    dW, dc, dW1, dc1 = dW0.copy(), dc0.copy(), dW0.copy(), dc0.copy()
+    dh = K.dense_backward_single(h, W, G[:, 0].copy(), dW, dc)
+    want = K.dense_backward(h, W, G, dW1, dc1, True)
+    assert_close("dense_backward_single dh", dh, want, tol)
+    assert_close("dense_backward_single dW (accumulated)", dW, dW1, tol)
+    assert_close("dense_backward_single dc (accumulated)", dc, dc1, tol)
+    L = lambda: float(np.sum(G[:, 0] * K.dense_forward_single(h, W, c)))
+    if dtype == np.float64:
+        assert_close("dense_backward_single dW (finite differences)", dW - dW0, fd(L, W))
+
+
 def test_dense_tangent_matches_finite_differences():
     h, W, c, _ = dense_setup()
     r = rng_for(3)

@@ -245,21 +245,29 @@ def test_truncated_checkpoint_is_reported(tmp_path):
     assert "\n" not in str(err.value) and "c.h5" in str(err.value)
 
 
-def test_nan_stops_with_step_and_quantity_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+def poison_nvil(monkeypatch, at_call, spoil):
+    """Make nvil's estimate number at_call pass its result through spoil (which writes a NaN or inf)."""
     import rebar_np.estimators.nvil as nvil
-    out = tmp_path / "run"
-    data = small_data()
-    cfg = small_cfg(model="nvil", output=str(out), report_every=0, steps=200)   # 25 steps an epoch
     real = nvil.estimate
     calls = {"n": 0}
 
     def poisoned(*a, **k):
         res = real(*a, **k)
         calls["n"] += 1
-        if calls["n"] == 37:
-            res.grads["p0.W"][0, 0] = np.nan
+        if calls["n"] == at_call:
+            spoil(res)
         return res
     monkeypatch.setattr(nvil, "estimate", poisoned)
+
+
+def test_nan_stops_with_step_and_quantity_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    data = small_data()
+    cfg = small_cfg(model="nvil", output=str(out), report_every=0, steps=200)   # 25 steps an epoch
+
+    def spoil(res):
+        res.grads["p0.W"][0, 0] = np.nan
+    poison_nvil(monkeypatch, 37, spoil)
     with pytest.raises(TrainingDiverged) as err:
         train(cfg, data, log=lambda s: None, progress=False)
     assert "step 37" in str(err.value) and "p0.W" in str(err.value)
@@ -271,17 +279,10 @@ def test_nan_stops_with_step_and_quantity_and_keeps_last_good_checkpoint(tmp_pat
 @pytest.mark.parametrize("where", ["baseline.W1", "baseline.c2"])
 def test_nan_in_an_estimator_gradient_stops_and_names_it(tmp_path, monkeypatch, where):
     """The aux update's pass (adam_update) finds it, in a big tensor (two halves) or a small one."""
-    import rebar_np.estimators.nvil as nvil
-    real = nvil.estimate
-    calls = {"n": 0}
 
-    def poisoned(*a, **k):
-        res = real(*a, **k)
-        calls["n"] += 1
-        if calls["n"] == 12:
-            res.aux_grads[where].reshape(-1)[-1] = -np.inf
-        return res
-    monkeypatch.setattr(nvil, "estimate", poisoned)
+    def spoil(res):
+        res.aux_grads[where].reshape(-1)[-1] = -np.inf
+    poison_nvil(monkeypatch, 12, spoil)
     with pytest.raises(TrainingDiverged) as err:
         train(small_cfg(model="nvil", n_hidden=50, batch_size=8, steps=30), small_data(d=400),
               log=lambda s: None, progress=False)

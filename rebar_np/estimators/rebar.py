@@ -213,6 +213,7 @@ def variance_and_eta_grads(grads, sums, eta, B, aux_grads):
 
     def V():
         return sum(sums[k][0] if k in sums else K.sum_squares(g) for k, g in grads.items()) / P
+
     for k, (_, products) in sums.items():
         dV_deta = -(2.0 / (P * B)) * products
         e = eta[k] / 2.0                                       # sigma(psi)

@@ -339,7 +339,8 @@ def _input_grad_blocks(B, n_in, n_out):
 
 def _in_halves(a):
     """Whether an elementwise pass over the NumPy array a runs in two halves (adam.adam_kernel_halves,
-    train.ema_moments_halves): a big enough C-contiguous tensor, in the step's thread."""
+    train.ema_moments_halves, train.adam_and_moments_halves): a big enough C-contiguous tensor, in
+    the step's thread."""
     return a.size >= SPLIT_MIN_SIZE and a.flags.c_contiguous and _in_step_thread()
 
 

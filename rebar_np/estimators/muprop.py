@@ -71,7 +71,8 @@ def estimate(model, params, aux, x, u=None, rng=None, options=None):
             aux_grads[name][0] = float(np.sum(dsignal * -value, dtype=np.float64)) * ds_dpsi
         baseline_backward(aux, aux_grads, h0, hiddens[l], -dsignal, prefix=f"baseline{l}")
     frozen = {"b": hp.b, "signals": signals, "f": hp.f, "f_mu": mf.f, "lins": lins, "df_dmu": mf.df_dmu}
-    return Estimate(grads, aux_grads, hp.f, frozen=frozen, stats={"baseline_loss": lambda: sum(loss() for loss in losses)})
+    return Estimate(grads, aux_grads, hp.f, frozen=frozen,
+                    stats={"baseline_loss": lambda: sum(loss() for loss in losses)})
 
 
 def surrogate(model, params, aux, x, u, frozen, options=None):

@@ -136,10 +136,11 @@ def estimate(model, params, aux, x, u=None, rng=None, options=None):
     baseline_backward(aux, aux_grads, h0, hidden, dc.astype(c.dtype))
     aux_grads["tau"][0] = dtau
 
-    frozen = {"b": hp.b, "signal": hp.f - c, "f_l": [p[0].f for p in per_layer], "r_l": [p[3] for p in per_layer],
+    r_l = [p[3] for p in per_layer]
+    frozen = {"b": hp.b, "signal": hp.f - c, "f_l": [p[0].f for p in per_layer], "r_l": r_l,
               "z0": z0, "a": [q.a for q in hp.layers]}
     stats = {"temperature": lam, "eta_mean": float(np.mean(list(eta.values()))), "variance_objective": V,
-             "rms_r": lambda: float(np.sqrt(np.mean(np.concatenate([p[3] for p in per_layer]).astype(np.float64) ** 2)))}
+             "rms_r": lambda: float(np.sqrt(np.mean(np.concatenate(r_l).astype(np.float64) ** 2)))}
     return Estimate(grads, aux_grads, hp.f, frozen=frozen, stats=stats)
 
 

@@ -29,7 +29,7 @@ import numpy as np
 from numba import njit
 
 from rebar_np.kernels import (_affine_halves, _bernoulli_loglik_row, _dense_backward_halves, _exp_neg_abs_f32,
-                              _output_blocks, _weight_grad_blocks, logistic_noise)
+                              _row_blocks, logistic_noise)
 
 fused = njit(cache=True, error_model="numpy", nogil=True, fastmath={"reassoc", "contract", "arcp", "nsz"})
 
@@ -65,8 +65,8 @@ def _nvil_estimate(h0, target, data_bias, z0, Wq, cq, Wp, cp, prior, W1, c1, W2,
                    gWq, gcq, gWp, gcp, gprior, gW1, gc1, gW2, gc2,
                    k_fwd_q, k_fwd_p, k_fwd_bl, k_bwd_q, k_bwd_p, k_bwd_bl):
     """The estimate of the module docstring; gradients accumulate into the g* arrays (zeros on entry).
-    k_fwd_*, k_bwd_*: blocks per half of each product and weight gradient (kernels._output_blocks,
-    kernels._weight_grad_blocks). Returns (f, signal, b, baseline loss)."""
+    k_fwd_*, k_bwd_*: blocks per half of each product and weight gradient (kernels._row_blocks).
+    Returns (f, signal, b, baseline loss)."""
     B, L, H = h0.shape[0], len(Wq), prior.shape[0]
     no_term = np.empty((0, 0), np.float32)
     width = max(H, target.shape[1], W1.shape[1])
@@ -77,7 +77,8 @@ def _nvil_estimate(h0, target, data_bias, z0, Wq, cq, Wp, cp, prior, W1, c1, W2,
     logq = np.zeros(B, np.float32)
     for l in range(L):
         h_in = h0 if l == 0 else h[l - 1]
-        a = _affine_halves(h_in, Wq[l], h_in, no_term, cq[l], np.empty((B, H), np.float32), k_fwd_q[l])
+        a = _affine_halves(h_in, Wq[l], h_in, no_term, cq[l], np.empty((B, H), np.float32),
+                           np.empty((2, B, H), np.float32), k_fwd_q[l])
         for i in range(B):
             for j in range(H):
                 b[l, i, j] = np.float32(1.0) if a[i, j] + z0[l][i, j] > 0 else np.float32(0.0)
@@ -92,7 +93,8 @@ def _nvil_estimate(h0, target, data_bias, z0, Wq, cq, Wp, cp, prior, W1, c1, W2,
     sig_p = []
     for l in range(L - 1, -1, -1):
         n_out = Wp[l].shape[1]
-        a = _affine_halves(h[l], Wp[l], h[l], no_term, cp[l], np.empty((B, n_out), np.float32), k_fwd_p[l])
+        a = _affine_halves(h[l], Wp[l], h[l], no_term, cp[l], np.empty((B, n_out), np.float32),
+                           np.empty((2, B, n_out), np.float32), k_fwd_p[l])
         if l == 0:
             for i in range(B):
                 for j in range(n_out):
@@ -104,7 +106,8 @@ def _nvil_estimate(h0, target, data_bias, z0, Wq, cq, Wp, cp, prior, W1, c1, W2,
     f = logp - logq
     # ---- baseline c(x) and the learning signal ----
     n_bl = W1.shape[1]
-    pre = _affine_halves(h0, W1, h0, no_term, c1, np.empty((B, n_bl), np.float32), k_fwd_bl)
+    pre = _affine_halves(h0, W1, h0, no_term, c1, np.empty((B, n_bl), np.float32),
+                         np.empty((2, B, n_bl), np.float32), k_fwd_bl)
     hidden = np.empty((B, n_bl), np.float32)
     _tanh_forward(pre, hidden, e, exponent_bits)
     signal = np.empty(B, np.float32)
@@ -179,10 +182,8 @@ def estimate(model, params, aux, x, u=None, rng=None, options=None):
         aux["baseline.W1"], aux["baseline.c1"], aux["baseline.W2"], aux["baseline.c2"],
         W(q, grads), c(q, grads), W(p, grads), c(p, grads), grads["prior.logits"],
         aux_grads["baseline.W1"], aux_grads["baseline.c1"], aux_grads["baseline.W2"], aux_grads["baseline.c2"],
-        blocks(_output_blocks, q, params), blocks(_output_blocks, p, params),
-        _output_blocks(B, *aux["baseline.W1"].shape),
-        blocks(_weight_grad_blocks, q, params), blocks(_weight_grad_blocks, p, params),
-        _weight_grad_blocks(B, *aux["baseline.W1"].shape))
+        blocks(_row_blocks, q, params), blocks(_row_blocks, p, params), _row_blocks(B, *aux["baseline.W1"].shape),
+        blocks(_row_blocks, q, params), blocks(_row_blocks, p, params), _row_blocks(B, *aux["baseline.W1"].shape))
     return Estimate(grads, aux_grads, f, stats={"baseline_loss": loss})
 
 

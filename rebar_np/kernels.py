@@ -103,8 +103,8 @@ def dense_forward(h, W, c):
 
     h: (B, n_in), W: (n_in, n_out), c: (n_out,)  ->  a: (B, n_out).
 
-    In the training step's thread, a product big enough to share is computed in two column
-    blocks (see "Products on two cores" below). Otherwise NumPy's product, not
+    In the training step's thread, a product big enough to share is computed in two halves of
+    W's rows (see "Products on two cores" below). Otherwise NumPy's product, not
     Numba's: Numba's calls SciPy's OpenBLAS, and NumPy ships its own, which here (0.3.31
     against SciPy's 0.3.30) does these shapes 1.2-1.3x faster: 24 x 784 x 200 in 93 instead
     of 120 us. For the backward's dL/da W^T it is the other way round (145 against 117 us),
@@ -113,7 +113,7 @@ def dense_forward(h, W, c):
     B, (n_in, n_out) = h.shape[0], W.shape
     if _in_blocks(B * W.size, h, W, c):
         return _affine_halves(h, W, h, np.empty((0, 0), h.dtype), c, np.empty((B, n_out), h.dtype),
-                              _output_blocks(B, n_in, n_out))
+                              np.empty((2, B, n_out), h.dtype), _row_blocks(B, n_in, n_out))
     a = np.matmul(h, W)
     a += c
     return a
@@ -133,7 +133,7 @@ def dense_backward(h, W, da, dW, dc, need_dh, accumulate=True):
     if _in_blocks(h.shape[0] * W.size, h, W, da, dW, dc):
         B, (n_in, n_out) = h.shape[0], W.shape
         return _dense_backward_halves(h, W, da, dW, dc, np.empty(h.shape if need_dh else (0, 0), da.dtype),
-                                      _weight_grad_blocks(B, n_in, n_out), _input_grad_blocks(B, n_in, n_out),
+                                      _row_blocks(B, n_in, n_out), _input_grad_blocks(B, n_in, n_out),
                                       1.0 if accumulate else 0.0)
     if not accumulate:
         dW.fill(0.0)
@@ -206,13 +206,13 @@ def dense_tangent(h_dot, W, h, W_dot, c_dot):
 
     Pass empty (0, 0) arrays for h_dot or W_dot (and an empty c_dot) to drop a term:
     the input-only tangent is h_dot W, the parameter-direction tangent h W_dot + c_dot.
-    (NumPy's products, as in dense_forward, or two column blocks.)
+    (NumPy's products, as in dense_forward, or two halves of W's rows.)
     """
     B = h_dot.shape[0] if h_dot.size else h.shape[0]
     if _in_blocks(B * W.size, h_dot, W, h, W_dot, c_dot):
         n_in, n_out = W.shape
         return _affine_halves(h_dot, W, h, W_dot, c_dot, np.empty((B, n_out), W.dtype),
-                              _output_blocks(B, n_in, n_out))
+                              np.empty((2, B, n_out), W.dtype), _row_blocks(B, n_in, n_out))
     if h_dot.size:
         a_dot = np.matmul(h_dot, W)
         if W_dot.size:
@@ -248,10 +248,17 @@ def _gram_tangent(h, d):
 # A batch-24 step is a chain of products of about a million multiply-adds each (24 x 784 x 200
 # takes ~100 us on one core): too small for BLAS's own threads, whose hand-offs cost more
 # than they save, but worth halving. In the training step's thread (the main thread) each
-# product below is cut into two halves of output columns (for dL/dW and dL/dh, of rows), split
-# at a multiple of 16 floats (a 64-byte cache line), and Numba's prange gives the two halves to
-# two cores when this thread may use two (numba.set_num_threads, which train.StepCores sets by
-# measuring), or runs them one after the other when it may use one.
+# product below is cut into two halves of W's rows, split at a multiple of 16 rows, and Numba's
+# prange gives the two halves to two cores when this thread may use two (numba.set_num_threads,
+# which train.StepCores sets by measuring), or runs them one after the other when it may use one.
+# dL/dW = h^T dL/da and dL/dh = dL/da W^T split along W's rows by themselves (each half writes
+# its own rows of dL/dW, its own columns of dL/dh). a = h W + c sums over W's rows, so each half
+# writes its partial product h[:, rows] W[rows] into a buffer of its own and the two are added
+# after (B x n_out additions). Every product of a step thus reads a half of W on the same core,
+# as Adam's pass over W does (adam.adam_kernel_halves cuts the flat tensor near the same row),
+# and finds it in that core's cache. Cut into halves of output columns instead, the forward read
+# the half of W the other core had used: on the 2-vCPU Xeon the step was 4% (dynamic_rebar) to
+# 12% (nvil) slower, and even with W in cache 24 x 200 x 784 took 45.6 against 35.9 us.
 #
 # Each half is computed by single-threaded BLAS (?gemm, alpha = beta = 1, with the whole
 # arrays' leading dimensions) in one or more equal blocks (_blocks_per_half): OpenBLAS
@@ -321,13 +328,9 @@ def _blocks_per_half(n, batch, macs_per_unit, max_units=None):
     return 1
 
 
-def _output_blocks(B, n_in, n_out):
-    """Blocks per half of a = h W + c (and its tangent), by output columns: B n_in multiply-adds each."""
-    return _blocks_per_half(n_out, B, B * n_in)
-
-
-def _weight_grad_blocks(B, n_in, n_out):
-    """Blocks per half of dL/dW = h^T dL/da, by rows of W: B n_out multiply-adds each."""
+def _row_blocks(B, n_in, n_out):
+    """Blocks per half of W's rows for a = h W + c (and its tangent) and dL/dW = h^T dL/da:
+    B n_out multiply-adds per row."""
     return _blocks_per_half(n_in, B, B * n_out)
 
 
@@ -365,17 +368,6 @@ def _block(n, part, k, q):
     return lo + (hi - lo) * q // k, lo + (hi - lo) * (q + 1) // k
 
 
-@kernel
-def _fill_columns(out, lo, hi, row):
-    """out[:, lo:hi] = row[lo:hi] (or 0 for an empty row), by row slices: a scalar loop over
-    j in range(lo, hi) did not vectorise and took 16 us for 24 x 784, the slices 5.6 us."""
-    if row.size:
-        for r in range(out.shape[0]):
-            out[r, lo:hi] = row[lo:hi]
-    else:
-        out[:, lo:hi] = 0.0
-
-
 @split_kernel
 def _dense_backward_halves(h, W, da, dW, dc, dh, k_dW, k_dh, beta):
     """dense_backward by blocks of W's rows (the inputs), k_dW (k_dh) blocks per half: for rows lo:hi,
@@ -408,22 +400,39 @@ def _dense_backward_halves(h, W, da, dW, dc, dh, k_dW, k_dh, beta):
 
 
 @split_kernel
-def _affine_halves(h1, W1, h2, W2, c, out, k):
-    """out = h1 W1 + h2 W2 + c (B, n_out) by column blocks, k per half; an empty h1 or W2 (or c) drops
-    its term (dense_forward: h W + c; dense_tangent: h_dot W + h W_dot + c_dot). Row-major out is
-    column-major out^T, so a block of its columns is  out^T[lo:hi] += W^T[lo:hi] h^T  per term,
-    on top of c: ?gemm("N", "N") on W's and out's columns lo:hi."""
+def _affine_halves(h1, W1, h2, W2, c, out, parts, k):
+    """out = h1 W1 + h2 W2 + c (B, n_out) by halves of the weights' rows, k blocks per half; an empty h1
+    or W2 (or c) drops its term (dense_forward: h W + c; dense_tangent: h_dot W + h W_dot + c_dot).
+    parts (2, B, n_out), which may arrive uninitialised, takes each half's partial product
+    parts[p] = sum over the half's rows i of h[:, i] W[i, :], per term; row-major parts[p] is
+    column-major parts[p]^T (n_out x B), so a block of rows lo:hi adds  W[lo:hi]^T h[:, lo:hi]^T
+    (column-major W^T[:, lo:hi] h^T[lo:hi]: ?gemm("N", "N"), beta = 0 for the half's first).
+    Then out = parts[0] + parts[1] + c."""
     n_in, n_out = W1.shape
     B = out.shape[0]
     for part in prange(2):
+        beta = 0.0                          # the half's first product writes its buffer
         for q in range(k):
-            lo, hi = _block(n_out, part, k, q)
-            _fill_columns(out, lo, hi, c)
-            if hi > lo and B > 0 and n_in > 0:
+            lo, hi = _block(n_in, part, k, q)
+            if hi > lo and B > 0:
                 if h1.size:
-                    _gemm(ord("N"), ord("N"), hi - lo, B, n_in, W1[:, lo:], n_out, h1, n_in, out[:, lo:], n_out, 1.0)
+                    _gemm(ord("N"), ord("N"), n_out, B, hi - lo, W1[lo:, :], n_out, h1[:, lo:], n_in,
+                          parts[part], n_out, beta)
+                    beta = 1.0
                 if W2.size:
-                    _gemm(ord("N"), ord("N"), hi - lo, B, n_in, W2[:, lo:], n_out, h2, n_in, out[:, lo:], n_out, 1.0)
+                    _gemm(ord("N"), ord("N"), n_out, B, hi - lo, W2[lo:, :], n_out, h2[:, lo:], n_in,
+                          parts[part], n_out, beta)
+                    beta = 1.0
+        if beta == 0.0:                     # no rows in this half (or no batch): its sum is 0
+            for r in range(B):
+                for j in range(n_out):
+                    parts[part, r, j] = 0.0
+    for r in range(B):
+        for j in range(n_out):
+            out[r, j] = parts[0, r, j] + parts[1, r, j]
+        if c.size:
+            for j in range(n_out):
+                out[r, j] += c[j]
     return out
 
 

@@ -163,7 +163,7 @@ def test_dense_float32():
 
 
 # Products in two blocks (the training step's thread; kernels.py "Products on two cores")
-BLOCK_SHAPES = [(24, 784, 200), (24, 200, 784), (24, 1000, 333), (9, 500, 47), (3, 70000, 1)]
+BLOCK_SHAPES = [(24, 784, 200), (24, 200, 784), (24, 1000, 333), (9, 500, 47), (3, 70000, 1), (24, 1, 10000)]
 
 
 def one_block(fn, *args):
@@ -188,7 +188,8 @@ def in_threads(n, fn, *args):
 def test_products_in_blocks_equal_the_one_block_products(B, n_in, n_out, dtype):
     """Big products in the main thread run as two halves of ?gemm blocks: the same values as one
     product (to rounding), dL/dW and dL/dc accumulated, dL/dh only when asked, whatever the edges
-    (uneven halves and blocks; 24 x 1000 x 333 takes 5, 5 and 11 blocks per half)."""
+    (uneven halves and blocks; 24 x 1000 x 333 takes 5, 5 and 11 blocks per half; a one-row W
+    leaves the first half of its rows empty)."""
     assert K._in_blocks(B * n_in * n_out, np.zeros((1, 1)))
     r = rng_for(3)
     h, hd = (r.standard_normal((B, n_in)).astype(dtype) for _ in range(2))

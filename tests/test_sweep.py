@@ -124,12 +124,16 @@ def test_ctrl_c_stops_a_sweep_and_its_runs_save_checkpoints(tiny_data_dir, tmp_p
     path = write_grid(tmp_path / "c.toml", tiny_data_dir, 'estimator = ["nvil"]\nseed = [0, 1]',
                       settings="steps = 100000000\nreport_every = 10\ncheckpoint_every = 50", top="workers = 2")
     specs = S.expand(S.load_grid(path))
-    # Ctrl-C as a terminal gives it: the default SIGINT (a suite run from a background job would
-    # hand the sweep SIGINT ignored, and Python keeps ignoring it), and a process group of its own,
-    # so that a failure below also ends the sweep's runs instead of leaving them training.
-    proc = subprocess.Popen([sys.executable, "cli.py", "sweep", str(path)], cwd=Path(cli.__file__).parent,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # Ctrl-C as a terminal gives it: the default SIGINT, and a process group of its own, so that a
+    # failure below also ends the sweep's runs instead of leaving them training. A suite run from a
+    # background job has SIGINT ignored, which the sweep would inherit (and Python keep); a handler
+    # is not inherited (exec resets it to the default), so the sweep starts under one.
+    found = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen([sys.executable, "cli.py", "sweep", str(path)], cwd=Path(cli.__file__).parent,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    finally:
+        signal.signal(signal.SIGINT, found)
     try:
         deadline = time.monotonic() + 240
         while not all((Path(s.dir) / "metrics.h5").exists() for s in specs):

@@ -33,7 +33,7 @@ def _let_simulated_threads_run():
         return
     from numba.cuda.simulator import kernel as simulated
     thread_type = getattr(simulated, "BlockThread", None)
-    if thread_type is None or getattr(thread_type, "_rebar_np_yields", False):
+    if thread_type is None:
         return
 
     def is_alive(self):
@@ -41,7 +41,6 @@ def _let_simulated_threads_run():
         return threading.Thread.is_alive(self)
 
     thread_type.is_alive = is_alive
-    thread_type._rebar_np_yields = True
 
 
 _let_simulated_threads_run()

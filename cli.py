@@ -373,8 +373,11 @@ def samples(run_dir, n_images, split, seed, output, data_dir):
 @click.option("--report", "report_only", is_flag=True, help="Only gather the finished runs into the table.")
 @click.option("--paper", is_flag=True, help="Also print the paper's layout (estimators as columns).")
 @click.option("--dry-run", is_flag=True, help="List the runs and what running the sweep would do to each.")
+@click.option("--only", multiple=True, metavar="KEY=V[,V...]",
+              help="Only the runs whose grid value of KEY is one of these, e.g. --only learning_rate=3e-4 "
+                   "--only architecture=two_layer (repeatable; the runs keep the grid's names and folders).")
 @user_errors
-def sweep(grid, workers, engine, scheduler, report_only, paper, dry_run):
+def sweep(grid, workers, engine, scheduler, report_only, paper, dry_run, only):
     """Run a grid of training runs (estimators x architectures x tasks x learning rates x seeds)
     described in GRID (a TOML file; see rebar_np/sweep.py), or, with --report, tabulate them.
 
@@ -386,6 +389,8 @@ def sweep(grid, workers, engine, scheduler, report_only, paper, dry_run):
     from rebar_np import sweep as S
     g = S.load_grid(grid)
     specs = S.expand(g)
+    if only:
+        specs = S.select(g, specs, only)
     workers = workers or g.workers
     jobs, failed = [], {}
     if workers < 1:
@@ -394,7 +399,7 @@ def sweep(grid, workers, engine, scheduler, report_only, paper, dry_run):
         if dry_run:
             for spec in specs:
                 state, step = S.run_state(spec)
-                click.echo(f"{state + (f' (step {step})' if step else ''):<22}{spec.dir}")
+                click.echo(f"{state + (f' (step {step})' if step else ''):<28}{spec.dir}")
             return
         S.copy_grid(g)
         jobs, finished = S.plan(g, specs)
@@ -421,6 +426,56 @@ def sweep(grid, workers, engine, scheduler, report_only, paper, dry_run):
             click.echo(f"run {n} {'diverged' if c == 3 else 'failed'} (exit {c}); see "
                        f"{os.path.join(g.output, n, 'train.log')}", err=True)
         sys.exit(1)
+
+
+# --------------------------------------------------------------------------
+# results
+# --------------------------------------------------------------------------
+@main.group()
+def results():
+    """Publish runs into the repository's results/ folder and rebuild its table."""
+
+
+@results.command("publish")
+@click.argument("grid", type=click.Path())
+@click.option("--only", multiple=True, metavar="KEY=V[,V...]", help="Only these runs of the grid (as for sweep).")
+@click.option("--results-dir", default="results", show_default=True, type=click.Path(file_okay=False),
+              help="Where the published runs go (RESULTS_DIR/<sweep>/<run>/).")
+@click.option("--progress/--no-progress", default=None, help="Progress bar of the final bounds.")
+@user_errors
+def results_publish(grid, only, results_dir, progress):
+    """Copy the small files of GRID's runs (config.json, metrics.h5, eval-*.json) into RESULTS_DIR,
+    with a plot per run and per architecture and learning rate, and rebuild the results table.
+
+    Finished runs that lack the 5000-sample test bound get it first (a few minutes each on two
+    cores). Runs still training are published as far as they got. Checkpoints stay behind."""
+    from rebar_np import sweep as S
+    from rebar_np.publish import publish, update_tables
+    g = S.load_grid(grid)
+    specs = S.select(g, S.expand(g), only) if only else S.expand(g)
+    show = sys.stderr.isatty() if progress is None else progress
+    click.echo(f"wrote {publish(g, specs, results_dir, log=click.echo, progress=show)}")
+    for path in update_tables(results_dir):
+        click.echo(f"updated the table in {path}")
+
+
+@results.command("table")
+@click.option("--results-dir", default="results", show_default=True, type=click.Path(file_okay=False))
+@click.option("--check", is_flag=True, help="Write nothing; exit 1 when a committed table differs from the files.")
+@user_errors
+def results_table(results_dir, check):
+    """Rebuild the results table (RESULTS_DIR/README.md, and README.md's results section) from the
+    published files alone."""
+    from rebar_np.publish import update_tables
+    stale = update_tables(results_dir, check=check)
+    if check:
+        if stale:
+            click.echo(f"the table in {', '.join(stale)} differs from the published files; "
+                       f"run rebar-np results table", err=True)
+            sys.exit(1)
+        click.echo("the results tables match the published files")
+        return
+    click.echo("\n".join(f"updated the table in {p}" for p in stale) or "the results tables were up to date")
 
 
 # --------------------------------------------------------------------------

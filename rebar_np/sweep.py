@@ -193,6 +193,41 @@ def expand(grid):
     return specs
 
 
+def select(grid, specs, only):
+    """The runs whose cell matches every KEY=V1,V2,... of `only` (a list of such strings, from
+    `rebar-np sweep --only`): a subset of a grid, run or reported in the grid's own order. Values
+    are compared as the grid writes them, so `learning_rate=3e-4` matches 0.0003."""
+    wanted = {}
+    for item in only:
+        key, sep, values = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not values.strip():
+            raise SweepError(f"--only {item!r}: write KEY=VALUE[,VALUE...], e.g. --only learning_rate=3e-4")
+        if key not in grid.axes:
+            raise SweepError(f"--only {item!r}: {key} is not a [grid] key of {grid.path} "
+                             f"(its keys: {', '.join(grid.axes)})")
+        allowed = {_name_part(key, v): v for v in grid.axes[key]}
+        chosen = set()
+        for text in values.split(","):
+            text = text.strip()
+            match = [part for part, v in allowed.items()
+                     if text in (str(v), part) or part == _name_part(key, _number(text))]
+            if not match:
+                raise SweepError(f"--only {item!r}: {text!r} is not among the grid's {key} values "
+                                 f"({', '.join(map(str, grid.axes[key]))})")
+            chosen.update(match)
+        wanted[key] = wanted.get(key, chosen) & chosen
+    return [s for s in specs if all(_name_part(k, s.cell[k]) in parts for k, parts in wanted.items())]
+
+
+def _number(text):
+    """text as a float when it reads as one (so 3e-4 and 0.0003 name the same learning rate)."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 # --------------------------------------------------------------------------
 # What each run needs
 # --------------------------------------------------------------------------

@@ -6,6 +6,7 @@
     python -m benchmarks --scaling [--estimators dynamic_rebar,nvil] [--arch linear2]
                          [--batches 24,64,256,1024] [--widths 200,500,1000] [--jax]
     python -m benchmarks --device cuda --estimators dynamic_rebar,nvil --arch linear2 --batches 24,256,4096
+    python -m benchmarks --markdown RUN.json | --update-docs docs/performance.md [--check]
 
 For each estimator and architecture it times `rebar_np.train.train_step` (the exact
 step `rebar-np train` runs: estimate, variance monitor and NaN check, Adam on the
@@ -405,6 +406,30 @@ def compare(old_path, results):
                   + extra)
 
 
+def saved_runs(argv):
+    """--markdown RUN.json...: their tables; --update-docs DOC [--check]: rebuild DOC's marked tables
+    (benchmarks/report.py). Nothing is timed."""
+    from .report import markdown_table, update_docs
+    files = [a for a in argv[1:] if a != "--check"]
+    if not files:
+        print(f"python -m benchmarks: error: {argv[0]} needs a file", file=sys.stderr)
+        return 2
+    try:
+        if argv[0] == "--markdown":
+            print("\n\n".join(markdown_table(f) for f in files))
+            return 0
+        stale = [doc for doc in files if update_docs(doc, check="--check" in argv)]
+    except (OSError, ValueError, KeyError) as e:
+        print(f"python -m benchmarks: error: {e}", file=sys.stderr)
+        return 2
+    if "--check" in argv and stale:
+        print(f"stale benchmark tables in {', '.join(stale)}: run python -m benchmarks --update-docs "
+              + " ".join(stale), file=sys.stderr)
+        return 1
+    print("\n".join(f"updated {d}" for d in stale) or "the benchmark tables are up to date")
+    return 0
+
+
 def cpu_model():
     """The CPU's model name (/proc/cpuinfo on Linux; platform.processor() elsewhere, often empty):
     rates from different machines are not comparable, and platform.processor() is empty on Linux."""
@@ -461,6 +486,8 @@ def probe(results):
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["--markdown"], ["--update-docs"]):
+        return saved_runs(argv)
     try:
         args = parse_args(argv)
     except UsageError as e:

@@ -242,3 +242,12 @@ def test_fused_nvil_refuses_what_it_does_not_cover():
         params = init_params(model, 0, dtype)
         with pytest.raises(ValueError, match="fused NVIL estimate"):
             fused_nvil.estimate(model, params, E.get("nvil").init_aux(model, 1, dtype), x.astype(dtype))
+
+
+def test_the_performance_docs_tables_are_the_saved_runs():
+    """docs/performance.md's tables are rebuilt from the benchmark JSON they name, never typed."""
+    from benchmarks.report import MARKER, update_docs
+    doc = ROOT / "docs" / "performance.md"
+    named = MARKER.findall(doc.read_text())
+    assert named and all((ROOT / f).exists() for f in named)
+    assert update_docs(doc, check=True) is False, "stale tables: python -m benchmarks --update-docs docs/performance.md"

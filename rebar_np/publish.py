@@ -26,6 +26,8 @@ from .rundir import CONFIG, METRICS, read_json
 
 FINAL_SAMPLES = 5000
 BEGIN, END = "<!-- results table: begin (rebar-np results table) -->", "<!-- results table: end -->"
+HEADLINE_BEGIN = "<!-- results headline: begin (rebar-np results table) -->"
+HEADLINE_END = "<!-- results headline: end -->"
 ARCH_ORDER = ("two_layer", "linear", "nonlinear")
 ESTIMATOR_ORDER = ("dynamic_rebar", "rebar(0.1)", "rebar", "relax", "muprop", "simple_muprop", "nvil",
                    "concrete(0.1)", "concrete", "disarm", "arm", "vimco", "reinforce_loo", "reinforce")
@@ -187,39 +189,65 @@ def format_table(rows):
     return "\n".join(lines)
 
 
-def replace_block(text, table, where):
-    """text with the part between the BEGIN and END markers replaced by table."""
-    if BEGIN not in text or END not in text:
-        raise ResultsError(f"{where} has no results table markers ({BEGIN} ... {END})")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{BEGIN}\n{table}\n{END}{tail}"
+def headline(rows):
+    """One row per (sweep, architecture, estimator): the paper's choice among learning rates, the best
+    train ELBO of the finished runs (of the runs so far while none has finished)."""
+    best = {}
+    for r in rows:
+        key = (r["sweep"], r["architecture"], r["estimator"])
+        rank = (r["step"] >= r["steps"], r["train_elbo"])
+        if key not in best or rank > best[key][0]:
+            best[key] = (rank, r)
+    return [r for r in rows if best[(r["sweep"], r["architecture"], r["estimator"])][1] is r]
+
+
+def format_headline(rows):
+    """The README's short table: the headline rows, with the final bound and the papers' numbers."""
+    head = ["architecture", "estimator", "lr", "step", "train ELBO, last epoch", "best epoch",
+            f"test ({FINAL_SAMPLES})", "REBAR paper", "RELAX paper"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in headline(rows):
+        step = f"{r['step']:,}" if r["step"] >= r["steps"] else f"{r['step']:,} of {r['steps']:,}"
+        lines.append("| " + " | ".join([
+            r["architecture"].replace("_", " "), f"`{r['estimator']}`", f"{r['learning_rate']:g}", step,
+            _num(r["train_elbo"]), _num(r["best_train_elbo"]), _num(r["test_final"]),
+            _num(r["rebar_paper"]), _num(r["relax_paper"])]) + " |")
+    return "\n".join(lines)
+
+
+def replace_block(text, table, where, begin=BEGIN, end=END):
+    """text with the part between the begin and end markers replaced by table."""
+    if begin not in text or end not in text:
+        raise ResultsError(f"{where} has no results table markers ({begin} ... {end})")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{begin}\n{table}\n{end}{tail}"
 
 
 def table_targets(results_root):
-    """The files whose marked block holds the table: results/README.md, and the repository's
-    README.md when it has the markers."""
-    targets = [os.path.join(results_root, "README.md")]
+    """(file, begin, end, formatter) of every marked block that holds a table: the full table in
+    results/README.md, and the headline in the repository's README.md when it has the markers."""
+    targets = [(os.path.join(results_root, "README.md"), BEGIN, END, format_table)]
     readme = os.path.join(os.path.dirname(os.path.abspath(results_root)), "README.md")
     if os.path.exists(readme):
         with open(readme, encoding="utf-8") as fh:
-            if BEGIN in fh.read():
-                targets.append(readme)
+            if HEADLINE_BEGIN in fh.read():
+                targets.append((readme, HEADLINE_BEGIN, HEADLINE_END, format_headline))
     return targets
 
 
 def update_tables(results_root, check=False):
-    """Rebuild the table from results_root's files into every target; with check, write nothing and
+    """Rebuild the tables from results_root's files into every target; with check, write nothing and
     return the targets whose table differs (an empty list: all up to date)."""
-    table = format_table(collect(results_root))
+    rows = collect(results_root)
     stale = []
-    for path in table_targets(results_root):
+    for path, begin, end, formatter in table_targets(results_root):
         try:
             with open(path, encoding="utf-8") as fh:
                 text = fh.read()
         except FileNotFoundError:
-            raise ResultsError(f"no {path}; it holds the table between {BEGIN} and {END}") from None
-        new = replace_block(text, table, path)
+            raise ResultsError(f"no {path}; it holds the table between {begin} and {end}") from None
+        new = replace_block(text, formatter(rows), path, begin, end)
         if new != text:
             stale.append(path)
             if not check:

@@ -255,6 +255,7 @@ def ad_rebar(model, params, aux, x, u, options, coef_tracks_tau=True, conditiona
 
     (f, and f_l(z~) as a coefficient, held fixed; generative tensors get no eta term).
     Joint variant: one term, f_0 (every layer relaxed, every layer conditional) with the summed score.
+    condition_above: per layer, with every layer from l up conditional (the TF reference's way).
     V = mean_j G_j^2 over all model entries; its gradient with respect to psi, the baseline
     and tau (dynamic_rebar, lam = exp(tau)) is autodiff of the autodiff gradient G. The
     coefficient f_l(z~) is a function of tau (params held constant), unless coef_tracks_tau
@@ -272,7 +273,7 @@ def ad_rebar(model, params, aux, x, u, options, coef_tracks_tau=True, conditiona
     cv = 0.0
     L = model.n_layer
     for l in ([0] if opts["joint"] else range(L)):
-        cond = range(L) if opts["joint"] else (l,)
+        cond = range(L) if opts["joint"] else range(l, L) if opts.get("condition_above") else (l,)
         coef = relaxed_elbo(model, P_const, x, bv, u, l, lam if coef_tracks_tau else lam.value, improved, cond)
         f_z = relaxed_elbo(model, P, x, bv, u, l, lam, improved)
         f_zc = relaxed_elbo(model, P, x, bv, u, l, lam, improved, cond if conditional else ())
@@ -367,6 +368,8 @@ def test_estimator_matches_autodiff(name, task, L, nl):
     ("dynamic_rebar", {"relaxation": "concrete"}),
     ("rebar", {"joint": True}),
     ("dynamic_rebar", {"joint": True, "temperature": 0.8}),
+    ("rebar", {"condition_above": True}),
+    ("dynamic_rebar", {"condition_above": True, "relaxation": "concrete"}),
 ])
 @pytest.mark.parametrize("task,L,nl", [("sbn", 2, True), ("sp", 3, False)])
 def test_relaxation_options_match_autodiff(name, options, task, L, nl):

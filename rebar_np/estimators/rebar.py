@@ -38,6 +38,14 @@ the coefficient f_0 for every layer, and the estimator stays unbiased (each
 layer's conditional derivative is matched by that layer's score term). The TF
 reference's "non-quadratic" REBAR is this variant.
 
+condition_above (options["condition_above"], per layer only): the conditional path of switch
+layer l also carries the conditional derivative of every layer k > l, its noise z~_k tied to the
+hard logits a_k(b_{k-1}), as the TF reference's per-layer ("quadratic") estimator does. Then
+d f_l(z)/d theta - d f_l(z~)/d theta = sum_{k >= l} backprop_{T_qk}( d f_l/d z_k (1 - dz~_k/da_k) ),
+while only score_l multiplies f_l(z~): nothing cancels the extra terms' expectation, and the
+estimator is biased from two stochastic layers up (`rebar-np unbiased --model rebar --n-layer 2
+--condition-above` shows it). It exists to reproduce the reference, not to be used.
+
 aux parameters: ``baseline.*`` (rebar_np.baseline), ``psi.<q tensor>`` (1,) and,
 for dynamic_rebar, ``tau`` (1,). rebar keeps lambda = options["temperature"].
 """
@@ -50,7 +58,7 @@ from ..model import (hard_pass, hard_pass_at, is_recognition, score_function_gra
 from ..relaxed import relaxed_pass
 from . import Estimate, EstimatorError, merge_options, prepare_noise
 
-DEFAULT_OPTIONS = {"temperature": 0.5, "relaxation": "muprop", "joint": False}
+DEFAULT_OPTIONS = {"temperature": 0.5, "relaxation": "muprop", "joint": False, "condition_above": False}
 TRAIN_TEMPERATURE = False
 
 
@@ -59,6 +67,9 @@ def check_options(options):
         raise EstimatorError(f"unknown relaxation {options['relaxation']!r}; choose muprop or concrete")
     if not options["temperature"] > 0:
         raise EstimatorError(f"temperature must be positive, got {options['temperature']}")
+    if options.get("joint") and options.get("condition_above"):
+        raise EstimatorError("condition_above is an option of the per-layer estimator; the joint one already "
+                             "conditions every layer")
 
 
 def init_aux(model, seed=0, dtype=np.float32, options=None, train_temperature=TRAIN_TEMPERATURE):
@@ -100,33 +111,45 @@ def rebar_estimate(model, params, aux, x, u, rng, options):
 
     # Per layer (default): switch layer l, its own z_l and score_l. Joint: one relaxed
     # pass with every layer relaxed, every layer's z_k and the summed score.
+    # condition_above: the TF reference's per-layer estimator, whose conditional path also lets
+    # the noise of every layer k > l carry its conditional derivative (biased from two layers up);
+    # then T_qk's E collects d f_l / d z_k from every switch layer l <= k (`above`).
     sums, per_layer = {}, []       # sums: (|G_k|^2, <G_k, E_k>) per q tensor, for the variance objective
     joint_rp = relaxed_pass(model, params, x, hp, z0, 0, lam, improved, train_tau) if options["joint"] else None
+    above, above_dot = [None] * L, [None] * L
     for l in range(L):
         q = hp.layers[l]
         rp = joint_rp or relaxed_pass(model, params, x, hp, z0, l, lam, improved, train_tau)
+        g_z, g_z_dot = rp.g_z[l], rp.g_z_dot[l] if train_tau else None
+        if above[l] is not None:
+            g_z, g_z_dot = g_z + above[l], g_z_dot + above_dot[l] if train_tau else None
+        if options["condition_above"]:
+            for k in range(l + 1, L):
+                above[k] = rp.g_z[k] if above[k] is None else above[k] + rp.g_z[k]
+                if train_tau:
+                    above_dot[k] = rp.g_z_dot[k] if above_dot[k] is None else above_dot[k] + rp.g_z_dot[k]
         m = 1.0 - K.dz_cond_dlogits(q.a, u[l], q.s)          # (dz - dz~)/da_l, with dz/da = 1
         score_da = q.s - q.sig                               # d log q(b_l) / d a_l
         dA = dlogq[:, None] * score_da                        # -(1/B) A's dL/da_l: -(f - c)(b_l - sigma(a_l)) / B
-        dE = rp.g_z[l] * m - rp.f[:, None] * score_da        # E's dL/da_l
+        dE = g_z * m - rp.f[:, None] * score_da              # E's dL/da_l
         tangents = recognition_gradient(params, grads, f"q{l}", q.cache, nl, dA, dE, eta, B, sums, train_tau)
-        per_layer.append((rp, m, score_da, tangents))
+        per_layer.append((rp, g_z_dot, m, score_da, tangents))
 
     # tuning gradients of V = mean_j G_j^2
     aux_grads = zeros_like(aux)
     P, V = variance_and_eta_grads(grads, sums, eta, B, aux_grads)
     dc = zeros(B, np.float64, like=x)
     dtau = 0.0
-    for l, (rp, m, score_da, (a_dot_G, a_dot_eG)) in enumerate(per_layer):
+    for rp, g_z_dot, m, score_da, (a_dot_G, a_dot_eG) in per_layer:
         dc += (2.0 / (P * B)) * K.per_example_dot(score_da, a_dot_G, 1)
         if train_tau:
-            w = rp.g_z_dot[l] * m - rp.f_dot[:, None] * score_da
+            w = g_z_dot * m - rp.f_dot[:, None] * score_da
             dtau += -(2.0 / (P * B)) * K.dot(a_dot_eG, w)
     baseline_backward(aux, aux_grads, h0, hidden, dc.astype(c.dtype))
     if train_tau:
         aux_grads["tau"][0] = dtau
 
-    frozen = {"b": hp.b, "signal": hp.f - c, "f_l": [rp.f for rp, _, _, _ in per_layer], "z0": z0,
+    frozen = {"b": hp.b, "signal": hp.f - c, "f_l": [rp.f for rp, _, _, _, _ in per_layer], "z0": z0,
               "a": [q.a for q in hp.layers]}
     stats = {"temperature": lam, "eta_mean": sum(eta.values()) / len(eta), "variance_objective": V}
     return Estimate(grads, aux_grads, hp.f, frozen=frozen, stats=stats)
@@ -261,7 +284,9 @@ def surrogate(model, params, aux, x, u, frozen, options=None):
         generative k:   -(1/B) sum_n [ (f - c) sum_l log q(b_l) + log p(x, b) ]
         q tensor k:     the same  - (eta_k / B) sum_n [ f_l(z) - f_l(z~) - f_l log q(b_l) ]
 
-    where f_l(z~) runs the switch layer on the conditional noise of conditional_z0.
+    where f_l(z~) runs the switch layer on the conditional noise of conditional_z0 (with
+    condition_above, every layer from l up, and q_l's term sums those of the switch layers <= l:
+    each of them moves with T_ql).
     aux_loss is V itself, recomputed by the estimator (its noise fixed).
     """
     options = merge_options(DEFAULT_OPTIONS, options)
@@ -274,16 +299,20 @@ def surrogate(model, params, aux, x, u, frozen, options=None):
     out = {k: base for k in params}
     # conditional noise, a function of each layer's *hard* logits (moving with params)
     z0c_all = [conditional_z0(hp.layers[l].a, frozen["a"][l], u[l], b[l]) for l in range(L)]
+    e = []
     for l in range(L):
         if options["joint"]:    # one relaxed ELBO, conditional at every layer, summed score
             f_z = relaxed_pass(model, params, x, hp, z0, 0, lam, improved, False).f
             f_zc = relaxed_pass(model, params, x, hp, z0c_all, 0, lam, improved, False).f
-        else:                   # switch layer l, conditional at layer l only
+        else:                   # switch layer l, conditional at layer l only (condition_above: and above)
             z0c = list(z0)
-            z0c[l] = z0c_all[l]
+            for k in range(l, L if options["condition_above"] else l + 1):
+                z0c[k] = z0c_all[k]
             f_z = relaxed_pass(model, params, x, hp, z0, l, lam, improved, False).f
             f_zc = relaxed_pass(model, params, x, hp, z0c, l, lam, improved, False).f
-        e_l = float(np.sum(f_z - f_zc) - np.sum(frozen["f_l"][l] * hp.logq[l]))
+        e.append(float(np.sum(f_z - f_zc) - np.sum(frozen["f_l"][l] * hp.logq[l])))
+    for l in range(L):     # q_l's control variate: e_l (condition_above: and every e_k below, k < l)
+        e_l = sum(e[:l + 1]) if options["condition_above"] else e[l]
         for k in params:
             if k.startswith(f"q{l}."):
                 out[k] = base - eta_of(aux, k) / B * e_l

@@ -4,7 +4,9 @@
    `name` (a def or class at any nesting, or an assigned name or attribute); every test reference
    `tests/file.py::test_name[ids]` names a test function that exists (parametrize ids stripped).
 2. Every estimator of rebar_np.estimators.ESTIMATORS is named in docs/math.md.
-3. The package and the docs cite nothing outside the repository (no "../shared", no "SPEC.md", no
+3. Every pointer of the form docs/math.md, section "Title" (or sections "A" to "B") in the package
+   names a heading of docs/math.md.
+4. The package and the docs cite nothing outside the repository (no "../shared", no "SPEC.md", no
    "SPEC section" style citation of an outside reference); README.md likewise, in its own test.
 """
 import ast
@@ -119,6 +121,34 @@ def test_every_estimator_is_documented():
     text = math_text()
     missing = [name for name in ESTIMATORS if f"`{name}`" not in text]
     assert not missing, f"docs/math.md does not name the estimator(s) {', '.join(missing)}"
+
+
+# docs/math.md, section "Title"  /  sections "A" and "B"  /  sections "A" to "B"
+SECTION_POINTER = re.compile(r'docs/math\.md, sections? "([^"]+)"(?: (?:and|to) "([^"]+)")?')
+
+
+def math_headings():
+    """Heading titles of docs/math.md without their '#' marks and section numbers ("6.3 ", "1. ")."""
+    return {re.sub(r"^[\d.]+\s+", "", line.lstrip("#").strip())
+            for line in math_text().splitlines() if line.startswith("#")}
+
+
+def test_section_pointers_in_the_package_name_real_headings():
+    headings = math_headings()
+    assert "Noise and samples" in headings and "REBAR for one layer" in headings
+    pointers, bad = 0, []
+    for path in files_under("rebar_np"):
+        if not path.endswith(".py"):
+            continue
+        with open(path, encoding="utf-8") as fh:
+            text = re.sub(r"\s+", " ", fh.read())          # a title may be wrapped across lines
+        for m in SECTION_POINTER.finditer(text):
+            for title in filter(None, m.groups()):
+                pointers += 1
+                if title not in headings:
+                    bad.append(f"{os.path.relpath(path, ROOT)}: no section {title!r} in docs/math.md")
+    assert pointers >= 10, f"only {pointers} section pointers found in rebar_np/"
+    assert not bad, "\n".join(bad)
 
 
 def outside_citations(path):

@@ -1,4 +1,4 @@
-"""Adam (Kingma & Ba), in the TF form the reference uses (SPEC section 4 defaults).
+"""Adam (Kingma & Ba), in the TF form the reference uses (the paper's defaults: rebar_np.train.TrainConfig).
 
     t <- t + 1
     m <- beta1 m + (1 - beta1) g

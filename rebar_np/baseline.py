@@ -1,4 +1,5 @@
-"""The input-dependent baseline c(x) of NVIL and the REBAR family (SPEC section 3).
+"""The input-dependent baseline c(x) of NVIL and the REBAR family
+(docs/math.md, section "Score-function gradients and their baselines").
 
     c(x) = tanh((x - mean_x) W1 + c1) W2 + c2         (hidden width 100, output 1)
 

@@ -10,7 +10,7 @@ of (a, u). f maps b of shape (..., H) to values of shape (...) and must accept e
 leading axes (the K-sample estimators and the antithetic pairs call it on stacked
 samples). Only b is passed to f: f must not depend on a itself.
 
-Noise conventions (SPEC section 2, the same as the SBN estimators'):
+Noise conventions (docs/math.md, section "Noise and samples"; the same as the SBN estimators'):
 
     z = a + log u - log(1 - u)   (logistic sample),   b = 1[z > 0] = 1[u > sigma(-a)]
     antithetic partner:  b~ = 1[a - log u + log(1 - u) > 0]  (noise 1 - u)

@@ -491,7 +491,7 @@ def bernoulli_loglik_backward_sample(a, dll):
 
 
 # --------------------------------------------------------------------------
-# Noise and samplers (SPEC section 2)
+# Noise and samplers (docs/math.md, section "Noise and samples")
 # --------------------------------------------------------------------------
 @cuda.jit
 def _logistic_noise(u, z0):

@@ -2,8 +2,8 @@
 
     L_k(x) = log (1/k) sum_{i=1..k} exp f(x, b_i),   b_i ~ q(b | x),
 
-averaged over the split's examples (SPEC section 4: k = 100 during training, up
-to 5,000 for the paper's final numbers), with its standard error over examples.
+averaged over the split's examples (docs/math.md, section "The importance-weighted bound used for
+evaluation": k = 100 during training, up to 5,000 for the paper's final numbers), with its standard error over examples.
 Memory is bounded by evaluating at most ``chunk_rows`` (example, sample) rows at
 once: samples are drawn 100 per example at a time and merged by a running
 log-sum-exp (model.iw_bound), examples are taken chunk_rows // 100 at a time.

@@ -6,7 +6,7 @@ Ancestral sampling of p(x, b) = p(b_{L-1}) prod_l p(b_{l-1} | b_l) p(x | b_0), t
     b_{l-1} ~ Bernoulli(sigma(T_pl(2 b_l - 1)))         l = L-1 .. 1
     mean of x = sigma(T_p0(2 b_0 - 1) + data_bias)      the image shown: pixel probabilities
 
-Reconstruction of x: b ~ q(b | x) (hard samples, SPEC section 2), then the mean of
+Reconstruction of x: b ~ q(b | x) (hard samples, docs/math.md, section "Noise and samples"), then the mean of
 p(x | b_0) as above. For task sp both show the top half of a real image above the
 bottom half the model predicts (q and the prior see only the top half).
 

@@ -1,6 +1,6 @@
 """CPU kernels: every differentiable piece of an SBN as a forward/backward pair.
 
-Conventions (the same in every module, and in SPEC.md):
+Conventions (the same in every module, and in docs/math.md):
 
 - arrays are 2-D ``(B, n)`` batches, C-contiguous, float32 for training and
   float64 for checks; every kernel is generic in the dtype;
@@ -43,7 +43,7 @@ split_kernel = njit(cache=True, error_model="numpy", nogil=True, parallel=True)
 # kernels below that need them are plain Python functions: one ufunc call per
 # transcendental, then a jitted loop for the arithmetic around it.
 
-# Clipping bounds of SPEC section 2, applied in float64 before the logs.
+# Clipping bounds of u (docs/math.md, section "Noise and samples"), applied in float64 before the logs.
 U_MIN = 1e-8
 U_MAX = 1.0 - 1e-8
 
@@ -810,7 +810,7 @@ def bernoulli_loglik_backward_sample(a, dll):
 
 
 # --------------------------------------------------------------------------
-# Noise and samplers (SPEC section 2)
+# Noise and samplers (docs/math.md, section "Noise and samples")
 # --------------------------------------------------------------------------
 def logistic_noise(u):
     """z0 = log u - log(1 - u) = log(u / (1 - u)), with u clipped into [1e-8, 1 - 1e-8] in float64.
@@ -848,7 +848,7 @@ def hard_sample_forward(a, z0):
 
 
 def relaxed_sample_forward(a, z0, lam, improved):
-    """Relaxed sample of SPEC section 2, with z = a + z0:
+    """Relaxed sample (docs/math.md, section "Noise and samples"), with z = a + z0:
 
     plain:     s = sigma(z / lam)
     improved:  s = sigma(z / lam + a lam / (lam + 1))   (the paper's "MuProp" relaxation)
@@ -875,7 +875,7 @@ def relaxed_sample_backward(s, lam, improved, ds, dz_da):
     With t = z / lam (+ a lam / (lam + 1) when improved) and s = sigma(t):
       ds/da = s (1 - s) [ dz/da / lam (+ lam / (lam + 1)) ].
     dz_da is 1 on the unconditional path and the conditional derivative on
-    REBAR's conditional path (SPEC section 2); pass an array of ones for the former.
+    REBAR's conditional path (docs/math.md, section "Noise and samples"); pass an array of ones for the former.
     """
     da = np.empty_like(ds)
     n, m = s.shape
@@ -940,7 +940,8 @@ def relaxed_sample_tangent(s, a, z0, a_dot, lam, improved):
 
 
 def dz_cond_dlogits(a, u, b):
-    """Derivative of REBAR's conditional logistic sample z~ with respect to the logits (SPEC section 2).
+    """Derivative of REBAR's conditional logistic sample z~ with respect to the logits
+    (docs/math.md, section "Noise and samples", where it is derived).
 
     With the threshold u' = sigma(-a), b = 1 writes u = u' + r (1 - u') and b = 0
     writes u = r' u', r and r' held fixed while u' moves with a (du'/da = -u'(1 - u')):

@@ -6,7 +6,8 @@ per row), resizable (maxshape None) and chunked, so other tools can append too:
     step          int64   training step of the row
     wall_time     float64 training seconds since the start of the run (resumes continue the clock)
     train_elbo    float64 mean per-example single-sample hard ELBO since the previous row
-    log_grad_var  float64 log mean_j (E[G_j^2] - E[G_j]^2) from the EMA monitor (SPEC section 4)
+    log_grad_var  float64 log mean_j (E[G_j^2] - E[G_j]^2) from the EMA monitor
+                  (docs/math.md, section "The gradient-variance monitor")
     temperature   float64 lambda (REBAR family and concrete; NaN otherwise)
     valid_bound, test_bound
                   float64 k-sample importance-weighted bounds when the row is an evaluation, else NaN

@@ -1,6 +1,6 @@
-"""The sigmoid belief network of SPEC section 1: parameters, passes, ELBO.
+"""The sigmoid belief network (docs/math.md, section "The SBN and its ELBO"): parameters, passes, ELBO.
 
-Layers are numbered from 0 here (SPEC numbers them from 1): b_0 is the layer
+Layers are numbered from 0 here (the REBAR paper numbers them from 1): b_0 is the layer
 next to the data, b_{L-1} the top one.
 
 Parameters are a dict of named arrays; weights are stored (fan_in, fan_out).

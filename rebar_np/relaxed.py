@@ -1,7 +1,8 @@
 """REBAR's relaxed passes: the relaxed ELBO of one switch layer, its reverse pass
 down to the switch layer's logistic sample, and the temperature tangents of both.
 
-Notation (SPEC sections 2-3; layers numbered from 0): for switch layer l the
+Notation (docs/math.md, sections "Noise and samples" to "The variance objective and its gradients";
+layers numbered from 0): for switch layer l the
 relaxed ELBO f_l uses the hard samples b_k below l and relaxed samples from l up,
 
     a_k = T_qk(h_k),   h_l = 2 b_{l-1} - 1 (or x - mean_x),   h_k = 2 s_{k-1} - 1 for k > l

@@ -1,4 +1,4 @@
-"""The training loop (SPEC section 4): shuffled minibatches, Adam for the model and
+"""The training loop (the paper's set-up, TrainConfig's defaults): shuffled minibatches, Adam for the model and
 10x Adam for the estimator's own parameters, the EMA gradient-variance monitor,
 per-epoch report lines, periodic importance-weighted evaluation, checkpoints.
 """
@@ -112,7 +112,7 @@ class TrainResult:
 
 
 # --------------------------------------------------------------------------
-# Gradient-variance monitor (SPEC section 4)
+# Gradient-variance monitor (docs/math.md, section "The gradient-variance monitor")
 # --------------------------------------------------------------------------
 @arith_kernel
 def ema_entry(g, m1, m2, i, decay):

@@ -87,7 +87,8 @@ def merge_options(defaults, options):
 
 
 def prepare_noise(model, x, u, rng):
-    """Check the batch, and the noise if given; otherwise draw it (SPEC section 2).
+    """Check the batch, and the noise if given; otherwise draw it
+    (docs/math.md, section "Noise and samples").
     The noise is drawn on the host (so a run's noise does not depend on the device)
     and copied to the device when x lives there."""
     from ..device import is_device, to_device, to_host

@@ -1,4 +1,4 @@
-"""Concrete (the "Gumbel-softmax" baseline of SPEC section 3): the reparameterised
+"""Concrete (the "Gumbel-softmax" baseline; docs/math.md, section "The Concrete relaxation"): the reparameterised
 gradient of the relaxed ELBO at a fixed temperature. Biased.
 
 Every layer is relaxed (switch layer 0 of rebar_np.relaxed), s_l = sigma(t_l) with

@@ -1,4 +1,5 @@
-"""MuProp (SPEC section 3): per-layer control variates from a first-order expansion of f
+"""MuProp (docs/math.md, section "Score-function gradients and their baselines"):
+per-layer control variates from a first-order expansion of f
 around the mean-field values mu, with the expansion's expectation added back analytically.
 
 For each layer l (s0_l = 2 sigma(psi0_l), s1_l = 2 sigma(psi1_l), c_l its own baseline network):

@@ -1,4 +1,5 @@
-"""NVIL: REINFORCE with an input-dependent learned baseline c(x) (SPEC section 3).
+"""NVIL: REINFORCE with an input-dependent learned baseline c(x)
+(docs/math.md, section "Score-function gradients and their baselines").
 
     signal_n = f(b_n) - c(x_n)
     g = -(1/B) sum_n [ signal_n sum_l score_l(b_n) + d log p(x_n, b_n) / d theta_p ]

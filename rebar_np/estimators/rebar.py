@@ -1,4 +1,5 @@
-"""REBAR with one control variate per stochastic layer (SPEC section 3), fixed temperature.
+"""REBAR with one control variate per stochastic layer, fixed temperature
+(docs/math.md, sections "REBAR for one layer" and "REBAR for several layers").
 
 The ascent estimate of the recognition gradient, per example:
 
@@ -18,7 +19,7 @@ Each q tensor's G_k is written once, from both parts (recognition_gradient): for
 T_ql at batch 24 through the Gram matrix h h^T, so that neither E_W nor the product h G_W of
 the tuning below is formed.
 
-Tuning (SPEC "Tuning eta, lambda and the baseline online"): V = (1/P) sum_j G_j^2
+Tuning (docs/math.md, section "The variance objective and its gradients"): V = (1/P) sum_j G_j^2
 over all P model-gradient entries, minimised over psi (eta = 2 sigma(psi), one
 per recognition tensor), the baseline c and, for dynamic_rebar, tau = log lambda:
 

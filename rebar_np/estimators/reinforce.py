@@ -1,4 +1,5 @@
-"""REINFORCE with the leave-one-out batch baseline (SPEC section 3).
+"""REINFORCE with the leave-one-out batch baseline
+(docs/math.md, section "Score-function gradients and their baselines").
 
     signal_n = f(b_n) - mean_{m != n} f(b_m)
     g = -(1/B) sum_n [ signal_n sum_l score_l(b_n) + d log p(x_n, b_n) / d theta_p ]

@@ -1,4 +1,5 @@
-"""SimpleMuProp (SPEC section 3): REINFORCE with the mean-field ELBO as a scaled baseline.
+"""SimpleMuProp (docs/math.md, section "Score-function gradients and their baselines"):
+REINFORCE with the mean-field ELBO as a scaled baseline.
 
     signal_n = f(b_n) - s f(mu_n) - c(x_n),        s = 2 sigma(psi) (psi = 0: s = 1)
     G = -(1/B) sum_n [ signal_n sum_l score_l(b_n) + d log p(x_n, b_n) / d theta_p ]

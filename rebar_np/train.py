@@ -201,6 +201,8 @@ def check_setting(name, value):
         if not inside:
             if high == math.inf:
                 rule = "a positive finite number"
+            elif low_in and high_in:
+                rule = f"between {low:g} and {high:g}"
             else:
                 rule = f"in {'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
             raise SettingError(name, f"must be {rule}, got {_shown(value)}")
@@ -262,7 +264,8 @@ def memory_needed(cfg):
     need = (10 * n_params + 4 * n_aux + rows * per_row * passes) * item
     if cfg.eval_every:      # each evaluation thread's chunk: noise bits, samples, logits per unit
         per_eval_row = N_PIXELS * 2 + cfg.n_layer * cfg.n_hidden * (5 if cfg.nonlinear else 3)
-        need += len(os.sched_getaffinity(0)) * CPU_CHUNK_ROWS * per_eval_row * item
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        need += threads * CPU_CHUNK_ROWS * per_eval_row * item
     return need
 
 

@@ -497,7 +497,6 @@ def variance(follow, estimators, task, n_layer, n_hidden, nonlinear, steps, batc
                       batch_size=batch_size, learning_rate=learning_rate, steps=steps, seed=seed,
                       temperature=temperature, relaxation=relaxation, samples=samples, relax_hidden=relax_hidden)
     cfg.validate(flag_labels(TRAIN_SETTINGS))
-    settings = cfg
     if run_dir:
         from rebar_np.checkpoint import load_checkpoint
         from rebar_np.model import SBN
@@ -510,7 +509,7 @@ def variance(follow, estimators, task, n_layer, n_hidden, nonlinear, steps, batc
         model = SBN(c["task"], c["n_layer"], c["n_hidden"], c["nonlinear"], mean_x)
         x = data["train"][np.random.default_rng(seed).choice(data["train"].shape[0], batch_size, replace=False)]
         opts = {n: {k: v for k, v in {"temperature": temperature, "relaxation": relaxation,
-                                      "samples": settings.samples, "hidden": settings.relax_hidden}.items()
+                                      "samples": cfg.samples, "hidden": cfg.relax_hidden}.items()
                     if k in E.get(n).DEFAULT_OPTIONS} for n in names}
         auxes = {n: (ck["aux"] if n == c["model"] else E.get(n).init_aux(model, seed, x.dtype, opts[n]))
                  for n in names}

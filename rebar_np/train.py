@@ -105,8 +105,8 @@ class TrainConfig:
 # --------------------------------------------------------------------------
 # Types come from TrainConfig's annotations. An int setting takes an integer (not a bool) or an
 # integral float (TOML and JSON write 2e6 or 2000000.0 for a step count; 300.7 is refused); a float
-# setting takes any finite-or-not number but not a bool or a string; a bool setting only true or
-# false; a string setting only a string. Then each setting's own range:
+# setting takes an int or a float (not a bool, not a string: "0.001" is refused); a bool setting only
+# true or false ("false" is refused); a string setting only a string. Then each setting's own range:
 MAX_LAYERS = 100                 # far beyond the paper's 1-2; the per-layer passes are Python loops
 MAX_INT = 2 ** 63 - 1            # the kernels and HDF5 attributes hold int64
 INT_RANGES = {"n_layer": (1, MAX_LAYERS), "n_hidden": (1, MAX_INT), "batch_size": (1, MAX_INT),
@@ -115,7 +115,8 @@ INT_RANGES = {"n_layer": (1, MAX_LAYERS), "n_hidden": (1, MAX_INT), "batch_size"
               "eval_every": (0, MAX_INT), "report_every": (0, MAX_INT), "checkpoint_every": (0, MAX_INT)}
 # (low, high, low included, high included); every float must be finite. The temperature range keeps
 # tau = log lambda within +-14 and the temperature tangents' 1/lambda^2 within 1e12, far inside float32
-# (a 2-layer run trained at 1e-20 and 1e20 without overflow; at 1e-38 lambda = exp(tau) underflows).
+# (40 steps of 2-layer concrete, rebar, dynamic_rebar and relax ran without overflow at 1e-20 and 1e20;
+# at 1e-38 lambda = exp(tau) underflows in float32).
 FLOAT_RANGES = {"learning_rate": (0.0, math.inf, False, False), "beta1": (0.0, 1.0, True, False),
                 "beta2": (0.0, 1.0, True, False), "adam_eps": (0.0, math.inf, False, False),
                 "aux_lr_scale": (0.0, math.inf, False, False), "ema_decay": (0.0, 1.0, False, False),

@@ -197,6 +197,7 @@ def train(model, task, n_layer, n_hidden, nonlinear, batch_size, temperature, re
     from rebar_np.train import TrainingDiverged, train as run_training
     from rebar_np import rundir
 
+    # Every check comes before the first line is printed and before the run folder is made.
     ctx = click.get_current_context()
     given = {n: ctx.params[n] for n in TRAIN_SETTINGS
              if ctx.get_parameter_source(n) is click.core.ParameterSource.COMMANDLINE}
@@ -206,10 +207,11 @@ def train(model, task, n_layer, n_hidden, nonlinear, batch_size, temperature, re
         if output and os.path.abspath(output) != os.path.abspath(resume):
             raise ValueError("--output and --resume name different folders; a resumed run stays in its folder")
         cfg, record = rundir.resume_config(resume, given)
+        labels = {**rundir.file_labels(os.path.join(resume, rundir.CONFIG), record), **flag_labels(given)}
         data_dir = data_dir or record["data"]["dir"]
     else:
-        cfg, record = new_train_config({n: ctx.params[n] for n in TRAIN_SETTINGS}, given, hparams, config_file,
-                                       output), None
+        (cfg, labels), record = new_train_config({n: ctx.params[n] for n in TRAIN_SETTINGS}, given, hparams,
+                                                 config_file, output), None
     from rebar_np.estimators import K_SAMPLE_ESTIMATORS
     if "samples" in given and cfg.model not in K_SAMPLE_ESTIMATORS:
         raise ValueError(f"--samples applies to {' and '.join(K_SAMPLE_ESTIMATORS)} only, not {cfg.model}")
@@ -218,6 +220,10 @@ def train(model, task, n_layer, n_hidden, nonlinear, batch_size, temperature, re
     from rebar_np.model import SBN
     SBN(cfg.task, cfg.n_layer, cfg.n_hidden, cfg.nonlinear, [0.5, 0.5])  # one-line errors before loading data
     data = load_task(cfg.task, data_dir, cfg.binarization)
+    n_train = data["train"].shape[0]
+    if cfg.batch_size > n_train:
+        raise ValueError(f"{labels.get('batch_size', '--batch-size')} {cfg.batch_size} is larger than the training "
+                         f"set ({n_train} examples)")
     ckpt = None
     if resume:
         rundir.check_data(record, data, resume)
@@ -253,34 +259,62 @@ TRAIN_SETTINGS = ("model", "task", "n_layer", "n_hidden", "nonlinear", "batch_si
                   "dtype", "device", "joint", "beta2", "checkpoint_every")
 
 
+def flag_labels(names):
+    """How errors name settings given as flags: "--n-layer"."""
+    return {n: "--" + n.replace("_", "-") for n in names}
+
+
 def new_train_config(options, given, hparams, config_file, output):
-    """The TrainConfig of a new run: defaults, then --config's settings, then --hparams, then the flags
-    given on the command line (a flag and an hparams key for the same setting is an error)."""
-    from dataclasses import asdict
+    """(cfg, labels): the TrainConfig of a new run: defaults, then --config's settings, then --hparams, then
+    the flags given on the command line (a flag and an hparams key for the same setting is an error); and how
+    errors name each setting: as the flag, "--hparams: <key>" or "<config file>: <key>", after where it came
+    from. Every value goes through TrainConfig.validate; the run folder must be one that can be made."""
     from rebar_np import rundir
-    from rebar_np.hparams import hparams_settings
-    settings = dict(options)
+    from rebar_np.hparams import hparams_labels, hparams_settings
+    settings, labels = dict(options), flag_labels(options)
     if config_file:
-        settings.update({k: v for k, v in asdict(rundir.config_from_record(
-            rundir.read_json(config_file, "settings file"), config_file)).items() if k != "output"})
+        from_file = rundir.settings_from_record(rundir.read_json(config_file, "settings file"), config_file)
+        settings.update(from_file)
+        labels.update(rundir.file_labels(config_file, from_file))
     if hparams:
         from_hparams = hparams_settings(hparams)
         clash = sorted(set(from_hparams) & set(given))
         if clash:
             raise ValueError(f"--{clash[0].replace('_', '-')} and --hparams both set {clash[0]}; give it once")
         settings.update(from_hparams)
+        labels.update(hparams_labels(from_hparams))
     settings.update(given)
+    labels.update(flag_labels(given))
+    from rebar_np.train import TrainConfig
+    cfg = TrainConfig(**settings)
+    cfg.validate(labels)
     if output is None:
-        stem = os.path.join("runs", f"{settings['model']}-{settings['task']}-{time.strftime('%Y%m%d-%H%M%S')}")
+        stem = os.path.join("runs", f"{cfg.model}-{cfg.task}-{time.strftime('%Y%m%d-%H%M%S')}")
         output, n = stem, 1
         while os.path.exists(output):
             n += 1
             output = f"{stem}-{n}"
+        check_run_folder(output, "the run folder")
+    else:
+        check_run_folder(output, "--output")
     rundir.refuse_existing_run(output)
-    from rebar_np.train import TrainConfig
-    cfg = TrainConfig(**settings, output=output)
-    cfg.validate()
-    return cfg
+    cfg.output = output
+    return cfg, labels
+
+
+def check_run_folder(path, label):
+    """One-line error when a run folder cannot be made at path: a file in the way, or a folder the
+    user may not write in."""
+    path = os.path.abspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{label} {path} is a file, not a folder")
+    parent = path
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(f"{label} {path} cannot be made: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{label} {path} cannot be made: no permission to write in {parent}")
 
 
 # --------------------------------------------------------------------------
@@ -514,8 +548,10 @@ def variance(follow, estimators, task, n_layer, n_hidden, nonlinear, steps, batc
     names = [n.strip() for n in estimators.split(",") if n.strip()]
     for n in names + [follow]:
         E.get(n)
-    settings = TrainConfig(samples=samples, relax_hidden=relax_hidden)
-    settings.validate()
+    cfg = TrainConfig(model=follow, task=task, n_layer=n_layer, n_hidden=n_hidden, nonlinear=nonlinear,
+                      batch_size=batch_size, learning_rate=learning_rate, steps=steps, seed=seed,
+                      temperature=temperature, relaxation=relaxation, samples=samples, relax_hidden=relax_hidden)
+    cfg.validate(flag_labels(TRAIN_SETTINGS))
     if run_dir:
         from rebar_np.checkpoint import load_checkpoint
         from rebar_np.model import SBN
@@ -528,7 +564,7 @@ def variance(follow, estimators, task, n_layer, n_hidden, nonlinear, steps, batc
         model = SBN(c["task"], c["n_layer"], c["n_hidden"], c["nonlinear"], mean_x)
         x = data["train"][np.random.default_rng(seed).choice(data["train"].shape[0], batch_size, replace=False)]
         opts = {n: {k: v for k, v in {"temperature": temperature, "relaxation": relaxation,
-                                      "samples": settings.samples, "hidden": settings.relax_hidden}.items()
+                                      "samples": cfg.samples, "hidden": cfg.relax_hidden}.items()
                     if k in E.get(n).DEFAULT_OPTIONS} for n in names}
         auxes = {n: (ck["aux"] if n == c["model"] else E.get(n).init_aux(model, seed, x.dtype, opts[n]))
                  for n in names}
@@ -538,9 +574,6 @@ def variance(follow, estimators, task, n_layer, n_hidden, nonlinear, steps, batc
             click.echo(f"{n:<16}{r['log_variance']:>14.3f}   [{r['ci'][0]:8.3f}, {r['ci'][1]:8.3f}]")
         result = {"mode": "draws", "draws": draws, "step": ck["step"], "table": table}
     else:
-        cfg = TrainConfig(model=follow, task=task, n_layer=n_layer, n_hidden=n_hidden, nonlinear=nonlinear,
-                          batch_size=batch_size, learning_rate=learning_rate, steps=steps, seed=seed,
-                          temperature=temperature, relaxation=relaxation, samples=samples, relax_hidden=relax_hidden)
         data = load_task(task, data_dir)
         rows = track_variance(cfg, data, names, follow, log=click.echo, report_every=report_every)
         click.echo(f"{'step':>8}" + "".join(f"{n:>15}" for n in dict.fromkeys([follow] + names)))
@@ -584,13 +617,13 @@ def compare(estimators, task, n_layer, n_hidden, nonlinear, steps, batch_size, l
     names = [n.strip() for n in estimators.split(",") if n.strip()]
     for n in names:
         E.get(n)
-    output = output or os.path.join("runs", f"compare-{time.strftime('%Y%m%d-%H%M%S')}")
-    os.makedirs(output, exist_ok=True)
     cfg = TrainConfig(task=task, n_layer=n_layer, n_hidden=n_hidden, nonlinear=nonlinear, batch_size=batch_size,
                       learning_rate=learning_rate, steps=steps, seed=seed, eval_every=0,
                       eval_samples=eval_samples, temperature=temperature, relaxation=relaxation,
                       samples=samples, relax_hidden=relax_hidden)
-    cfg.validate()
+    cfg.validate(flag_labels(TRAIN_SETTINGS))
+    output = output or os.path.join("runs", f"compare-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.makedirs(output, exist_ok=True)
     data = load_task(task, data_dir)
     rows, histories = run_comparison(cfg, data, names, output, log=click.echo, progress=progress)
     click.echo(format_table(rows, eval_samples))

@@ -57,6 +57,7 @@ KEYS = {
     "task": (str, "task", None),
     "trial": (int, "seed", None),
 }
+REFERENCE_KEY = {ours: key for key, (_, ours, _) in KEYS.items() if ours}   # our setting -> its hparams key
 N_INPUT = 784   # pixels of every task's images (sp: q sees the top half, p models the bottom)
 
 
@@ -111,8 +112,15 @@ def variance_command(settings):
     return " ".join(parts)
 
 
+def hparams_labels(settings):
+    """How errors name each of our settings that came from an hparams string: "--hparams: <its key>"."""
+    return {k: f"--hparams: {REFERENCE_KEY[k]}" for k in settings if k in REFERENCE_KEY}
+
+
 def hparams_settings(text):
-    """Our training settings (TrainConfig field -> value) for a reference hparams string."""
+    """Our training settings (TrainConfig field -> value) for a reference hparams string, each checked
+    as every setting is (rebar_np.train.check_settings)."""
+    from .train import SettingError, check_settings
     settings = {}
     parsed = parse_hparams(text)
     for key, value in parsed.items():
@@ -133,4 +141,7 @@ def hparams_settings(text):
     if parsed.get("n_samples", 1) != 1:
         raise HparamsError(f"hparams n_samples={parsed['n_samples']}: training draws one sample per example; "
                            "only n_samples=1 is supported (use batch_size for more samples per step)")
-    return settings
+    try:
+        return check_settings(settings, hparams_labels(settings))
+    except SettingError as err:
+        raise HparamsError(str(err)) from None

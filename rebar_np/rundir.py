@@ -53,8 +53,8 @@ def read_json(path, what):
             return json.load(fh)
     except FileNotFoundError:
         raise RunDirError(f"no {what} at {path}") from None
-    except (OSError, ValueError) as e:
-        raise RunDirError(f"{what} {path} is unreadable ({str(e).splitlines()[0]})") from None
+    except (OSError, ValueError, RecursionError) as e:     # UnicodeDecodeError is a ValueError
+        raise RunDirError(f"{what} {path} is unreadable ({(str(e) or type(e).__name__).splitlines()[0]})") from None
 
 
 # --------------------------------------------------------------------------
@@ -93,15 +93,31 @@ def config_record(cfg, data, data_dir=None):
             "data": {"dir": os.path.abspath(data_dir) if data_dir else None, "splits": data_fingerprint(data)}}
 
 
-def config_from_record(record, where="config"):
-    """The TrainConfig a config.json (or any dict of settings) describes; one-line error for
-    names that are neither settings nor config.json's metadata."""
-    from .train import TrainConfig
+def settings_from_record(record, where="config"):
+    """The settings a config.json (or any JSON object of settings) holds, each typed and checked
+    (rebar_np.train.check_settings); one-line errors naming `where` for a file that is not a JSON
+    object, for names that are neither settings nor config.json's metadata, and for bad values."""
+    from .train import TrainConfig, check_settings
+    if not isinstance(record, dict):
+        kind = {list: "a list", str: "a string", type(None): "null", bool: "a boolean"}.get(type(record), "a number")
+        raise RunDirError(f"{where} must hold a JSON object of settings, not {kind}")
     names = {f.name for f in fields(TrainConfig)} - {"output"}
     unknown = sorted(set(record) - names - set(METADATA_KEYS))
     if unknown:
         raise RunDirError(f"{where} has unknown setting(s) {', '.join(unknown)}")
-    return TrainConfig(**{k: v for k, v in record.items() if k in names})
+    values = {k: v for k, v in record.items() if k in names}
+    return check_settings(values, file_labels(where, values))
+
+
+def file_labels(where, names):
+    """How errors name each setting of a file: "<file>: <key>"."""
+    return {k: f"{where}: {k}" for k in names}
+
+
+def config_from_record(record, where="config"):
+    """The TrainConfig a config.json (or any dict of settings) describes (settings_from_record)."""
+    from .train import TrainConfig
+    return TrainConfig(**settings_from_record(record, where))
 
 
 def read_config(run_dir):
@@ -270,7 +286,10 @@ def resume_config(run_dir, changes):
     """(cfg, record) of the run in run_dir with `changes` (settings given on the command line)
     applied; only RESUME_MAY_CHANGE may differ from the run's own settings."""
     record = read_config(run_dir)
-    cfg = config_from_record(record, f"{os.path.join(run_dir, CONFIG)}")
+    where = os.path.join(run_dir, CONFIG)
+    cfg = config_from_record(record, where)
+    check_data_record(record.get("data"), where)
+    labels = file_labels(where, record)
     for k, v in changes.items():
         if getattr(cfg, k) == v:
             continue
@@ -280,9 +299,22 @@ def resume_config(run_dir, changes):
                               + ", ".join("--" + n.replace("_", "-") for n in RESUME_MAY_CHANGE))
         setattr(cfg, k, v)
         record[k] = v
+        labels[k] = f"--{k.replace('_', '-')}"
     cfg.output = os.fspath(run_dir)
-    cfg.validate()
+    cfg.validate(labels)
     return cfg, record
+
+
+def check_data_record(data, where):
+    """One-line error unless config.json's "data" entry is what config_record writes: the data folder
+    (or null) and, per split, rows and SHA-256 (what a resume checks the data against)."""
+    splits = data.get("splits") if isinstance(data, dict) else None
+    ok = isinstance(data, dict) and isinstance(data.get("dir"), (str, type(None))) and isinstance(splits, dict) \
+        and all(isinstance(s, dict) and type(s.get("rows")) is int and isinstance(s.get("sha256"), str)
+                for s in splits.values())
+    if not ok:
+        raise RunDirError(f"{where}: data must say the run's data folder and, per split, rows and sha256 "
+                          "(the file is damaged; restore it from a copy)")
 
 
 def load_resume_checkpoint(cfg):

@@ -100,8 +100,38 @@ def _setting_names():
     return [f.name for f in fields(TrainConfig) if f.name != "output"]
 
 
+def _table(doc, key, path):
+    value = doc.get(key) or {}
+    if not isinstance(value, dict):
+        raise SweepError(f"{path}: {key} must be a table ([{key}]), got {type(value).__name__}")
+    return dict(value)
+
+
+def _typed(path, where, name, value):
+    """value as the type of setting `name` (rebar_np.train.typed_setting), or a one-line SweepError
+    naming the file and where in it the value is. The ranges are checked per run (expand)."""
+    from .train import SettingError, typed_setting
+    try:
+        return typed_setting(name, value)
+    except SettingError as err:
+        raise SweepError(f"{path}: {where} {err.problem}") from None
+
+
+def _top_value(doc, key, default, path, typ):
+    """A top-level entry of the grid file: a string, or (workers) an integer of at least 1."""
+    value = doc.get(key, default)
+    if typ is int:
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+        if not ok:
+            raise SweepError(f"{path}: {key} must be an integer of at least 1, got {value!r}")
+    elif value is not None and not isinstance(value, str):
+        raise SweepError(f"{path}: {key} must be a string, got {value!r}")
+    return value
+
+
 def load_grid(path):
-    """Read and check a grid file (one-line SweepError for anything wrong)."""
+    """Read and check a grid file (one-line SweepError for anything wrong): its layout, and the
+    type of every setting in it, named by its table and key; expand checks each run's values."""
     path = os.fspath(path)
     if os.path.isdir(path):
         path = os.path.join(path, "grid.toml")
@@ -110,6 +140,8 @@ def load_grid(path):
             doc = tomllib.load(fh)
     except FileNotFoundError:
         raise SweepError(f"no grid file at {path}") from None
+    except UnicodeDecodeError as e:
+        raise SweepError(f"grid file {path} is not UTF-8 text (byte {e.start}: {e.reason})") from None
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise SweepError(f"grid file {path} is unreadable ({str(e).splitlines()[0]})") from None
     unknown = sorted(set(doc) - set(TOP_KEYS))
@@ -117,9 +149,9 @@ def load_grid(path):
         raise SweepError(f"{path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(TOP_KEYS)}")
     here = os.path.dirname(os.path.abspath(path))
     stem = os.path.splitext(os.path.basename(path))[0]
-    output = os.path.join(here, doc.get("output", stem if stem != "grid" else "."))
+    output = os.path.join(here, _top_value(doc, "output", stem if stem != "grid" else ".", path, str))
     settings_names = _setting_names()
-    grid = dict(doc.get("grid") or {})
+    grid = _table(doc, "grid", path)
     if not grid:
         raise SweepError(f"{path}: the [grid] table is missing or empty")
     if "model" in grid:
@@ -131,31 +163,38 @@ def load_grid(path):
             raise SweepError(f"{path}: unknown [grid] key {k!r}")
         if not isinstance(v, list) or not v:
             raise SweepError(f"{path}: [grid] {k} must be a non-empty list")
+        if k in ("estimator", "architecture"):
+            if not all(isinstance(e, str) for e in v):
+                raise SweepError(f"{path}: [grid] {k} must list names (strings), got {v!r}")
+        else:
+            grid[k] = v = [_typed(path, f"[grid] {k}", k, e) for e in v]
         if len(set(map(repr, v))) != len(v):
             raise SweepError(f"{path}: [grid] {k} lists a value twice")
-    settings = dict(doc.get("settings") or {})
+    settings = _table(doc, "settings", path)
     for k in settings:
         if k not in settings_names:
             raise SweepError(f"{path}: unknown [settings] key {k!r}")
         if k in grid or (k == "model" and "estimator" in grid):
             raise SweepError(f"{path}: {k} is both in [grid] and in [settings]")
-    architectures = {**ARCHITECTURES, **(doc.get("architectures") or {})}
-    estimators = {**ESTIMATOR_VARIANTS, **(doc.get("estimators") or {})}
+        settings[k] = _typed(path, f"[settings] {k}", k, settings[k])
+    architectures = {**ARCHITECTURES, **_table(doc, "architectures", path)}
+    estimators = {**ESTIMATOR_VARIANTS, **_table(doc, "estimators", path)}
     for table, names in (("architectures", architectures), ("estimators", estimators)):
         for name, spec in names.items():
             if not isinstance(spec, dict) or set(spec) - set(settings_names):
                 raise SweepError(f"{path}: [{table}] {name} must be a table of settings")
+            names[name] = {k: _typed(path, f"[{table}] {name}: {k}", k, v) for k, v in spec.items()}
     for key, known in (("architecture", architectures), ("estimator", estimators)):
         for v in grid.get(key, []):
             if v not in known:
                 raise SweepError(f"{path}: unknown {key} {v!r}; known: {', '.join(known)}")
     order = [k for k in NAME_ORDER if k in grid] + sorted(k for k in grid if k not in NAME_ORDER)
-    workers = doc.get("workers", os.cpu_count() or 1)
-    engine = doc.get("engine", "local")
+    workers = _top_value(doc, "workers", os.cpu_count() or 1, path, int)
+    engine = _top_value(doc, "engine", "local", path, str)
     if engine not in ("local", "dask"):
         raise SweepError(f"{path}: engine must be local or dask, got {engine!r}")
-    data_dir = doc.get("data_dir")
-    return Grid(path, os.path.normpath(output), int(workers), engine,
+    data_dir = _top_value(doc, "data_dir", None, path, str)
+    return Grid(path, os.path.normpath(output), workers, engine,
                 os.path.join(here, data_dir) if data_dir else None,
                 {k: grid[k] for k in order}, settings, architectures, estimators)
 
@@ -169,7 +208,7 @@ def _name_part(key, value):
 
 def expand(grid):
     """Every combination of the grid's lists as a RunSpec (settings checked by TrainConfig)."""
-    from .train import TrainConfig
+    from .train import SettingError, TrainConfig
     specs = []
     keys = list(grid.axes)
     for values in itertools.product(*grid.axes.values()):
@@ -183,11 +222,16 @@ def expand(grid):
             else:
                 settings[k] = v
         name = "_".join(_name_part(k, v) for k, v in cell.items())
+        # every value through TrainConfig's checks; errors name the file, the run and the setting as
+        # an option of the `rebar-np train` the run is (its settings' keys are in the run's name or a table)
+        where = f"{grid.path}: run {name}"
         try:
             cfg = TrainConfig(**settings)
-            cfg.validate()
+            cfg.validate({k: f"{where}: {k.replace('_', '-')}" for k in _setting_names()})
+        except SettingError as e:
+            raise SweepError(str(e)) from None
         except (TypeError, ValueError) as e:
-            raise SweepError(f"run {name}: {str(e).splitlines()[0]}") from None
+            raise SweepError(f"{where}: {str(e).splitlines()[0]}") from None
         specs.append(RunSpec(name, os.path.join(grid.output, name), cell,
                              {k: v for k, v in asdict(cfg).items() if k != "output"}))
     return specs

@@ -2,12 +2,14 @@
 10x Adam for the estimator's own parameters, the EMA gradient-variance monitor,
 per-epoch report lines, periodic importance-weighted evaluation, checkpoints.
 """
+import math
+import numbers
 import os
 import signal
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numba
 import numpy as np
@@ -21,7 +23,7 @@ from .device import DEVICES, check_device, is_device, to_device, to_host, twin, 
 from .resume import LoopState, capture_state, restore_state
 from .rundir import recorder_for
 from .kernels import _half, _in_halves, arith_kernel, kernel, split_kernel
-from .model import SBN, init_params, iw_bound, check_params
+from .model import SBN, TASKS, init_params, iw_bound, check_params
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 # estimators whose every pass runs on rebar_np.device arrays (the others use host-only NumPy calls)
@@ -65,35 +67,230 @@ class TrainConfig:
                 "samples": self.samples, "hidden": self.relax_hidden}
         return {k: v for k, v in mine.items() if k in known}
 
-    def validate(self):
-        E.get(self.model)  # raises EstimatorError for unknown names
-        if self.dtype not in DTYPES:
-            raise ValueError(f"unknown dtype {self.dtype!r}; choose float32 or float64")
-        for name in ("n_layer", "n_hidden", "batch_size", "steps", "eval_samples"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("eval_every", "report_every", "checkpoint_every"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
-        if self.learning_rate <= 0:
-            raise ValueError(f"learning-rate must be positive, got {self.learning_rate}")
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be positive, got {self.temperature}")
-        if self.relaxation not in ("muprop", "concrete"):
-            raise ValueError(f"unknown relaxation {self.relaxation!r}; choose muprop or concrete")
-        if self.samples < 2:
-            raise ValueError(f"samples must be at least 2 (K-sample estimators), got {self.samples}")
-        if self.device not in DEVICES:
-            raise ValueError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
+    def validate(self, labels=None):
+        """Check every setting (check_setting), then the ones that depend on each other, then that the
+        run fits in this machine's memory; normalise the values in place (an integral 2e6 becomes the
+        int 2000000). labels: {setting: how the user wrote it} for the messages (SettingError)."""
+        try:
+            for f in fields(self):
+                setattr(self, f.name, check_setting(f.name, getattr(self, f.name)))
+            self._check_together()
+        except SettingError as err:
+            raise err.labelled(labels) from None
+
+    def _check_together(self):
         if self.device == "cuda" and self.model not in CUDA_ESTIMATORS:
-            raise ValueError(f"model {self.model} has no CUDA path yet; with --device cuda choose one of "
-                             f"{', '.join(CUDA_ESTIMATORS)}")
+            raise SettingError("device", f"model {self.model} has no CUDA path yet; with --device cuda choose one "
+                                         f"of {', '.join(CUDA_ESTIMATORS)}")
+        # in float32 a value can round to 0 or 1 (or overflow): Adam and the monitor compute in the dtype
+        typed = DTYPES[self.dtype]
+        with np.errstate(over="ignore", under="ignore"):
+            for name, value in (("learning_rate", self.learning_rate), ("adam_eps", self.adam_eps),
+                                ("aux_lr_scale", self.learning_rate * self.aux_lr_scale)):
+                if not (np.isfinite(typed(value)) and typed(value) > 0):
+                    raise SettingError(name, f"must be representable in {self.dtype} (neither 0 nor "
+                                             f"overflowing), got {_shown(getattr(self, name))}")
+            for name in ("beta1", "beta2", "ema_decay"):
+                if not typed(getattr(self, name)) < 1:
+                    raise SettingError(name, f"must stay below 1 in {self.dtype}, "
+                                             f"got {_shown(getattr(self, name))}")
         if self.device == "cuda":
             check_device("cuda")      # DeviceError (one line) on a machine without a GPU
-        if self.relax_hidden < 1:
-            raise ValueError(f"relax-hidden must be at least 1, got {self.relax_hidden}")
-        if self.binarization not in ("fixed", "dynamic"):
-            raise ValueError(f"unknown binarization {self.binarization!r}; choose fixed or dynamic")
+        check_memory(self)
+
+
+# --------------------------------------------------------------------------
+# Settings: the one typed check that every source of settings goes through (command-line
+# flags, --config files, sweep grid files, --hparams strings, a resumed run's config.json)
+# --------------------------------------------------------------------------
+# Types come from TrainConfig's annotations. An int setting takes an integer (not a bool) or an
+# integral float (TOML and JSON write 2e6 or 2000000.0 for a step count; 300.7 is refused); a float
+# setting takes an int or a float (not a bool, not a string: "0.001" is refused); a bool setting only
+# true or false ("false" is refused); a string setting only a string. Then each setting's own range:
+MAX_LAYERS = 100                 # far beyond the paper's 1-2; the per-layer passes are Python loops
+MAX_INT = 2 ** 63 - 1            # the kernels and HDF5 attributes hold int64
+INT_RANGES = {"n_layer": (1, MAX_LAYERS), "n_hidden": (1, MAX_INT), "batch_size": (1, MAX_INT),
+              "steps": (1, MAX_INT), "eval_samples": (1, MAX_INT), "samples": (2, MAX_INT),
+              "relax_hidden": (1, MAX_INT), "seed": (0, 2 ** 32 - 1),  # NumPy's legacy seeding range
+              "eval_every": (0, MAX_INT), "report_every": (0, MAX_INT), "checkpoint_every": (0, MAX_INT)}
+# (low, high, low included, high included); every float must be finite. The temperature range keeps
+# tau = log lambda within +-14 and the temperature tangents' 1/lambda^2 within 1e12, far inside float32
+# (40 steps of 2-layer concrete, rebar, dynamic_rebar and relax ran without overflow at 1e-20 and 1e20;
+# at 1e-38 lambda = exp(tau) underflows in float32).
+FLOAT_RANGES = {"learning_rate": (0.0, math.inf, False, False), "beta1": (0.0, 1.0, True, False),
+                "beta2": (0.0, 1.0, True, False), "adam_eps": (0.0, math.inf, False, False),
+                "aux_lr_scale": (0.0, math.inf, False, False), "ema_decay": (0.0, 1.0, False, False),
+                "temperature": (1e-6, 1e6, True, True)}
+CHOICES = {"task": TASKS, "dtype": tuple(DTYPES), "binarization": ("fixed", "dynamic"),
+           "relaxation": ("muprop", "concrete"), "device": DEVICES}
+
+
+class SettingError(ValueError):
+    """A setting of the wrong type or out of its range, in one line: `name` is the TrainConfig field,
+    `problem` the rest of the sentence ("must be ...") or a sentence of its own that names the setting
+    ("unknown task ..."); `label` is how the user wrote the setting, "--n-layer" or "<source>: <key>"
+    ("run.json: n_layer", "--hparams: trial"). The message is "<label> must be ..., got ..." or
+    "<source>: unknown task ...".
+    """
+
+    def __init__(self, name, problem, label=None):
+        self.name, self.problem, self.label = name, problem, label or name.replace("_", "-")
+        if problem.startswith("must"):
+            text = f"{self.label} {problem}"
+        else:
+            text = f"{self.label.rsplit(': ', 1)[0]}: {problem}" if ": " in self.label else problem
+        super().__init__(text)
+
+    def labelled(self, labels):
+        """This error with the label labels gives its setting (itself when labels has none)."""
+        if not labels or self.name not in labels:
+            return self
+        return SettingError(self.name, self.problem, labels[self.name])
+
+
+def _shown(value):
+    if isinstance(value, (bool, np.bool_)):
+        return "true" if value else "false"
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def setting_types():
+    """{setting: its type} from TrainConfig's annotations."""
+    return {f.name: f.type for f in fields(TrainConfig)}
+
+
+def typed_setting(name, value):
+    """value as the type of setting `name` (SettingError when it is not one: see above)."""
+    typ = setting_types().get(name)
+    if typ is None:
+        raise SettingError(name, "is not a training setting")
+    is_bool = isinstance(value, (bool, np.bool_))
+    if typ is bool:
+        if is_bool:
+            return bool(value)
+        raise SettingError(name, f"must be true or false, got {_shown(value)}")
+    if typ is int:
+        if isinstance(value, numbers.Integral) and not is_bool:
+            return int(value)
+        if isinstance(value, numbers.Real) and not is_bool and math.isfinite(value) and float(value).is_integer():
+            return int(value)
+        raise SettingError(name, f"must be an integer, got {_shown(value)}")
+    if typ is float:
+        if isinstance(value, numbers.Real) and not is_bool:
+            return float(value)
+        raise SettingError(name, f"must be a number, got {_shown(value)}")
+    if isinstance(value, typ):
+        return value
+    raise SettingError(name, f"must be a string, got {_shown(value)}")
+
+
+def check_setting(name, value):
+    """value as the type of setting `name`, checked against the setting's own range or choices
+    (SettingError); the checks between settings are TrainConfig.validate's."""
+    value = typed_setting(name, value)
+    if name in INT_RANGES:
+        low, high = INT_RANGES[name]
+        if value < low:
+            raise SettingError(name, f"must be {'0 or more' if low == 0 else f'at least {low}'}, got {value}")
+        if value > high:
+            raise SettingError(name, f"must be at most {high}, got {value}")
+    elif name in FLOAT_RANGES:
+        low, high, low_in, high_in = FLOAT_RANGES[name]
+        inside = math.isfinite(value) and (low <= value if low_in else low < value) and \
+            (value <= high if high_in else value < high)
+        if not inside:
+            if high == math.inf:
+                rule = "a positive finite number"
+            elif low_in and high_in:
+                rule = f"between {low:g} and {high:g}"
+            else:
+                rule = f"in {'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
+            raise SettingError(name, f"must be {rule}, got {_shown(value)}")
+    elif name in CHOICES:
+        if value not in CHOICES[name]:
+            choices = CHOICES[name]
+            raise SettingError(name, f"unknown {name} {value!r}; choose "
+                                     f"{', '.join(choices[:-1])} or {choices[-1]}")
+    elif name == "model":
+        try:
+            E.get(value)
+        except E.EstimatorError as err:
+            raise SettingError(name, str(err)) from None
+    return value
+
+
+def check_settings(values, labels=None):
+    """{setting: value} with every value typed and in its range (check_setting); labels as in
+    TrainConfig.validate."""
+    out = {}
+    for name, value in values.items():
+        try:
+            out[name] = check_setting(name, value)
+        except SettingError as err:
+            raise err.labelled(labels) from None
+    return out
+
+
+# --------------------------------------------------------------------------
+# Memory: refuse a run that cannot fit before allocating anything
+# --------------------------------------------------------------------------
+N_PIXELS = 784                   # every task's images (28 x 28)
+SIZE_SETTINGS = ("n_hidden", "n_layer", "batch_size", "samples", "relax_hidden")
+
+
+def memory_needed(cfg):
+    """Bytes a training run of cfg needs, about: the model's parameters (counted from the SBN's
+    shapes) with their gradient, Adam's two moments and the variance monitor's two averages; the
+    estimator's own parameters (baseline, control networks) with gradient and moments; the step's
+    activations; and, with evaluation on, the evaluation threads' chunks."""
+    item = np.dtype(DTYPES[cfg.dtype]).itemsize
+    model = SBN(cfg.task, cfg.n_layer, cfg.n_hidden, cfg.nonlinear, np.full(N_PIXELS, 0.5))
+    n_params = sum(math.prod(s) for s in model.param_shapes().values())
+    from .baseline import N_BASELINE_HIDDEN
+    n_aux = (N_PIXELS + 2) * N_BASELINE_HIDDEN
+    if cfg.model == "relax":    # one control network per layer, seeing the data and the layers below
+        n_aux += sum((cfg.n_hidden + N_PIXELS + l * cfg.n_hidden + 3) * cfg.relax_hidden for l in range(cfg.n_layer))
+    # per example and pass: each layer's logits, samples, noise and caches (more when nonlinear) and
+    # the pixels' logits; the REBAR family makes a relaxed pass, with its temperature tangents, per
+    # switch layer. Calibrated on peak memory (RSS) of a few steps: 2 layers of 500 or 3,000 units,
+    # batch 24 to 1,000, dynamic_rebar and vimco, within about 30%.
+    per_row = N_PIXELS * 3 + cfg.n_layer * cfg.n_hidden * (10 if cfg.nonlinear else 6)
+    passes = 1 + (2 * cfg.n_layer if cfg.model in ("rebar", "dynamic_rebar", "relax") else
+                  2 if cfg.model in ("concrete", "muprop") else 2 if cfg.model in E.K_SAMPLE_ESTIMATORS else 0)
+    rows = cfg.batch_size * (cfg.samples if cfg.model in E.K_SAMPLE_ESTIMATORS else 1)
+    if cfg.model == "relax":
+        per_row += cfg.n_layer * cfg.relax_hidden * 6
+    # parameters: themselves, gradient, Adam's and the monitor's moments, and the step's temporaries
+    need = (10 * n_params + 4 * n_aux + rows * per_row * passes) * item
+    if cfg.eval_every:      # each evaluation thread's chunk: noise bits, samples, logits per unit
+        per_eval_row = N_PIXELS * 2 + cfg.n_layer * cfg.n_hidden * (5 if cfg.nonlinear else 3)
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        need += threads * CPU_CHUNK_ROWS * per_eval_row * item
+    return need
+
+
+def machine_memory():
+    """Bytes of physical memory, or None where the system does not say."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(cfg):
+    """SettingError, naming the size setting furthest above its default, when cfg's run needs more
+    memory than the machine has."""
+    have, need = machine_memory(), memory_needed(cfg)
+    if have is None or need <= have:
+        return
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    sizes = [n for n in SIZE_SETTINGS if (n != "samples" or cfg.model in E.K_SAMPLE_ESTIMATORS)
+             and (n != "relax_hidden" or cfg.model == "relax")]
+    culprit = max(sizes, key=lambda n: getattr(cfg, n) / defaults[n])
+    sizes = ", ".join(f"{n.replace('_', '-')} {getattr(cfg, n)}" for n in SIZE_SETTINGS[:3])
+    raise SettingError(culprit, f"must be smaller: the run ({cfg.model}, {sizes}) needs about "
+                                f"{need / 2 ** 30:,.0f} GiB of memory, this machine has {have / 2 ** 30:,.0f} GiB")
 
 
 class TrainingDiverged(RuntimeError):

@@ -196,10 +196,12 @@ class RunRecorder(NullRecorder):
 
     def _end(self, state, step, message=""):
         self.flush()
-        self.status.update(state=state, message=message)
+        ended = {**self.status, "state": state, "message": message}
         if step is not None:
-            self.status["step"] = step
-        self._write_status()
+            ended["step"] = step
+        ended["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        write_json(self._path(STATUS), ended)
+        self.status = ended       # only once written: a write cut short leaves "running" for close() to fix
 
     def finish(self, step):
         self._end("finished", step)

@@ -163,7 +163,8 @@ def test_a_broken_metrics_file_is_refused_and_the_recovery_works(stopped_run, sp
 
 
 @pytest.mark.parametrize("name", [".tmp-notes.txt", ".tmp-data.h5", ".tmp-metrics-abcdefgh.h5", ".tmp-x.json",
-                                  ".tmp-rebar-np-abcdefgh.txt", ".tmp-rebar-np-abc.h5", ".tmp-rebar-np-abcdefgh.h5.bak"])
+                                  ".tmp-rebar-np-abcdefgh.txt", ".tmp-rebar-np-abc.h5",
+                                  ".tmp-rebar-np-abcdefgh.h5.bak"])
 def test_only_our_own_temporaries_are_removed(tiny_data_dir, tmp_path, name):
     out = tmp_path / "run"
     out.mkdir()
@@ -206,21 +207,25 @@ def held_lock(run_dir):
         fh.close()
 
 
-def crash_at_step(monkeypatch, error, at=6):
-    """Make nvil's estimate raise error in step `at`."""
+def in_step(monkeypatch, at, act):
+    """Call act() in nvil's estimate of step `at` (6: in the middle of the second epoch)."""
     import rebar_np.estimators.nvil as nvil
     real, calls = nvil.estimate, {"n": 0}
 
     def estimate(*a, **k):
         calls["n"] += 1
         if calls["n"] == at:
-            raise error
+            act()
         return real(*a, **k)
     monkeypatch.setattr(nvil, "estimate", estimate)
 
 
+def crash():
+    raise RuntimeError("boom")
+
+
 def ctrl_c_then_again_while_saving(monkeypatch):
-    """Ctrl-C in step 6 (not an epoch's end), and a second one during the save it triggers."""
+    """Ctrl-C in step 6, and a second one during the save it triggers."""
     import signal
     import rebar_np.train as T
     real_save = T.save_checkpoint
@@ -230,15 +235,7 @@ def ctrl_c_then_again_while_saving(monkeypatch):
             raise KeyboardInterrupt
         return real_save(path, step, *a, **k)
     monkeypatch.setattr(T, "save_checkpoint", save)
-    import rebar_np.estimators.nvil as nvil
-    estimate, calls = nvil.estimate, {"n": 0}
-
-    def interrupting(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 6:
-            os.kill(os.getpid(), signal.SIGINT)
-        return estimate(*a, **k)
-    monkeypatch.setattr(nvil, "estimate", interrupting)
+    in_step(monkeypatch, 6, lambda: os.kill(os.getpid(), signal.SIGINT))
 
 
 @pytest.mark.parametrize("ending,state,words", [
@@ -250,7 +247,7 @@ def ctrl_c_then_again_while_saving(monkeypatch):
 def test_status_tells_how_the_run_ended(tiny_data_dir, tmp_path, monkeypatch, ending, state, words):
     out = tmp_path / "run"
     if ending == "crash":
-        crash_at_step(monkeypatch, RuntimeError("boom"))
+        in_step(monkeypatch, 6, crash)
     elif ending == "disk full":
         fail_writes(monkeypatch, "checkpoint.h5", lambda tmp: OSError(errno.ENOSPC, "No space left on device"))
     elif ending == "Ctrl-C while saving":
@@ -267,12 +264,11 @@ def test_status_tells_how_the_run_ended(tiny_data_dir, tmp_path, monkeypatch, en
         assert res.exit_code != 0
     status = rundir.read_status(out)
     assert status["state"] == state and all(w in status["message"] for w in words), status
-    assert status["checkpoint_step"] == (12 if ending == "SIGKILL" else 4)
-    if ending != "SIGKILL":
-        assert load_checkpoint(out / "checkpoint.h5")["step"] == 4
-        res = run("train", "--resume", out, "--no-progress")       # and the run continues from there
-        assert res.exit_code == 0 and "from step 4" in res.output, res.output
-        assert ("Note: the last process training this run failed" in res.stderr) == (state == "failed")
+    kept = 12 if ending == "SIGKILL" else 4
+    assert status["checkpoint_step"] == load_checkpoint(out / "checkpoint.h5")["step"] == kept
+    res = run("train", "--resume", out, "--steps", 16, "--no-progress")     # and the run continues from there
+    assert res.exit_code == 0 and f"from step {kept}" in res.output, res.output
+    assert (f"Note: the last process training this run {state}" in res.stderr) == (state != "interrupted")
 
 
 def fail_writes(monkeypatch, name, error, after=1):

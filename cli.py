@@ -9,6 +9,7 @@ import json
 import os
 import sys
 import time
+import warnings
 
 import click
 
@@ -26,17 +27,30 @@ def one_line(err):
 
 
 def user_errors(fn):
-    """Turn the package's own error types into one line and exit code 2."""
+    """Turn the package's own error types into one line and exit code 2 (an OSError as
+    "strerror: file", e.g. "No space left on device: runs/x/checkpoint.h5"), and the package's
+    warnings (a checkpoint without checksum) into one "Warning: ..." line each."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from rebar_np.checkpoint import CheckpointError
+        from rebar_np.checkpoint import CheckpointError, CheckpointWarning, os_error_text
         from rebar_np.data import DataError
         from rebar_np.device import DeviceError
         from rebar_np.estimators import EstimatorError
         from rebar_np.model import ModelError
+
+        def show(message, category, *rest, **kw):
+            if issubclass(category, CheckpointWarning):
+                click.echo(f"Warning: {one_line(message)}", err=True)
+            else:
+                shown(message, category, *rest, **kw)
         try:
-            return fn(*args, **kwargs)
-        except (ModelError, EstimatorError, DataError, CheckpointError, DeviceError, ValueError, OSError) as err:
+            with warnings.catch_warnings():          # puts showwarning back afterwards
+                shown = warnings.showwarning
+                warnings.showwarning = show
+                return fn(*args, **kwargs)
+        except OSError as err:
+            fail(os_error_text(err))
+        except (ModelError, EstimatorError, DataError, CheckpointError, DeviceError, ValueError) as err:
             fail(one_line(err))
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
@@ -85,6 +99,13 @@ def main():
 # --------------------------------------------------------------------------
 # train
 # --------------------------------------------------------------------------
+def not_empty(ctx, param, value):
+    """Refuse "" for a path option: `--output "$DIR"` with DIR unset must not mean "nowhere"."""
+    if value is not None and not value.strip():
+        raise click.BadParameter("is empty (an unset shell variable?); give a path")
+    return value
+
+
 def model_options(fn=None, *, n_hidden=200):
     """The architecture options; ``@model_options(n_hidden=8)`` changes the width's default."""
     if fn is None:
@@ -164,10 +185,10 @@ def estimator_options(fn):
 @click.option("--beta2", default=0.99999, show_default=True, type=float, help="Adam beta2 (both optimizers).")
 @click.option("--checkpoint-every", default=0, show_default=True, type=int,
               help="Steps between checkpoints; 0: at the end of every epoch. Also written at the end and on Ctrl-C.")
-@click.option("--output", default=None, type=click.Path(file_okay=False),
+@click.option("--output", default=None, type=click.Path(file_okay=False), callback=not_empty,
               help="Run folder: config.json, metrics.h5, checkpoint.h5, status.json "
                    "(default: runs/<model>-<task>-<time>). Must not hold another run.")
-@click.option("--resume", default=None, type=click.Path(file_okay=False),
+@click.option("--resume", default=None, type=click.Path(file_okay=False), callback=not_empty,
               help="Continue the run in this folder from its checkpoint, exactly as if it had not stopped. Only "
                    "--steps, --eval-every, --eval-samples, --report-every, --checkpoint-every and --device may change.")
 @click.option("--hparams", default=None,
@@ -228,6 +249,10 @@ def train(model, task, n_layer, n_hidden, nonlinear, batch_size, temperature, re
     if resume:
         rundir.check_data(record, data, resume)
         ckpt = rundir.load_resume_checkpoint(cfg)
+        before = rundir.read_status(resume) or {}
+        if before.get("state") in ("stopped", "failed"):
+            click.echo(f"Note: the last process training this run {before['state']}: "
+                       f"{before.get('message') or 'no message'}", err=True)
         for change in rundir.environment_changes(record):
             click.echo(f"Warning: {change} since the run started; the continuation may differ in the last bits "
                        "from an uninterrupted run", err=True)
@@ -249,6 +274,15 @@ def train(model, task, n_layer, n_hidden, nonlinear, batch_size, temperature, re
         kept = (f"; last good checkpoint kept at {ckpt_file}" if os.path.exists(ckpt_file)
                 else "; no checkpoint was written yet")
         fail(f"training diverged: {err}{kept}", EXIT_DIVERGED)
+    except OSError as err:           # a full disk, say: what failed, and what the run still has
+        from rebar_np.checkpoint import CheckpointError, os_error_text
+        try:
+            step = rundir.checkpoint_step(cfg.output) if cfg.output else None
+        except CheckpointError:
+            step = None
+        kept = (f"; the last checkpoint (step {step}) is kept, continue with --resume {cfg.output}"
+                if step is not None else "; no checkpoint was written yet")
+        fail(f"{os_error_text(err)}{kept}")
     if result.checkpoint:
         click.echo(f"Saved {result.checkpoint}")
 
@@ -356,7 +390,7 @@ def eval_cmd(run_dir, split, samples, seed, limit, chunk_rows, data_dir, device,
 # --------------------------------------------------------------------------
 @main.command()
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
-@click.option("--output", default=None, type=click.Path(dir_okay=False),
+@click.option("--output", default=None, type=click.Path(dir_okay=False), callback=not_empty,
               help="PNG to write (default: RUN_DIR/metrics.png for one run, plot.png here for several).")
 @user_errors
 def plot(run_dirs, output):
@@ -373,7 +407,7 @@ def plot(run_dirs, output):
 @click.option("--n", "n_images", default=64, show_default=True, type=int, help="Images in each grid.")
 @click.option("--split", default="test", show_default=True, help="Split whose images are reconstructed.")
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--output", default=None, type=click.Path(dir_okay=False),
+@click.option("--output", default=None, type=click.Path(dir_okay=False), callback=not_empty,
               help="PNG to write (default: RUN_DIR/samples.png).")
 @click.option("--data-dir", default=None, type=click.Path(file_okay=False),
               help="Folder with the data files (default: the run's own).")
@@ -529,7 +563,8 @@ def results_table(results_dir, check):
               help="Instead of tracking: freeze the model saved in this run folder and measure each estimator's "
                    "variance from --draws independent draws on one fixed batch, with a 95% interval.")
 @click.option("--draws", default=1000, show_default=True, type=int)
-@click.option("--output", default=None, type=click.Path(dir_okay=False), help="Write the table as JSON here too.")
+@click.option("--output", default=None, type=click.Path(dir_okay=False), callback=not_empty,
+              help="Write the table as JSON here too.")
 @click.option("--data-dir", default=None, type=click.Path(file_okay=False))
 @user_errors
 def variance(follow, estimators, task, n_layer, n_hidden, nonlinear, steps, batch_size, learning_rate, temperature,
@@ -596,7 +631,7 @@ def variance(follow, estimators, task, n_layer, n_hidden, nonlinear, steps, batc
 @estimator_options
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--eval-samples", default=100, show_default=True, type=int)
-@click.option("--output", default=None, type=click.Path(file_okay=False),
+@click.option("--output", default=None, type=click.Path(file_okay=False), callback=not_empty,
               help="Folder for the runs, comparison.json and comparison.png (default: runs/compare-<time>).")
 @click.option("--data-dir", default=None, type=click.Path(file_okay=False))
 @click.option("--progress/--no-progress", default=None)

@@ -35,7 +35,10 @@ from .checkpoint import atomic_path
 
 FORMAT_VERSION = 1
 FIRST_COLUMNS = ("step", "wall_time", "train_elbo", "log_grad_var", "temperature", "valid_bound", "test_bound")
-TMP_PREFIX = ".tmp-metrics-"
+
+
+class MetricsError(ValueError):
+    """A metrics.h5 that is unreadable or not a table (one-line message naming the file)."""
 
 
 class MetricsLog:
@@ -80,7 +83,7 @@ class MetricsLog:
         """Write the table if it changed, at most every min_interval seconds unless forced."""
         if not self._dirty or (not force and time.monotonic() - self._last_flush < self.min_interval):
             return
-        with atomic_path(self.path, prefix=TMP_PREFIX) as tmp, h5py.File(tmp, "w") as f:
+        with atomic_path(self.path) as tmp, h5py.File(tmp, "w") as f:
             f.attrs["format_version"] = FORMAT_VERSION
             f.attrs["columns"] = json.dumps(self.columns)
             for c in self.columns:
@@ -90,10 +93,44 @@ class MetricsLog:
 
 
 def read_metrics(path):
-    """{column: 1-D array} of a metrics.h5, in the file's column order; {} for an empty table."""
-    with h5py.File(path, "r") as f:
-        columns = json.loads(f.attrs["columns"]) if "columns" in f.attrs else sorted(f.keys())
-        return {c: f[c][()] for c in columns if c in f}
+    """{column: 1-D array} of a metrics.h5, in the file's column order; {} for an empty table.
+    MetricsError when the file is unreadable or its columns do not form a table."""
+    path = os.fspath(path)
+    try:
+        with h5py.File(path, "r") as f:
+            columns = json.loads(f.attrs["columns"]) if "columns" in f.attrs else sorted(f.keys())
+            if not (isinstance(columns, list) and all(isinstance(c, str) for c in columns)):
+                raise MetricsError(f"metrics file {path} is damaged (its columns attribute is not a list of names)")
+            missing = [c for c in columns if not isinstance(f.get(c), h5py.Dataset)]
+            if missing:
+                raise MetricsError(f"metrics file {path} is damaged (column {missing[0]} is listed but missing)")
+            table = {c: f[c][()] for c in columns}
+    except MetricsError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError) as e:
+        raise MetricsError(f"metrics file {path} is unreadable ({type(e).__name__}: "
+                           f"{str(e).splitlines()[0] if str(e) else 'no detail'})") from None
+    check_table(table, path)
+    return table
+
+
+def check_table(table, path):
+    """MetricsError unless every column is 1-D and numeric, all have one length, and steps do not go back."""
+    lengths = {}
+    for c, a in table.items():
+        if a.ndim != 1 or a.dtype.kind not in "iuf":
+            raise MetricsError(f"metrics file {path} is damaged (column {c} is {a.dtype} of shape {a.shape}, "
+                               "not a 1-D numeric column)")
+        lengths[c] = len(a)
+    if len(set(lengths.values())) > 1:
+        common = max(set(lengths.values()), key=list(lengths.values()).count)
+        odd = ", ".join(f"{c} has {n}" for c, n in lengths.items() if n != common)
+        raise MetricsError(f"metrics file {path} is damaged (columns of unequal length: {odd} rows, "
+                           f"the others {common})")
+    if lengths and "step" not in table:
+        raise MetricsError(f"metrics file {path} is damaged (no step column)")
+    if lengths and np.any(np.diff(table["step"]) < 0):
+        raise MetricsError(f"metrics file {path} is damaged (its steps go back)")
 
 
 def last_value(table, column):

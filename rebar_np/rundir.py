@@ -6,8 +6,10 @@
     DIR/metrics.h5      one row per report line (rebar_np.metrics), readable while training runs
     DIR/checkpoint.h5   the latest checkpoint (rebar_np.checkpoint), replaced atomically, with
                         everything an exact resume needs (rebar_np.resume)
-    DIR/status.json     state (running, interrupted, diverged, finished), the last step reached,
-                        the checkpoint's step, a message, the process id and host
+    DIR/status.json     state (running, interrupted, diverged, failed, finished), the last step
+                        reached, the checkpoint's step, a message, the process id and host;
+                        read it with read_status, which tells a live run from a killed one
+    DIR/.lock           held while a process trains the run (lock_run)
     DIR/eval-<split>-<k>.json   final bounds from `rebar-np eval`
     DIR/train.log       the console output, for runs started by `rebar-np sweep`
 
@@ -18,15 +20,16 @@ import json
 import os
 import platform
 import socket
+import sys
 import time
 from dataclasses import asdict, fields
 
 import numpy as np
 
 from . import __version__
-from .checkpoint import CheckpointError, atomic_path, load_checkpoint, remove_stale_temporaries
+from .checkpoint import CheckpointError, atomic_path, load_checkpoint, os_error_text, remove_stale_temporaries
 from .data import DataError, array_sha256
-from .metrics import MetricsLog
+from .metrics import MetricsError, MetricsLog
 
 CONFIG, METRICS, CHECKPOINT, STATUS = "config.json", "metrics.h5", "checkpoint.h5", "status.json"
 METADATA_KEYS = ("version", "environment", "data")   # config.json entries that are not settings
@@ -42,7 +45,7 @@ class RunDirError(ValueError):
 # Small JSON files, written atomically
 # --------------------------------------------------------------------------
 def write_json(path, obj):
-    with atomic_path(path, prefix=".tmp-", suffix=".json") as tmp, open(tmp, "w") as fh:
+    with atomic_path(path, suffix=".json") as tmp, open(tmp, "w") as fh:
         json.dump(obj, fh, indent=2, sort_keys=True)
         fh.write("\n")
 
@@ -169,16 +172,20 @@ class RunRecorder(NullRecorder):
     def start(self, step):
         os.makedirs(self.dir, exist_ok=True)
         self._lock = lock_run(self.dir)
-        remove_stale_temporaries(self.dir)
-        path = self._path(CONFIG)
-        if not os.path.exists(path) or read_config(self.dir) != self.record:
-            write_json(path, self.record)
-        self.metrics = MetricsLog(self._path(METRICS))
-        self.metrics.truncate_after(step)       # rows after the checkpoint are logged again
-        self.metrics.flush(force=True)
-        self.status = {"state": "running", "step": step, "checkpoint_step": step if step else None,
-                       "message": "", "pid": os.getpid(), "host": socket.gethostname()}
-        self._write_status()
+        try:                                    # nothing is written before metrics.h5 is known good
+            remove_stale_temporaries(self.dir)
+            self.metrics = open_metrics(self.dir, step)
+            path = self._path(CONFIG)
+            if not os.path.exists(path) or read_config(self.dir) != self.record:
+                write_json(path, self.record)
+            self.metrics.truncate_after(step)       # rows after the checkpoint are logged again
+            self.metrics.flush(force=True)
+            self.status = {"state": "running", "step": step, "checkpoint_step": step if step else None,
+                           "message": "", "pid": os.getpid(), "host": socket.gethostname()}
+            self._write_status()
+        except BaseException:
+            self.close()
+            raise
 
     def _write_status(self):
         self.status["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -205,10 +212,12 @@ class RunRecorder(NullRecorder):
 
     def _end(self, state, step, message=""):
         self.flush()
-        self.status.update(state=state, message=message)
+        ended = {**self.status, "state": state, "message": message}
         if step is not None:
-            self.status["step"] = step
-        self._write_status()
+            ended["step"] = step
+        ended["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        write_json(self._path(STATUS), ended)
+        self.status = ended       # only once written: a write cut short leaves "running" for close() to fix
 
     def finish(self, step):
         self._end("finished", step)
@@ -220,9 +229,81 @@ class RunRecorder(NullRecorder):
         self._end("diverged", step, message)
 
     def close(self):
+        """Release the run; train() calls it from its `finally`. A run still recorded as running
+        did not end through finish, interrupted or diverged: the exception leaving training (a
+        crash, a full disk, a second Ctrl-C while saving) says how it ended, and status.json
+        records it. If even that write fails, read_status still reports the run as stopped
+        once the lock is gone."""
+        if self.status.get("state") == "running":
+            err = sys.exc_info()[1]
+            if isinstance(err, KeyboardInterrupt):
+                state, message = "interrupted", "interrupted while saving; the last checkpoint is kept"
+            else:
+                state, message = "failed", error_line(err) if err is not None else "ended without recording why"
+            try:
+                self._end(state, None, message)
+            except Exception:
+                pass
         if getattr(self, "_lock", None) is not None:
             self._lock.close()          # releases the lock
             self._lock = None
+
+
+def error_line(err):
+    """The one-line message status.json records for an exception that ended a run."""
+    if isinstance(err, OSError):
+        return os_error_text(err)
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
+
+
+def open_metrics(run_dir, step):
+    """run_dir's MetricsLog, checked; a damaged metrics.h5 is a RunDirError that says how to recover
+    (the checkpoint at `step` holds all the run needs, and a new table logs from there)."""
+    try:
+        return MetricsLog(os.path.join(run_dir, METRICS))
+    except MetricsError as e:
+        where = f"resumes from its checkpoint at step {step}" if step else "starts from step 0"
+        raise RunDirError(f"{e}; move it aside (e.g. to {METRICS}.broken): the run {where} and logs from "
+                          "there") from None
+
+
+STOPPED = "the process ended without recording why (killed, or the machine stopped)"
+
+
+def read_status(run_dir):
+    """run_dir's status.json (a dict), or None when there is none. A process that is killed
+    (SIGKILL, a power cut) cannot record that it stopped, so "running" is reported only while
+    the run's lock is held; otherwise the state is "stopped" with a message saying so."""
+    path = os.path.join(run_dir, STATUS)
+    if not os.path.exists(path):
+        return None
+    status = read_json(path, "run status")
+    if not isinstance(status, dict):
+        raise RunDirError(f"run status {path} is not a JSON object")
+    if status.get("state") == "running" and not run_is_locked(run_dir):
+        status = {**status, "state": "stopped", "message": STOPPED}
+    return status
+
+
+def run_is_locked(run_dir):
+    """Whether some process (this one included) holds run_dir's lock (lock_run). Probed with a
+    shared lock, released at once, so a trainer's exclusive lock is never held up for long."""
+    try:
+        import fcntl
+    except ImportError:                 # no advisory locks: cannot tell, trust status.json
+        return True
+    try:
+        fh = open(os.path.join(run_dir, ".lock"), "r")
+    except FileNotFoundError:
+        return False
+    with fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        return False
 
 
 def lock_run(run_dir):
@@ -319,17 +400,43 @@ def check_data_record(data, where):
 
 def load_resume_checkpoint(cfg):
     """The checkpoint to resume cfg's run from, or None when the run never wrote one (it then
-    starts over with the same settings). One-line errors when it cannot be continued."""
+    starts over with the same settings). One-line errors when it cannot be continued: the
+    checkpoint is missing though status.json records one, damaged (checksum), its settings
+    differ from config.json's, or metrics.h5 is damaged."""
     path = os.path.join(cfg.output, CHECKPOINT)
     if not os.path.exists(path):
+        status = read_status(cfg.output) or {}
+        if status.get("checkpoint_step") is not None:
+            raise RunDirError(f"{path} is missing, but {os.path.join(cfg.output, STATUS)} records a checkpoint at "
+                              f"step {status['checkpoint_step']}; restore the file to continue the run, or start a "
+                              f"new run in another folder (--config {os.path.join(cfg.output, CONFIG)} --output NEW)")
+        open_metrics(cfg.output, 0)
         return None
     ckpt = load_checkpoint(path)
+    check_settings(cfg, ckpt, path)
+    open_metrics(cfg.output, ckpt["step"])
     if ckpt["step"] > cfg.steps:
         raise RunDirError(f"the run in {cfg.output} is already at step {ckpt['step']}, past --steps {cfg.steps}")
     if ckpt["train_state"] is None and ckpt["step"] < cfg.steps:
         raise CheckpointError(f"checkpoint {path} has no resume state (written by an older version); it can be "
                               "evaluated but not resumed")
     return ckpt
+
+
+def check_settings(cfg, ckpt, path):
+    """RunDirError when a setting of cfg (config.json with the command line's changes) differs
+    from the one the checkpoint was written with: the checkpoint's are the run's settings (an
+    edited config.json must not silently change a run). RESUME_MAY_CHANGE settings may differ:
+    they never change a parameter, and a resume records its new values in config.json before
+    the next checkpoint does."""
+    have = json.loads(json.dumps(asdict(cfg)))
+    for k, saved in sorted(ckpt["config"].items()):
+        if k == "output" or k in RESUME_MAY_CHANGE or k not in have or have[k] == saved:
+            continue
+        config = os.path.join(cfg.output, CONFIG)
+        raise RunDirError(f"{k} is {have[k]!r} in {config} but the checkpoint {path} was written with "
+                          f"{saved!r}; put it back to {saved!r}, or start a new run with the edited settings "
+                          f"(--config {config} --output NEW)")
 
 
 def environment_changes(record):

@@ -295,8 +295,9 @@ def check_positive(**options):
 
 
 def check_writable_folder(folder, what):
-    """Create and remove a file in folder: the one test that answers for permissions, read-only file
-    systems and full quotas alike."""
+    """Create and remove a file in folder: the one test that answers for permissions (root's included)
+    and read-only file systems alike. A disk that fills later is caught when writing (the result is
+    printed first)."""
     import tempfile
     try:
         fd, probe = tempfile.mkstemp(prefix=".tmp-probe-", dir=folder)

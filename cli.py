@@ -289,8 +289,8 @@ def train(model, task, n_layer, n_hidden, nonlinear, batch_size, temperature, re
 
 # TrainConfig settings that are options of `train` (the rest keep their defaults, or come from --config)
 TRAIN_SETTINGS = ("model", "task", "n_layer", "n_hidden", "nonlinear", "batch_size", "temperature", "relaxation",
-                  "samples", "relax_hidden", "learning_rate", "steps", "seed", "eval_every", "eval_samples", "report_every", "binarization",
-                  "dtype", "device", "joint", "beta2", "checkpoint_every")
+                  "samples", "relax_hidden", "learning_rate", "steps", "seed", "eval_every", "eval_samples",
+                  "report_every", "binarization", "dtype", "device", "joint", "beta2", "checkpoint_every")
 
 
 def flag_labels(names):
@@ -328,27 +328,63 @@ def new_train_config(options, given, hparams, config_file, output):
         while os.path.exists(output):
             n += 1
             output = f"{stem}-{n}"
-        check_run_folder(output, "the run folder")
+        check_output_folder(output, "the run folder")
     else:
-        check_run_folder(output, "--output")
+        check_output_folder(output, "--output")
     rundir.refuse_existing_run(output)
     cfg.output = output
     return cfg, labels
 
 
-def check_run_folder(path, label):
-    """One-line error when a run folder cannot be made at path: a file in the way, or a folder the
-    user may not write in."""
-    path = os.path.abspath(path)
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise ValueError(f"{label} {path} is a file, not a folder")
-    parent = path
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise ValueError(f"{label} {path} cannot be made: {parent} is a file, not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"{label} {path} cannot be made: no permission to write in {parent}")
+# --------------------------------------------------------------------------
+# Where the commands other than train write: checked before any work, so that a result is
+# never computed only to be lost to a bad path
+# --------------------------------------------------------------------------
+def check_positive(**options):
+    """One line naming the first of the integer options (name=value) that is below 1."""
+    for name, value in options.items():
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+
+
+def check_writable_folder(folder, what):
+    """Create and remove a file in folder: the one test that answers for permissions (root's included)
+    and read-only file systems alike. A disk that fills later is caught when writing (the result is
+    printed first)."""
+    import tempfile
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".tmp-probe-", dir=folder)
+    except OSError as e:
+        raise ValueError(f"{what}: cannot write in {folder} ({e.strerror or one_line(e)})") from None
+    os.close(fd)
+    os.remove(probe)
+
+
+def check_output_file(path, option="--output"):
+    """A file that this command can write: not empty, not a folder, in an existing, writable folder."""
+    if path is None:
+        return
+    if not path.strip():
+        raise ValueError(f"{option} is empty; give a file name")
+    if os.path.isdir(path):
+        raise ValueError(f"{option} {path} is a folder; give a file name")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ValueError(f"{option} {path}: the folder {folder} does not exist")
+    check_writable_folder(folder, f"{option} {path}")
+
+
+def check_output_folder(path, option="--output"):
+    """A folder that this command can create or write in: not empty, not a file, and its nearest
+    existing ancestor writable (the folder itself is created only when the work starts)."""
+    if not path.strip():
+        raise ValueError(f"{option} is empty; give a folder")
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ValueError(f"{option} {path}: {existing} is a file, not a folder")
+    check_writable_folder(existing, f"{option} {path}")
 
 
 # --------------------------------------------------------------------------
@@ -360,7 +396,8 @@ def check_run_folder(path, label):
 @click.option("--samples", default=100, show_default=True, type=int,
               help="k of the importance-weighted bound (the paper's final numbers use 5000).")
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--limit", default=0, type=int, help="Evaluate only the first N examples (0: all).")
+@click.option("--limit", default=0, type=int,
+              help="Evaluate only the first N examples (0: all); written to eval-<split>-<samples>-first<N>.json.")
 @click.option("--chunk-rows", default=None, type=int,
               help="(example, sample) rows evaluated at once per thread [default: 2000 on the CPU, "
                    "small enough to stay in the caches; 131072 on a GPU].")
@@ -373,16 +410,24 @@ def eval_cmd(run_dir, split, samples, seed, limit, chunk_rows, data_dir, device,
     """Importance-weighted bound log (1/k sum_i exp f(b_i)) of a saved model on a split.
 
     Writes the result (mean bound, its standard error over examples, step) to
-    RUN_DIR/eval-<split>-<samples>.json.
+    RUN_DIR/eval-<split>-<samples>.json, or, with --limit N, to eval-<split>-<samples>-firstN.json
+    (a partial evaluation never replaces a full one). The result is printed before it is written.
     """
     from rebar_np.evaluation import final_bound
+    from rebar_np.rundir import write_json
 
+    if os.path.isdir(run_dir):   # a missing folder is reported by final_bound ("no checkpoint")
+        check_writable_folder(run_dir, f"run folder {run_dir} (eval writes its result there)")
     show = sys.stderr.isatty() if progress is None else progress
-    r = final_bound(run_dir, split, samples, seed, limit, data_dir, chunk_rows, show, device)
+    r, path = final_bound(run_dir, split, samples, seed, limit, data_dir, chunk_rows, show, device, write=False)
     err = f" +- {r['stderr']:.3f}" if r["stderr"] is not None else ""
     click.echo(f"{split} bound ({samples} samples, {r['examples']} examples, step {r['step']}): {r['bound']:.3f}"
                f"{err} [{r['seconds']:.1f} s]")
-    click.echo(f"wrote {os.path.join(run_dir, f'eval-{split}-{samples}.json')}")
+    try:
+        write_json(path, r)
+    except OSError as e:
+        fail(f"could not write {path} ({e.strerror or one_line(e)}); the result is printed above")
+    click.echo(f"wrote {path}")
 
 
 # --------------------------------------------------------------------------
@@ -398,13 +443,17 @@ def plot(run_dirs, output):
     against training steps and wall-clock time, to a PNG (needs matplotlib: pip install 'rebar-np[plot]').
     Works while the runs are still training."""
     from rebar_np.plots import plot_runs
+    check_output_file(output)
     output = output or (os.path.join(run_dirs[0], "metrics.png") if len(run_dirs) == 1 else "plot.png")
+    if os.path.isdir(os.path.dirname(os.path.abspath(output))):   # else plot_runs says what is missing
+        check_output_file(output, "the plot")
     click.echo(f"wrote {plot_runs(list(run_dirs), output)}")
 
 
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("--n", "n_images", default=64, show_default=True, type=int, help="Images in each grid.")
+@click.option("--n", "n_images", default=64, show_default=True, type=int,
+              help="Images in each grid (2 to 400: a grid of at most 20 x 20 stays readable).")
 @click.option("--split", default="test", show_default=True, help="Split whose images are reconstructed.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--output", default=None, type=click.Path(dir_okay=False), callback=not_empty,
@@ -416,12 +465,17 @@ def samples(run_dir, n_images, split, seed, output, data_dir):
     """A grid of images generated by the run's model (pixel probabilities of ancestral samples)
     and a grid of reconstructions of SPLIT images (needs matplotlib)."""
     from rebar_np.evaluation import SPLITS, load_run
-    from rebar_np.plots import draw_samples, pyplot
+    from rebar_np.plots import MAX_IMAGES, MIN_IMAGES, draw_samples, pyplot
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose train, valid or test")
+    if not MIN_IMAGES <= n_images <= MAX_IMAGES:
+        raise ValueError(f"--n must be between {MIN_IMAGES} and {MAX_IMAGES} (a readable grid), got {n_images}")
+    check_output_file(output)
     pyplot()   # the missing-matplotlib message before any work
     model, ckpt, data = load_run(run_dir, data_dir)
-    output = output or os.path.join(run_dir, "samples.png")
+    if output is None:
+        output = os.path.join(run_dir, "samples.png")
+        check_output_file(output, "the image")
     title = f"{ckpt['config']['model']} on {ckpt['config']['task']}, step {ckpt['step']}"
     click.echo(f"wrote {draw_samples(model, ckpt['params'], data[split], output, n_images, seed, title)}")
 
@@ -572,29 +626,35 @@ def variance(follow, estimators, task, n_layer, n_hidden, nonlinear, steps, batc
     """Compare estimators' gradient variance on one optimisation trajectory.
 
     Prints, per epoch, each estimator's log gradient variance around the common mean
-    (EMA moments, SPEC section 4). With --checkpoint: a frozen model and K independent draws.
+    (EMA moments, docs/math.md). With --checkpoint: a frozen model and K independent draws.
     """
     import numpy as np
     from rebar_np import estimators as E
     from rebar_np.data import load_task
-    from rebar_np.train import TrainConfig
+    from rebar_np.rundir import write_json
+    from rebar_np.train import TrainConfig, TrainingDiverged
     from rebar_np.variance import measure_variance, track_variance
 
-    names = [n.strip() for n in estimators.split(",") if n.strip()]
-    for n in names + [follow]:
-        E.get(n)
+    names = parse_estimators(estimators)
+    E.get(follow)
+    check_output_file(output)
+    # every setting checked before any work, in both modes (the frozen model's ones come from its checkpoint)
     cfg = TrainConfig(model=follow, task=task, n_layer=n_layer, n_hidden=n_hidden, nonlinear=nonlinear,
                       batch_size=batch_size, learning_rate=learning_rate, steps=steps, seed=seed,
-                      temperature=temperature, relaxation=relaxation, samples=samples, relax_hidden=relax_hidden)
+                      report_every=report_every, temperature=temperature, relaxation=relaxation, samples=samples,
+                      relax_hidden=relax_hidden)
     cfg.validate(flag_labels(TRAIN_SETTINGS))
     if run_dir:
         from rebar_np.checkpoint import load_checkpoint
         from rebar_np.model import SBN
         if draws < 2:
-            raise ValueError("draws must be at least 2")
+            raise ValueError(f"--draws must be at least 2, got {draws}")
         ck = load_checkpoint(os.path.join(run_dir, "checkpoint.h5"))
         c = ck["config"]
         data = load_task(c["task"], data_dir)
+        if batch_size > data["train"].shape[0]:
+            raise ValueError(f"--batch-size {batch_size} is larger than the training set "
+                             f"({data['train'].shape[0]} examples)")
         mean_x = ck["mean_x"] if ck["mean_x"] is not None else data["train"].mean(axis=0, dtype=np.float64)
         model = SBN(c["task"], c["n_layer"], c["n_hidden"], c["nonlinear"], mean_x)
         x = data["train"][np.random.default_rng(seed).choice(data["train"].shape[0], batch_size, replace=False)]
@@ -610,15 +670,34 @@ def variance(follow, estimators, task, n_layer, n_hidden, nonlinear, steps, batc
         result = {"mode": "draws", "draws": draws, "step": ck["step"], "table": table}
     else:
         data = load_task(task, data_dir)
-        rows = track_variance(cfg, data, names, follow, log=click.echo, report_every=report_every)
+        try:
+            rows = track_variance(cfg, data, names, follow, log=click.echo, report_every=report_every)
+        except TrainingDiverged as err:
+            fail(f"training diverged: {err}; try a smaller --learning-rate", EXIT_DIVERGED)
         click.echo(f"{'step':>8}" + "".join(f"{n:>15}" for n in dict.fromkeys([follow] + names)))
         for r in rows:
             click.echo(f"{r['step']:>8}" + "".join(f"{r[n]:>15.3f}" for n in dict.fromkeys([follow] + names)))
         result = {"mode": "track", "follow": follow, "rows": rows}
     if output:
-        with open(output, "w") as fh:
-            json.dump(result, fh, indent=2)
+        try:
+            write_json(output, result)
+        except OSError as e:
+            fail(f"could not write {output} ({e.strerror or one_line(e)}); the table is printed above")
         click.echo(f"wrote {output}")
+
+
+def parse_estimators(text, option="--estimators"):
+    """The names of a comma-separated list: known estimators, each once, at least one."""
+    from rebar_np import estimators as E
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise ValueError(f"{option} names no estimator; give a comma-separated list such as nvil,rebar")
+    for n in names:
+        E.get(n)
+    twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
+    if twice:
+        raise ValueError(f"{option} lists {twice} twice")
+    return names
 
 
 # --------------------------------------------------------------------------
@@ -643,40 +722,58 @@ def compare(estimators, task, n_layer, n_hidden, nonlinear, steps, batch_size, l
     Writes a table (final train ELBO, validation and test bounds, log gradient variance,
     time) to the console and OUTPUT/comparison.json, and OUTPUT/comparison.png (ELBO
     against steps and wall-clock time) when matplotlib is installed (pip install rebar-np[plot]).
+
+    Each estimator's run is a run folder OUTPUT/<estimator>. Running the same command again keeps
+    the finished runs (--steps may grow: they continue), resumes the unfinished ones exactly (after
+    Ctrl-C, say) and refuses a folder holding a run with other settings.
     """
-    from rebar_np import estimators as E
+    from dataclasses import replace
     from rebar_np.compare import format_table, plot_comparison, run_comparison
     from rebar_np.data import load_task
     from rebar_np.train import TrainConfig
 
-    names = [n.strip() for n in estimators.split(",") if n.strip()]
-    for n in names:
-        E.get(n)
+    names = parse_estimators(estimators)
     cfg = TrainConfig(task=task, n_layer=n_layer, n_hidden=n_hidden, nonlinear=nonlinear, batch_size=batch_size,
                       learning_rate=learning_rate, steps=steps, seed=seed, eval_every=0,
                       eval_samples=eval_samples, temperature=temperature, relaxation=relaxation,
                       samples=samples, relax_hidden=relax_hidden)
-    cfg.validate(flag_labels(TRAIN_SETTINGS))
-    output = output or os.path.join("runs", f"compare-{time.strftime('%Y%m%d-%H%M%S')}")
-    os.makedirs(output, exist_ok=True)
-    data = load_task(task, data_dir)
-    rows, histories = run_comparison(cfg, data, names, output, log=click.echo, progress=progress)
+    for n in names:
+        replace(cfg, model=n).validate(flag_labels(TRAIN_SETTINGS))
+    if output is None:
+        output = os.path.join("runs", f"compare-{time.strftime('%Y%m%d-%H%M%S')}")
+    check_output_folder(output)
+    data = load_task(task, data_dir)          # every check, and the runs' plan, before the folder is made
+    try:
+        rows, histories = run_comparison(cfg, data, names, output, log=click.echo, progress=progress,
+                                         data_dir=data_dir)
+    except KeyboardInterrupt:
+        fail(f"interrupted; the runs in {output} keep their checkpoints: run the same command again to resume",
+             EXIT_INTERRUPTED)
     click.echo(format_table(rows, eval_samples))
     png = plot_comparison(histories, os.path.join(output, "comparison.png"))
     click.echo(f"wrote {os.path.join(output, 'comparison.json')}"
                + (f" and {png}" if png else " (no plot: matplotlib is not installed; pip install rebar-np[plot])"))
+    bad = [r for r in rows if r["diverged"]]
+    if bad:
+        others = f" (and {len(bad) - 1} other run(s))" if len(bad) > 1 else ""
+        fail(f"training diverged: {bad[0]['estimator']}: {bad[0]['diverged']}{others}; the last good checkpoints "
+             f"and the finished runs are kept in {output}", EXIT_DIVERGED)
 
 
 # --------------------------------------------------------------------------
 # gradcheck
 # --------------------------------------------------------------------------
+MAX_GRADCHECK_EPS = 1e-2
+
+
 @main.command()
 @click.option("--model", default="nvil", show_default=True, help="Estimator to check (or 'all').")
 @model_options(n_hidden=8)
 @click.option("--n-input", default=16, show_default=True, type=int, help="Pixels of the small random instance.")
 @click.option("--batch-size", default=5, show_default=True, type=int)
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--eps", default=1e-6, show_default=True, type=float, help="Central-difference step.")
+@click.option("--eps", default=1e-6, show_default=True, type=float,
+              help=f"Central-difference step, in (0, {MAX_GRADCHECK_EPS:g}].")
 @click.option("--tol", default=1e-5, show_default=True, type=float, help="Largest relative error that passes.")
 @click.option("--all", "check_all", is_flag=True,
               help="Every estimator x task x {linear, nonlinear} x {1, 2, 3} layers (summary lines only).")
@@ -689,9 +786,25 @@ def gradcheck(model, task, n_layer, n_hidden, nonlinear, n_input, batch_size, se
     loss, and the relaxed-sample backward of log p. Prints a table
     (tensor, max abs error, max rel error, pass/fail); exits 1 on any failure.
     """
+    import math
     from rebar_np import estimators as E
     from rebar_np.gradcheck import run_checks
 
+    # a central difference needs a step that is small (its error is O(eps^2)) but not zero (0/0),
+    # and a tolerance that some error can pass: 0, a negative or a NaN tolerance fails everything
+    if not (math.isfinite(eps) and 0 < eps <= MAX_GRADCHECK_EPS):
+        raise ValueError(f"--eps must be a number in (0, {MAX_GRADCHECK_EPS:g}], got {eps}")
+    if not (math.isfinite(tol) and tol > 0):
+        raise ValueError(f"--tol must be a positive number, got {tol}")
+    check_positive(n_layer=n_layer, n_hidden=n_hidden, n_input=n_input, batch_size=batch_size)
+    if check_all:
+        ctx = click.get_current_context()
+        given = [n for n in ("model", "task", "n_layer", "nonlinear")
+                 if ctx.get_parameter_source(n) is click.core.ParameterSource.COMMANDLINE]
+        if given:
+            flag = {"nonlinear": "--nonlinear/--linear"}.get(given[0], "--" + given[0].replace("_", "-"))
+            raise ValueError(f"--all checks every estimator, task, depth and nonlinearity; it takes no {flag} "
+                             "(drop --all to check one configuration)")
     models = list(E.ESTIMATORS) if model == "all" or check_all else [model]
     for m in models:
         E.get(m)

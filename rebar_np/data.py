@@ -440,6 +440,8 @@ def read_idx_images(path, expected_md5=None) -> np.ndarray:
         _fail(path, "not found", remedy)
     except (OSError, EOFError, zlib.error) as e:
         _fail(path, f"cannot read or decompress ({_first_line(e)})", remedy)
+    if not raw:
+        _fail(path, "is empty (0 bytes), expected a gzip-compressed IDX image file", remedy)
     if len(raw) < 16 or raw[:2] != b"\0\0":
         _fail(path, "not an IDX file (bad magic number)", remedy)
     dtype_code, ndim = raw[2], raw[3]
@@ -463,6 +465,8 @@ def import_mnist_grey(raw_dir, data_dir=None) -> Path:
 
     train = training images 0..49,999, valid = 50,000..59,999, test = t10k.
     """
+    if not Path(raw_dir).is_dir():
+        _fail(raw_dir, f"is not a folder; expected the folder holding {' and '.join(MNIST_IMAGE_FILES)}")
     images = {}
     for name, (md5, count) in MNIST_IMAGE_FILES.items():
         path = _find_raw_file(raw_dir, name)
@@ -536,8 +540,12 @@ def read_omniglot_mat(mat_path):
     """
     remedy = "pass the IWAE chardata.mat (`rebar-np data import omniglot PATH`)"
     path = Path(mat_path)
+    if path.is_dir():
+        _fail(path, "is a folder, expected the file chardata.mat", remedy)
     if not path.is_file():
         _fail(path, "not found", remedy)
+    if path.stat().st_size == 0:
+        _fail(path, "is empty (0 bytes), expected a MATLAB .mat file with fields 'data' and 'testdata'", remedy)
     try:
         if h5py.is_hdf5(path):
             with h5py.File(path, "r") as f:
@@ -548,8 +556,9 @@ def read_omniglot_mat(mat_path):
             arrays = [np.asarray(mat[key]) for key in ("data", "testdata")]
     except KeyError as e:
         _fail(path, f"has no field {_first_line(e)} (need 'data' and 'testdata')", remedy)
-    except (OSError, ValueError, TypeError, NotImplementedError) as e:
-        _fail(path, f"not a readable MATLAB file ({_first_line(e)})", remedy)
+    except Exception as e:  # noqa: BLE001 - scipy's and h5py's parsers raise many types (MatReadError, ...)
+        _fail(path, f"not a readable MATLAB file ({_first_line(e)}); expected a .mat file with fields 'data' and "
+              "'testdata'", remedy)
     for key, a in zip(("data", "testdata"), arrays):
         if a.ndim != 2 or a.shape[0] != N_PIXELS or a.shape[1] == 0:
             _fail(path, f"field {key!r} has shape {a.shape}, expected (784, N)", remedy)

@@ -41,19 +41,33 @@ def load_run(run_dir, data_dir=None):
     return model, ckpt, data
 
 
+def eval_path(run_dir, split, samples, examples, split_examples):
+    """RUN_DIR/eval-<split>-<k>.json for the whole split; eval-<split>-<k>-first<n>.json for its first n
+    examples, so that a partial evaluation never replaces a full one (the sweep's report reads only
+    the full ones)."""
+    part = f"-first{examples}" if examples < split_examples else ""
+    return os.path.join(run_dir, f"eval-{split}-{samples}{part}.json")
+
+
 def final_bound(run_dir, split="test", samples=5000, seed=0, limit=0, data_dir=None, chunk_rows=None,
-                progress=False, device="cpu"):
-    """Evaluate the run's checkpoint on a split and write RUN_DIR/eval-<split>-<samples>.json
-    (atomically). Returns the dict written. device "cuda" evaluates on the GPU (rebar_np.device)."""
+                progress=False, device="cpu", write=True):
+    """Evaluate the run's checkpoint on a split (its first `limit` examples when limit > 0).
+    Returns (result, path): the result dict and the file it belongs in (eval_path), written there
+    atomically when write is true; with write=False the caller shows it first and writes it with
+    write_json (a result that cannot be written is then still shown). device "cuda" evaluates on
+    the GPU (rebar_np.device)."""
     check_device(device)
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose train, valid or test")
     if samples < 1:
         raise ValueError(f"samples must be at least 1, got {samples}")
+    if limit < 0:
+        raise ValueError(f"limit must be 0 (all examples) or more, got {limit}")
     if chunk_rows is not None and chunk_rows < 1:
         raise ValueError(f"chunk-rows must be at least 1, got {chunk_rows}")
     model, ckpt, data = load_run(run_dir, data_dir)
     x = data[split][:limit] if limit else data[split]
+    path = eval_path(run_dir, split, samples, x.shape[0], data[split].shape[0])
     per_example = np.empty(x.shape[0])
     t0 = time.perf_counter()
     params = to_device(ckpt["params"]) if device == "cuda" else ckpt["params"]
@@ -62,9 +76,11 @@ def final_bound(run_dir, split="test", samples=5000, seed=0, limit=0, data_dir=N
                      out=per_example)
     seconds = time.perf_counter() - t0
     stderr = float(np.std(per_example, ddof=1) / np.sqrt(len(per_example))) if len(per_example) > 1 else None
-    result = {"split": split, "samples": samples, "examples": int(x.shape[0]), "step": ckpt["step"],
+    result = {"split": split, "samples": samples, "examples": int(x.shape[0]),
+              "split_examples": int(data[split].shape[0]), "step": ckpt["step"],
               "bound": bound, "stderr": stderr, "seconds": seconds, "seed": seed,
               "device": device_name() if device == "cuda" else "cpu",
               "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    write_json(os.path.join(run_dir, f"eval-{split}-{samples}.json"), result)
-    return result
+    if write:
+        write_json(path, result)
+    return result, path

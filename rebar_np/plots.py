@@ -11,6 +11,7 @@ import numpy as np
 from .metrics import read_metrics
 from .rundir import METRICS
 
+MIN_IMAGES, MAX_IMAGES = 2, 400   # draw_samples' n: past 20 x 20 tiles of 28 pixels the grid is unreadable
 PANELS = (("train_elbo", "train ELBO"), ("valid_bound", "validation bound"),
           ("log_grad_var", "log gradient variance"), ("temperature", "temperature"))
 
@@ -110,8 +111,8 @@ def draw_samples(model, params, data_x, path, n=64, seed=0, title=""):
     side = int(round(np.sqrt(model.n_input)))
     if side * side != model.n_input:
         raise PlotError(f"images have {model.n_input} pixels, not a square; cannot draw them")
-    if n < 2:
-        raise PlotError(f"n must be at least 2, got {n}")
+    if not MIN_IMAGES <= n <= MAX_IMAGES:
+        raise PlotError(f"n must be between {MIN_IMAGES} and {MAX_IMAGES} (a readable grid), got {n}")
     plt = pyplot()
     rng = np.random.default_rng(seed)
     cond = data_x[rng.choice(data_x.shape[0], n, replace=data_x.shape[0] < n)]

@@ -37,7 +37,7 @@ import numpy as np
 
 from . import estimators as E
 from .adam import AdamConfig, adam_init, adam_update
-from .train import DTYPES, TrainConfig, _check_finite, build, ema_moments
+from .train import DTYPES, TrainConfig, TrainingDiverged, _check_finite, build, ema_moments
 
 BIASED = {"concrete"}
 
@@ -106,7 +106,10 @@ def track_variance(cfg, data, estimators, follow, log=print, report_every=0, dec
                     if ema_moments(g, t.m1[k], t.m2[k], decay) and bad is None:
                         bad = k
                 bad_aux = adam_update(t.aux, res.aux_grads, t.opt, adam_cfg, cfg.aux_lr_scale) if t.aux else None
-                _check_finite(step, res, bad, bad_aux)
+                try:
+                    _check_finite(step, res, bad, bad_aux)
+                except TrainingDiverged as err:     # say whose gradient it was
+                    raise TrainingDiverged(f"{t.name}{' (followed)' if t.name == follow else ''}: {err}") from None
                 if t.name == follow:
                     followed = res
             adam_update(params, followed.grads, opt, adam_cfg)

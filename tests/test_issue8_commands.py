@@ -29,8 +29,10 @@ def run(*args):
     (["variance", "--estimators", "arm,armm"], ["unknown model", "armm"]),
     (["compare", "--estimators", "relax", "--relax-hidden", "-1"], ["relax-hidden"]),
 ])
-def test_bad_input_is_one_line_and_exit_2(args, words):
+def test_bad_input_is_one_line_and_exit_2(args, words, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)     # compare's default output folder is runs/compare-<time> here, not in the work tree
     assert_one_line_error(run(*args), *words)
+    assert not (tmp_path / "runs").exists()
 
 
 def test_options_reach_the_estimators():

@@ -182,6 +182,10 @@ def estimator_options(fn):
 @click.option("--joint/--per-layer", default=False, show_default=True,
               help="REBAR family: one control variate with every layer relaxed (the reference's quadratic=False) "
                    "instead of one per layer.")
+@click.option("--condition-above", is_flag=True,
+              help="rebar, dynamic_rebar per layer: reproduce the TF reference's quadratic=True, whose conditional "
+                   "path lets every layer above the switch layer carry its conditional derivative too. BIASED "
+                   "from two stochastic layers up (rebar-np unbiased shows it); for comparisons only.")
 @click.option("--beta2", default=0.99999, show_default=True, type=float, help="Adam beta2 (both optimizers).")
 @click.option("--checkpoint-every", default=0, show_default=True, type=int,
               help="Steps between checkpoints; 0: at the end of every epoch. Also written at the end and on Ctrl-C.")
@@ -203,7 +207,7 @@ def estimator_options(fn):
 @user_errors
 def train(model, task, n_layer, n_hidden, nonlinear, batch_size, temperature, relaxation, samples, relax_hidden,
           learning_rate, steps, seed, eval_every, eval_samples, report_every, binarization, dtype, device, joint,
-          beta2, checkpoint_every, output, resume, hparams, config_file, data_dir, progress):
+          condition_above, beta2, checkpoint_every, output, resume, hparams, config_file, data_dir, progress):
     """Train an SBN with one gradient estimator.
 
     Prints one line per epoch ("Step N: train ELBO ..., log grad var ...") and the
@@ -260,6 +264,9 @@ def train(model, task, n_layer, n_hidden, nonlinear, batch_size, temperature, re
             click.echo(f"The run in {resume} is already finished (step {cfg.steps}); nothing to do")
             return
     recorder = rundir.recorder_for(cfg, data, data_dir, record)
+    if cfg.condition_above and cfg.n_layer > 1:
+        click.echo("Warning: --condition-above (the TF reference's quadratic=True) is a biased estimator from two "
+                   "layers up; see docs/math.md and rebar-np unbiased --condition-above", err=True)
     what = (f"{cfg.model} on {cfg.task}: {cfg.n_layer} {'nonlinear' if cfg.nonlinear else 'linear'} layer(s) of "
             f"{cfg.n_hidden}, batch {cfg.batch_size}, lr {cfg.learning_rate:g}, {cfg.steps} steps; run folder "
             f"{cfg.output}")
@@ -290,7 +297,8 @@ def train(model, task, n_layer, n_hidden, nonlinear, batch_size, temperature, re
 # TrainConfig settings that are options of `train` (the rest keep their defaults, or come from --config)
 TRAIN_SETTINGS = ("model", "task", "n_layer", "n_hidden", "nonlinear", "batch_size", "temperature", "relaxation",
                   "samples", "relax_hidden", "learning_rate", "steps", "seed", "eval_every", "eval_samples",
-                  "report_every", "binarization", "dtype", "device", "joint", "beta2", "checkpoint_every")
+                  "report_every", "binarization", "dtype", "device", "joint", "condition_above", "beta2",
+                  "checkpoint_every")
 
 
 def flag_labels(names):

@@ -47,9 +47,8 @@ def plan_run(name, run_cfg, data):
         return PlannedRun(name, run_cfg, "new")
     record = rundir.read_config(d)
     want = {k: v for k, v in asdict(run_cfg).items() if k != "output"}
-    diff = [k for k, v in want.items() if k not in rundir.RESUME_MAY_CHANGE and record.get(k) != v]
-    if diff:
-        k = diff[0]
+    k = rundir.first_difference(record, want)
+    if k is not None:
         raise ComparisonError(f"{d} holds a run with other settings than this comparison ({k} {record.get(k)!r}, "
                               f"the command asks for {want[k]!r}); choose another --output or move it away")
     cfg, record = rundir.resume_config(d, {k: want[k] for k in rundir.RESUME_MAY_CHANGE})

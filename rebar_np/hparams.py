@@ -18,14 +18,19 @@ comma-separated name=value pairs over these keys (its defaults in brackets):
     batch_size         [24]
     muprop_relaxation  True: relaxation "muprop", False: "concrete" [True]
     dynamic_b          True: binarization "dynamic", False: "fixed" [False]
-    quadratic          True: one control variate per layer, False: the joint one [True]
+    quadratic          True: one control variate per layer, with the reference's conditioning
+                       (condition_above: every layer from the switch layer up carries its
+                       conditional derivative, which is biased from two layers up; rebar-np's own
+                       per-layer estimator conditions the switch layer only), False: the joint one [True]
     beta2              Adam beta2 [0.99999]
     task               sbn, omni or sp [sbn]
     trial              the reference's label for repeated runs; here the seed [1]
 
 Keys absent from the string keep *our* defaults, which equal the reference's
-except model (dynamic_rebar), n_layer (2) and learning_rate (3e-4): so a string
-runs exactly what the same settings given as flags run.
+except model (dynamic_rebar), n_layer (2), learning_rate (3e-4) and quadratic: an
+absent quadratic runs rebar-np's unbiased per-layer estimator, quadratic=True the
+reference's own (`rebar-np unbiased --model rebar --n-layer 2 --condition-above`
+shows its bias). So a string runs exactly what the same settings given as flags run.
 """
 
 MODELS = {
@@ -58,6 +63,7 @@ KEYS = {
     "trial": (int, "seed", None),
 }
 REFERENCE_KEY = {ours: key for key, (_, ours, _) in KEYS.items() if ours}   # our setting -> its hparams key
+REFERENCE_KEY["condition_above"] = "quadratic"   # quadratic=True is the per-layer estimator *with* it
 N_INPUT = 784   # pixels of every task's images (sp: q sees the top half, p models the bottom)
 
 
@@ -127,6 +133,8 @@ def hparams_settings(text):
         _, ours, convert = KEYS[key]
         if ours is not None:
             settings[ours] = convert(value) if convert else value
+    if parsed.get("quadratic"):
+        settings["condition_above"] = True
     model = parsed.get("model")
     if model is not None:
         if model == TRACK_VARIANCES:

@@ -97,7 +97,7 @@ def publish(grid, specs, results_root, log=print, final_samples=FINAL_SAMPLES, p
         final = os.path.join(spec.dir, f"eval-test-{final_samples}.json")
         if state == "finished" and final_samples and not os.path.exists(final):
             log(f"{spec.name}: the {final_samples}-sample test bound (a few minutes)")
-            r = final_bound(spec.dir, "test", final_samples, progress=progress)
+            r, _ = final_bound(spec.dir, "test", final_samples, progress=progress)
             log(f"{spec.name}: test bound ({final_samples} samples) {r['bound']:.3f} +- {r['stderr']:.3f}")
         out = os.path.join(dest, spec.name)
         os.makedirs(out, exist_ok=True)

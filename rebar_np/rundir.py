@@ -112,6 +112,20 @@ def settings_from_record(record, where="config"):
     return check_settings(values, file_labels(where, values))
 
 
+def first_difference(record, settings):
+    """The first of `settings` (a run's settings as some command wants them) whose value in the run's
+    config.json record differs, or None. RESUME_MAY_CHANGE settings never count; a setting the record
+    lacks has its default (the run was made before the setting existed, and ran with what it means)."""
+    from .train import TrainConfig
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    for k, v in settings.items():
+        if k in RESUME_MAY_CHANGE or k in METADATA_KEYS or k == "output":
+            continue
+        if record.get(k, defaults.get(k)) != v:
+            return k
+    return None
+
+
 def file_labels(where, names):
     """How errors name each setting of a file: "<file>: <key>"."""
     return {k: f"{where}: {k}" for k in names}

@@ -53,7 +53,7 @@ import numpy as np
 
 from . import estimators as E
 from .metrics import last_value, read_metrics
-from .rundir import CONFIG, METADATA_KEYS, METRICS, RESUME_MAY_CHANGE, checkpoint_step, read_json, write_json
+from .rundir import CONFIG, METRICS, RESUME_MAY_CHANGE, checkpoint_step, first_difference, read_json, write_json
 
 ARCHITECTURES = {"linear": {"n_layer": 1, "nonlinear": False},
                  "nonlinear": {"n_layer": 1, "nonlinear": True},
@@ -283,10 +283,11 @@ def run_state(spec):
             raise SweepError(f"{spec.dir} has a checkpoint but no {CONFIG}; move it away")
         return "new", None
     have = read_json(os.path.join(spec.dir, CONFIG), "run configuration")
-    diff = [k for k, v in spec.settings.items()
-            if k not in RESUME_MAY_CHANGE and k not in METADATA_KEYS and have.get(k) != v]
-    if diff:
-        k = diff[0]
+    if not isinstance(have, dict):
+        raise SweepError(f"{os.path.join(spec.dir, CONFIG)} must hold a JSON object of settings; restore it or "
+                         "move the run away")
+    k = first_difference(have, spec.settings)
+    if k is not None:
         raise SweepError(f"{spec.dir} holds a run with other settings than the grid asks for ({k} "
                          f"{have.get(k)!r}, the grid says {spec.settings[k]!r}); move it away or restore the grid")
     step = checkpoint_step(spec.dir)

@@ -54,6 +54,7 @@ class TrainConfig:
     temperature: float = 0.5      # REBAR family: fixed (rebar) or initial (dynamic_rebar) temperature
     relaxation: str = "muprop"    # REBAR family: "muprop" (the paper's improved) or "concrete" (plain)
     joint: bool = False           # REBAR family: one fully relaxed control variate instead of one per layer
+    condition_above: bool = False  # rebar, dynamic_rebar per layer: the TF reference's conditioning (biased, L >= 2)
     samples: int = 5              # K-sample estimators (vimco, reinforce_loo): samples per example
     relax_hidden: int = 32        # relax: width of the control network r
     checkpoint_every: int = 0     # steps between checkpoints; 0 means at the end of every epoch
@@ -64,7 +65,7 @@ class TrainConfig:
         """The settings this config passes to its estimator (only the ones it knows)."""
         known = E.get(self.model).DEFAULT_OPTIONS
         mine = {"temperature": self.temperature, "relaxation": self.relaxation, "joint": self.joint,
-                "samples": self.samples, "hidden": self.relax_hidden}
+                "condition_above": self.condition_above, "samples": self.samples, "hidden": self.relax_hidden}
         return {k: v for k, v in mine.items() if k in known}
 
     def validate(self, labels=None):
@@ -79,6 +80,11 @@ class TrainConfig:
             raise err.labelled(labels) from None
 
     def _check_together(self):
+        if self.condition_above and "condition_above" not in E.get(self.model).DEFAULT_OPTIONS:
+            raise SettingError("condition_above", f"applies to rebar and dynamic_rebar only, not {self.model}")
+        if self.condition_above and self.joint:
+            raise SettingError("condition_above", "is an option of the per-layer estimator; the joint one "
+                                                  "already conditions every layer")
         if self.device == "cuda" and self.model not in CUDA_ESTIMATORS:
             raise SettingError("device", f"model {self.model} has no CUDA path yet; with --device cuda choose one "
                                          f"of {', '.join(CUDA_ESTIMATORS)}")

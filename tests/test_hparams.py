@@ -26,7 +26,9 @@ def test_every_key_maps_to_a_setting():
         "temperature": 0.1, "batch_size": 32, "relaxation": "concrete", "binarization": "dynamic", "joint": True,
         "beta2": 0.999, "task": "omni", "seed": 4}
     assert parse_hparams("quadratic=1,dynamic_b=0") == {"quadratic": True, "dynamic_b": False}
-    assert hparams_settings("muprop_relaxation=True,quadratic=True") == {"relaxation": "muprop", "joint": False}
+    # quadratic=True is the reference's per-layer estimator, conditioning included (biased from two layers)
+    assert hparams_settings("muprop_relaxation=True,quadratic=True") == {"relaxation": "muprop", "joint": False,
+                                                                          "condition_above": True}
 
 
 @pytest.mark.parametrize("text,words", [

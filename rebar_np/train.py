@@ -285,11 +285,10 @@ def evaluate(model, params, x, n_samples, seed=0, examples_per_chunk=None, progr
     run one after another in this thread, each copied to the device; with the same
     chunks (examples_per_chunk, and workers=1 on the CPU) the result is the CPU's.
     out: optional (N,) array that receives every example's bound.
-    stop: optional StopFlag; once it is requested, the chunks not yet started are skipped and
-    StopBetweenSteps is raised when the running ones are done (a chunk takes milliseconds at the
-    training's sample counts, about a second at 5000 samples), so Ctrl-C never waits for the
-    whole evaluation. NumPy's floating-point warnings (a diverged model's overflows) are off:
-    a non-finite bound says it.
+    stop: optional StopFlag; once it is requested, the chunks not yet started are skipped, the
+    running ones end after their current pass of at most 100 samples per example, and
+    StopBetweenSteps is raised, so Ctrl-C never waits for the whole evaluation. NumPy's
+    floating-point warnings (a diverged model's overflows) are off: a non-finite bound says it.
     """
     from concurrent.futures import ThreadPoolExecutor
     from threadpoolctl import threadpool_limits
@@ -315,17 +314,23 @@ def evaluate(model, params, x, n_samples, seed=0, examples_per_chunk=None, progr
         if on_device:
             xb = to_device(xb)
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):   # per thread
-            return iw_bound(model, params, xb, n_samples, np.random.default_rng(seeds[i]), chunk=k_chunk)
+            return iw_bound(model, params, xb, n_samples, np.random.default_rng(seeds[i]), chunk=k_chunk, stop=stop)
 
     total = 0.0
     bar = tqdm(total=x.shape[0], desc=desc, unit="ex", disable=not progress, leave=False, file=sys.stderr)
     try:
         with threadpool_limits(limits=1 if workers > 1 else None, user_api="blas"), \
                 ThreadPoolExecutor(max_workers=workers) as pool:
-            chunks = map if on_device else pool.map       # GPU work stays in the thread that owns the context
-            for i, bounds in enumerate(chunks(bound_values, range(len(starts)))):
+            if on_device:                                 # GPU work stays in the thread that owns the context
+                chunks = map(bound_values, range(len(starts)))
+            else:
+                futures = [pool.submit(bound_values, i) for i in range(len(starts))]
+                chunks = (_chunk_result(f, stop) for f in futures)
+            for i, bounds in enumerate(chunks):
                 if bounds is None or (stop is not None and stop.requested):
-                    raise StopBetweenSteps("evaluation cancelled")   # leaving map cancels the queued chunks
+                    for f in [] if on_device else futures:
+                        f.cancel()                        # the queued chunks; the running ones end first
+                    raise StopBetweenSteps("evaluation cancelled")
                 if out is not None:
                     out[starts[i]:starts[i] + bounds.shape[0]] = bounds
                 total += float(np.sum(bounds))
@@ -333,6 +338,20 @@ def evaluate(model, params, x, n_samples, seed=0, examples_per_chunk=None, progr
     finally:
         bar.close()
     return total / x.shape[0]
+
+
+def _chunk_result(future, stop, poll=0.1):
+    """The future's result, or None once stop is requested. The wait wakes every `poll` seconds:
+    Python runs signal handlers in the main thread only, when it runs Python code, and the kernel
+    may deliver the signal to a worker thread; without the wake-ups a Ctrl-C waited unanswered for
+    the chunk to end (seconds at thousands of samples)."""
+    from concurrent.futures import TimeoutError as Pending
+    while True:
+        try:
+            return future.result(timeout=poll)
+        except Pending:
+            if stop is not None and stop.requested:
+                return None
 
 
 # --------------------------------------------------------------------------

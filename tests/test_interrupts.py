@@ -124,7 +124,8 @@ def test_an_interrupted_evaluation_loses_no_step_and_the_resume_completes_it(how
         assert res.exit_code == 130, res.output
         assert "Stopping (SIGINT)" in capfd.readouterr().err          # acknowledged at once
         assert begun[step] == ["valid"]        # stopped within the valid split: the test split never began
-        assert f"Interrupted at step {step}; checkpoint saved" in res.output and "evaluation was cut short" in res.output
+        assert f"Interrupted at step {step}; checkpoint saved" in res.output, res.output
+        assert "evaluation was cut short" in res.output
         status = status_of(parts)
         assert status["state"] == "interrupted" and status["step"] == status["checkpoint_step"] == step
     else:

@@ -645,7 +645,7 @@ def train(cfg, data, log=print, progress=None, resume=None, recorder=None, stop=
                     t_report, last_report = time.perf_counter(), step
                 if step == cfg.steps or (step % cfg.checkpoint_every == 0 if cfg.checkpoint_every else epoch_done):
                     save(step)
-                if stop.requested:
+                if stop.requested and step < cfg.steps:      # (at the last step the run has finished)
                     raise StopBetweenSteps
         result.step = step
         recorder.finish(step)
@@ -662,6 +662,7 @@ def train(cfg, data, log=print, progress=None, resume=None, recorder=None, stop=
                 if not _is_interrupt(again):
                     raise
                 saved = False     # a third signal abandoned the write; the file on disk is the previous one
+        stop.settle()             # nothing is left to abandon: what remains is to say so, truthfully
         message = _interrupted_message(step, saved, stop.signal_name, ckpt_path, on_disk,
                                        loop.pending_row is not None)
         recorder.interrupted(step, message)
@@ -760,6 +761,11 @@ class StopFlag:
             raise KeyboardInterrupt
         else:
             _say(f"Already quitting ({name})")
+
+    def settle(self):
+        """From now on signals are only acknowledged: the stop has saved what it could, and a
+        KeyboardInterrupt while the run records its status would leave that status untrue."""
+        self.abandon_at, self.again = None, "the run has stopped and is exiting"
 
     def restore(self):
         for s, old in self._old.items():

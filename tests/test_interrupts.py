@@ -16,7 +16,7 @@ from rebar_np.checkpoint import load_checkpoint
 from rebar_np.metrics import read_metrics
 from rebar_np.resume import evaluation_pending
 
-from test_runs import ROOT, assert_same_metrics, assert_same_training_state, run, tiny, wait_for
+from test_runs import ROOT, assert_same_metrics, assert_same_training_state, interrupt_at, run, tiny, wait_for
 from test_sweep import write_grid
 
 HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -151,7 +151,7 @@ def test_an_interrupted_evaluation_loses_no_step_and_the_resume_completes_it(how
 # --------------------------------------------------------------------------
 # 2. Two Ctrl-Cs 10 ms apart: one clean stop, no traceback, an exact resume
 # --------------------------------------------------------------------------
-def test_two_quick_ctrl_cs_stop_cleanly_and_resume_exactly(tiny_data_dir, tmp_path, capfd):
+def test_two_quick_ctrl_cs_stop_cleanly_and_resume_exactly(tiny_data_dir, tmp_path, capfd, monkeypatch):
     from rebar_np.train import StopFlag
     stop = StopFlag()                   # the handler: two signals are acknowledged, only the third raises
     try:
@@ -166,6 +166,28 @@ def test_two_quick_ctrl_cs_stop_cleanly_and_resume_exactly(tiny_data_dir, tmp_pa
     err = capfd.readouterr().err
     assert "Stopping (SIGINT)" in err and "Already stopping (SIGTERM)" in err and "Quitting at once" in err, err
     assert "Already quitting (SIGHUP)" in err
+    # a third signal while the stop saves: the write is abandoned, and the run says which checkpoint it keeps
+    import rebar_np.train as T
+    from rebar_np.data import load_task
+    real_save, out = T.save_checkpoint, tmp_path / "abandoned"
+
+    def save_checkpoint(path, step, *a, **k):
+        if step == 11:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_save(path, step, *a, **k)
+    monkeypatch.setattr(T, "save_checkpoint", save_checkpoint)
+    interrupt_at(monkeypatch, "nvil", 11)
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        T.train(T.TrainConfig(model="nvil", task="omni", n_hidden=8, steps=30, eval_every=0, output=str(out)),
+                load_task("omni", tiny_data_dir), log=lambda s: None, progress=False)
+    monkeypatch.undo()
+    said = "Interrupted again after step 11, quit without saving (SIGINT); the last checkpoint, of step 8, is kept"
+    assert str(stopped.value).startswith(said) and not isinstance(stopped.value, T.StopBetweenSteps)
+    assert load_checkpoint(out / "checkpoint.h5")["step"] == 8
+    status = status_of(out)
+    assert status["state"] == "interrupted" and status["step"] == 11 and status["checkpoint_step"] == 8
+    assert status["message"].startswith(said)
     args = [*tiny(tiny_data_dir), "--report-every", 10, "--eval-every", 1, "--eval-samples", 30]
     stopped = {}
     for trial, delay in enumerate([0.0, 0.013, 0.031, 0.047]):    # a few different moments of a step or evaluation

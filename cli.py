@@ -236,10 +236,10 @@ def train(model, task, n_layer, n_hidden, nonlinear, batch_size, temperature, re
         click.echo(f"Resuming {what}, from step {ckpt['step']}")
     else:
         click.echo(f"{'Restarting' if resume else 'Training'} {what}")
-    # Ctrl-C, SIGTERM and SIGHUP stop the run between two steps (rebar_np.train.StopFlag). Once the run
-    # has stopped, the handler stays until the process has exited (which takes the better part of a
-    # second): a second Ctrl-C then is acknowledged instead of raising KeyboardInterrupt mid-exit.
-    stop = StopFlag()
+    # Ctrl-C, SIGTERM and SIGHUP stop the run between two steps (rebar_np.train.StopFlag); a third ends the
+    # process at once. Once the run has stopped, the handler stays until the process has exited (which
+    # takes the better part of a second): a Ctrl-C then is acknowledged instead of raising mid-exit.
+    stop = StopFlag(exit_code=EXIT_INTERRUPTED)
     try:
         result = run_training(cfg, data, log=click.echo, progress=progress, resume=ckpt, recorder=recorder,
                               stop=stop)

@@ -132,7 +132,7 @@ class NullRecorder:
     def flush(self): pass
     def saved(self, step): pass
     def finish(self, step): pass
-    def interrupted(self, step, message=""): pass
+    def interrupted(self, step, message="", flush=True): pass
     def diverged(self, step, message): pass
     def close(self): pass
 
@@ -189,8 +189,9 @@ class RunRecorder(NullRecorder):
         self.status.update(step=step, checkpoint_step=step)
         self._write_status()
 
-    def _end(self, state, step, message=""):
-        self.flush()
+    def _end(self, state, step, message="", flush=True):
+        if flush:
+            self.flush()
         self.status.update(state=state, message=message)
         if step is not None:
             self.status["step"] = step
@@ -199,8 +200,8 @@ class RunRecorder(NullRecorder):
     def finish(self, step):
         self._end("finished", step)
 
-    def interrupted(self, step, message=""):
-        self._end("interrupted", step, message)
+    def interrupted(self, step, message="", flush=True):
+        self._end("interrupted", step, message, flush)
 
     def diverged(self, step, message):
         self._end("diverged", step, message)

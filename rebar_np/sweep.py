@@ -324,15 +324,16 @@ def run_local(jobs, workers, log=print, poll=0.2):
                 running[proc] = (job, fh)
                 peak = max(peak, sum(1 for p in running if p.poll() is None))
                 say(f"[{len(codes) + len(running)}/{len(jobs)}] {job.action}: {job.spec.name}")
-            if passed_on < stop.count:
+            received = stop.count
+            if passed_on < received:
                 if passed_on == 0:
                     say(f"Interrupted ({stop.signal_name}): stopping {len(running)} run(s) after their current "
                         f"step; {len(pending)} not started")
-                for _ in range(stop.count - passed_on):
+                for _ in range(received - passed_on):
                     for proc in running:
                         if proc.poll() is None:
                             proc.send_signal(signal.SIGINT)
-                passed_on = stop.count
+                passed_on = received
             for proc in [p for p in running if p.poll() is not None]:
                 job, fh = running.pop(proc)
                 fh.close()

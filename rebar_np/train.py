@@ -2,6 +2,7 @@
 10x Adam for the estimator's own parameters, the EMA gradient-variance monitor,
 per-epoch report lines, periodic importance-weighted evaluation, checkpoints.
 """
+import itertools
 import os
 import signal
 import sys
@@ -19,7 +20,7 @@ from .adam import AdamConfig, adam_entry, adam_init, adam_update, step_size
 from .checkpoint import save_checkpoint
 from .device import DEVICES, check_device, is_device, to_device, to_host, twin, zeros_like
 from .resume import LoopState, capture_state, restore_state
-from .rundir import recorder_for
+from .rundir import checkpoint_step, recorder_for
 from .kernels import _half, _in_halves, arith_kernel, kernel, split_kernel
 from .model import SBN, init_params, iw_bound, check_params
 
@@ -543,16 +544,19 @@ def train(cfg, data, log=print, progress=None, resume=None, recorder=None, stop=
     # what the checkpoint file holds: (step, whether its row still waits for its evaluation)
     on_disk = (loop.step, loop.pending_row is not None) if resume is not None and ckpt_path else None
 
+    writing = None                # the step of a checkpoint being written
+
     def save(step):
-        nonlocal on_disk
+        nonlocal on_disk, writing
         loop.wall_time = time.perf_counter() - t_start
         recorder.flush()          # metrics always cover the checkpoint's step
         if ckpt_path:
+            writing = step
             save_checkpoint(ckpt_path, step, asdict(cfg), to_host(params), to_host(aux),
                             {"model": to_host(opt), "aux": to_host(aux_opt)}, monitor.state(), model.mean_x,
                             train_state=capture_state(loop, monitor, rng_noise))
             result.checkpoint = ckpt_path
-            on_disk = (step, loop.pending_row is not None)
+            on_disk, writing = (step, loop.pending_row is not None), None
             recorder.saved(step)
 
     def run_eval(step):
@@ -583,6 +587,21 @@ def train(cfg, data, log=print, progress=None, resume=None, recorder=None, stop=
     cores = StepCores(1 if on_device else numba.get_num_threads())
     own_stop = stop is None
     stop = stop or StopFlag()
+
+    def quit_now():
+        """The third signal where the caller ends the process on it (StopFlag.exit_code): record
+        and say what is on disk. Only status.json is written: the metrics rows after the
+        checkpoint are logged again on --resume, those up to it were flushed when it was saved."""
+        kept = on_disk[0] if on_disk else None
+        if writing is not None:   # the rename may have happened: the file says which step it holds
+            try:
+                kept = checkpoint_step(cfg.output)
+            except (OSError, ValueError):
+                pass
+        message = _interrupted_message(step, False, stop.signal_name, ckpt_path, kept, False)
+        recorder.interrupted(step, message, flush=False)
+        _say(message)
+    stop.on_abandon = quit_now
     stop.plan = "finishing the current step or evaluation chunk, then " + (
         f"saving a checkpoint to {ckpt_path}" if ckpt_path else "stopping (no output folder: nothing saved)")
     # a diverging model overflows before the NaN check stops it: that check's one line says so, not NumPy
@@ -663,7 +682,7 @@ def train(cfg, data, log=print, progress=None, resume=None, recorder=None, stop=
                     raise
                 saved = False     # a third signal abandoned the write; the file on disk is the previous one
         stop.settle()             # nothing is left to abandon: what remains is to say so, truthfully
-        message = _interrupted_message(step, saved, stop.signal_name, ckpt_path, on_disk,
+        message = _interrupted_message(step, saved, stop.signal_name, ckpt_path, on_disk and on_disk[0],
                                        loop.pending_row is not None)
         recorder.interrupted(step, message)
         log(message)
@@ -681,6 +700,7 @@ def train(cfg, data, log=print, progress=None, resume=None, recorder=None, stop=
         cores.close()
         bar.close()
         recorder.close()
+        stop.on_abandon = None
         if own_stop:
             stop.restore()
     return result
@@ -691,15 +711,15 @@ def _is_interrupt(err):
     return isinstance(err, KeyboardInterrupt) or isinstance(err.__cause__ or err.__context__, KeyboardInterrupt)
 
 
-def _interrupted_message(step, saved, signal_name, ckpt_path, on_disk, evaluating):
+def _interrupted_message(step, saved, signal_name, ckpt_path, kept_step, evaluating):
     """What an interrupted run says (log and status.json), true to what is on disk."""
     by = f" ({signal_name})" if signal_name else ""
     if saved:
         where = f"; checkpoint saved to {ckpt_path}" if ckpt_path else "; no output folder, nothing saved"
         redo = "; its evaluation was cut short and runs first on --resume" if evaluating and ckpt_path else ""
         return f"Interrupted at step {step}{where}{redo}{by}"
-    if on_disk is not None:
-        kept = f"the last checkpoint, of step {on_disk[0]}, is kept in {ckpt_path}"
+    if kept_step is not None:
+        kept = f"the last checkpoint, of step {kept_step}, is kept in {ckpt_path}"
     else:
         kept = "no checkpoint was written" if ckpt_path else "no output folder"
     return f"Interrupted again after step {step}, quit without saving{by}; {kept}"
@@ -729,38 +749,66 @@ class StopFlag:
     a status.json left "running". Stopping is prompt without it (a step takes milliseconds, an
     evaluation chunk at most about a second). The `abandon_at`-th signal (3; None: never) raises
     KeyboardInterrupt, once, to quit at once without saving; later ones are only acknowledged.
+    With `exit_code` (the command line, which exits anyway) that signal instead calls on_abandon
+    (train() records the status and says which checkpoint is kept) and ends the process on the
+    spot: a KeyboardInterrupt raised at an arbitrary point can land in a weakref callback or a
+    C call and print a traceback. Every file is whole then: each is written to a temporary file
+    and renamed, and a stale temporary is removed on the next start.
     `plan` and `again` say what the stop does, in the first acknowledgement and the next ones."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
     def __init__(self, plan="finishing the current step, then stopping", abandon_at=3,
-                 again="at most a step or an evaluation chunk away"):
-        self.count, self.signal_name = 0, None
+                 again="at most a step or an evaluation chunk away", exit_code=None):
+        self.signal_name, self._tickets, self._taken = None, itertools.count(1), []
         self.plan, self.abandon_at, self.again = plan, abandon_at, again
+        self.exit_code, self.on_abandon = exit_code, None
         self._old = {}
         if threading.current_thread() is threading.main_thread():
             self._old = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+
+    @property
+    def count(self):
+        """The signals received so far."""
+        return len(self._taken)
 
     @property
     def requested(self):
         return self.count > 0
 
     def _handle(self, signum, frame):
-        self.count += 1
+        # a handler can be interrupted by the next signal's, so each takes its number in one C call
+        n = next(self._tickets)
+        self._taken.append(n)
         name = signal.Signals(signum).name
-        self.signal_name = self.signal_name or name
-        left = self.abandon_at - self.count if self.abandon_at else None
+        if n == 1:
+            self.signal_name = name
+        left = self.abandon_at - n if self.abandon_at else None
         more = (f" (Ctrl-C {'once' if left == 1 else 'twice'} more quits at once without saving)"
                 if left and left > 0 else "")
-        if self.count == 1:
+        if n == 1:
             _say(f"Stopping ({name}): {self.plan}{more}")
         elif left is None or left > 0:
             _say(f"Already stopping ({name}): {self.again}{more}")
         elif left == 0:
             _say(f"Quitting at once ({name}), without saving")
+            if self.exit_code is not None:
+                self._exit()
             raise KeyboardInterrupt
         else:
             _say(f"Already quitting ({name})")
+
+    def _exit(self):
+        try:
+            if self.on_abandon is not None:
+                self.on_abandon()
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except Exception:     # (a reentrant call: the handler interrupted a write to it)
+                    pass
+            os._exit(self.exit_code)
 
     def settle(self):
         """From now on signals are only acknowledged: the stop has saved what it could, and a

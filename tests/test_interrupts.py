@@ -190,20 +190,30 @@ def test_two_quick_ctrl_cs_stop_cleanly_and_resume_exactly(tiny_data_dir, tmp_pa
     assert status["message"].startswith(said)
     args = [*tiny(tiny_data_dir), "--report-every", 10, "--eval-every", 1, "--eval-samples", 30]
     stopped = {}
-    for trial, delay in enumerate([0.0, 0.013, 0.031, 0.047]):    # a few different moments of a step or evaluation
+    # two signals 10 ms apart at a few moments of a step or an evaluation; then three 2 ms apart, which
+    # may also end the process at once, before or during the stop's save (a command line's third signal)
+    for trial, (delay, n, gap) in enumerate([(0.0, 2, 0.01), (0.013, 2, 0.01), (0.031, 2, 0.01), (0.047, 2, 0.01),
+                                             (0.0, 3, 0.002), (0.02, 3, 0.002)]):
         out = tmp_path / f"trial{trial}"
         proc = start(["train", *args, "--steps", 100_000_000, "--output", out])
         try:
             wait_for(out / "metrics.h5", proc, "report")
             time.sleep(delay)
-            proc.send_signal(signal.SIGINT)
-            time.sleep(0.01)
-            proc.send_signal(signal.SIGINT)
+            for _ in range(n):
+                proc.send_signal(signal.SIGINT)
+                time.sleep(gap)
         finally:
             output = finish(proc)
         assert proc.returncode == 130, output
-        stopped[out] = assert_truthful_stop(out, output, "SIGINT")   # (a second signal that comes while
-        assert "Continue it with: rebar-np train --resume" in output   # the process exits is not seen at all)
+        if n == 2 or "Interrupted again" not in output:
+            stopped[out] = assert_truthful_stop(out, output, "SIGINT")   # (a second signal that comes while
+            assert "Continue it with: rebar-np train --resume" in output   # the process exits is not seen)
+            continue
+        assert "Traceback" not in output and "Quitting at once (SIGINT)" in output, output
+        status, step = status_of(out), load_checkpoint(out / "checkpoint.h5")["step"]
+        assert status["state"] == "interrupted" and status["checkpoint_step"] == step <= status["step"], status
+        assert f"the last checkpoint, of step {step}, is kept" in status["message"] and status["message"] in output
+        stopped[out] = step
     target = max(stopped.values()) + 13
     full = tmp_path / "full"
     assert run("train", *args, "--steps", target, "--output", full).exit_code == 0

@@ -322,20 +322,21 @@ def evaluate(model, params, x, n_samples, seed=0, examples_per_chunk=None, progr
     try:
         with threadpool_limits(limits=1 if workers > 1 else None, user_api="blas"), \
                 ThreadPoolExecutor(max_workers=workers) as pool:
-            if on_device:                                 # GPU work stays in the thread that owns the context
-                chunks = map(bound_values, range(len(starts)))
-            else:
-                futures = [pool.submit(bound_values, i) for i in range(len(starts))]
-                chunks = (_chunk_result(f, stop) for f in futures)
-            for i, bounds in enumerate(chunks):
-                if bounds is None or (stop is not None and stop.requested):
-                    for f in [] if on_device else futures:
-                        f.cancel()                        # the queued chunks; the running ones end first
-                    raise StopBetweenSteps("evaluation cancelled")
-                if out is not None:
-                    out[starts[i]:starts[i] + bounds.shape[0]] = bounds
-                total += float(np.sum(bounds))
-                bar.update(bounds.shape[0])
+            futures = [] if on_device else [pool.submit(bound_values, i) for i in range(len(starts))]
+            chunks = (map(bound_values, range(len(starts))) if on_device     # GPU work stays in the thread
+                      else (_chunk_result(f, stop) for f in futures))          # that owns the context
+            try:
+                for i, bounds in enumerate(chunks):
+                    if bounds is None or (stop is not None and stop.requested):
+                        raise StopBetweenSteps("evaluation cancelled")
+                    if out is not None:
+                        out[starts[i]:starts[i] + bounds.shape[0]] = bounds
+                    total += float(np.sum(bounds))
+                    bar.update(bounds.shape[0])
+            except BaseException:
+                for f in futures:
+                    f.cancel()                            # the queued chunks; the running ones end first
+                raise
     finally:
         bar.close()
     return total / x.shape[0]

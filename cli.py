@@ -219,7 +219,7 @@ def train(model, task, n_layer, n_hidden, nonlinear, batch_size, temperature, re
     either way; report lines say which). NUMBA_NUM_THREADS=1 keeps it on one core.
     """
     from rebar_np.data import load_task
-    from rebar_np.train import TrainingDiverged, train as run_training
+    from rebar_np.train import StopFlag, TrainingDiverged, train as run_training
     from rebar_np import rundir
 
     # Every check comes before the first line is printed and before the run folder is made.
@@ -260,7 +260,7 @@ def train(model, task, n_layer, n_hidden, nonlinear, batch_size, temperature, re
         for change in rundir.environment_changes(record):
             click.echo(f"Warning: {change} since the run started; the continuation may differ in the last bits "
                        "from an uninterrupted run", err=True)
-        if ckpt is not None and ckpt["step"] == cfg.steps:
+        if ckpt is not None and ckpt["step"] == cfg.steps and "pending_row" not in (ckpt["train_state"] or {}):
             click.echo(f"The run in {resume} is already finished (step {cfg.steps}); nothing to do")
             return
     recorder = rundir.recorder_for(cfg, data, data_dir, record)
@@ -274,14 +274,25 @@ def train(model, task, n_layer, n_hidden, nonlinear, batch_size, temperature, re
         click.echo(f"Resuming {what}, from step {ckpt['step']}")
     else:
         click.echo(f"{'Restarting' if resume else 'Training'} {what}")
+    # Ctrl-C, SIGTERM and SIGHUP stop the run between two steps (rebar_np.train.StopFlag); a third ends the
+    # process at once. Once the run has stopped, the handler stays until the process has exited (which
+    # takes the better part of a second): a Ctrl-C then is acknowledged instead of raising mid-exit.
+    stop = StopFlag(exit_code=EXIT_INTERRUPTED)
     try:
-        result = run_training(cfg, data, log=click.echo, progress=progress, resume=ckpt, recorder=recorder)
+        result = run_training(cfg, data, log=click.echo, progress=progress, resume=ckpt, recorder=recorder,
+                              stop=stop)
+    except KeyboardInterrupt:
+        if rundir.checkpoint_step(cfg.output) is not None:
+            click.echo(f"Continue it with: rebar-np train --resume {cfg.output}", err=True)
+        sys.exit(EXIT_INTERRUPTED)
     except TrainingDiverged as err:
-        ckpt_file = os.path.join(cfg.output, "checkpoint.h5")
-        kept = (f"; last good checkpoint kept at {ckpt_file}" if os.path.exists(ckpt_file)
-                else "; no checkpoint was written yet")
+        stop.restore()
+        step = rundir.checkpoint_step(cfg.output)
+        kept = (f"; last good checkpoint kept at {os.path.join(cfg.output, rundir.CHECKPOINT)} (step {step})"
+                if step is not None else "; no checkpoint was written yet")
         fail(f"training diverged: {err}{kept}", EXIT_DIVERGED)
     except OSError as err:           # a full disk, say: what failed, and what the run still has
+        stop.restore()
         from rebar_np.checkpoint import CheckpointError, os_error_text
         try:
             step = rundir.checkpoint_step(cfg.output) if cfg.output else None
@@ -290,6 +301,10 @@ def train(model, task, n_layer, n_hidden, nonlinear, batch_size, temperature, re
         kept = (f"; the last checkpoint (step {step}) is kept, continue with --resume {cfg.output}"
                 if step is not None else "; no checkpoint was written yet")
         fail(f"{os_error_text(err)}{kept}")
+    except BaseException:
+        stop.restore()
+        raise
+    stop.restore()
     if result.checkpoint:
         click.echo(f"Saved {result.checkpoint}")
 

@@ -520,7 +520,7 @@ def check_noise(model, u, batch_size):
                              f"need {(batch_size, model.n_hidden)}")
 
 
-def iw_bound(model, params, x, n_samples, rng, chunk=100):
+def iw_bound(model, params, x, n_samples, rng, chunk=100, stop=None):
     """k-sample importance-weighted bound log (1/k sum_i exp f(b_i)) per example, (B,) host float64.
 
     Forward only, and arranged for throughput (this is the 5000-sample test bound):
@@ -542,7 +542,8 @@ def iw_bound(model, params, x, n_samples, rng, chunk=100):
       fit the caches: on the CPU about 2x faster than the matrix products at width 200.
 
     With x and params on the GPU (rebar_np.device) every pass runs there; the noise is
-    drawn on the host, as in training.
+    drawn on the host, as in training. stop: an object whose `requested` turns true to cancel
+    (rebar_np.train.StopFlag); iw_bound then returns None before its next pass.
     """
     B, nl = x.shape[0], model.nonlinear
     dtype = params[next(iter(params))].dtype
@@ -557,6 +558,8 @@ def iw_bound(model, params, x, n_samples, rng, chunk=100):
     running = np.full(B, -np.inf)
     done = 0
     while done < n_samples:
+        if stop is not None and stop.requested:          # Ctrl-C waits for one pass, not all of them
+            return None
         k = min(chunk, n_samples - done)
         f = _iw_chunk_elbo(model, per_example, sample_logits, target, B, k, rng)
         running = np.logaddexp(running, to_host(K.logmeanexp_rows(f)) + np.log(k))   # log sum_i exp f here

@@ -13,6 +13,10 @@ its future depends only on
                                 offset of the next minibatch in it
     elbo_sum, elbo_n            the partial sums of the current report window's train ELBO
     wall_time                   training seconds so far (the clock continues from there)
+    pending_row                 a checkpoint is saved before each evaluation (a stopped or killed
+                                evaluation then loses no step): the report row of its step, whose
+                                bounds are still to come; a resume evaluates (the evaluation's seed
+                                is seed + step) and writes it before the next step
 
 so saving all of it and restoring it reproduces every later parameter bit for bit
 (same machine, same dtype). Generator states are stored as JSON strings of
@@ -36,6 +40,7 @@ class LoopState:
     elbo_sum: float = 0.0           # sum of per-example train ELBOs since the last report
     elbo_n: int = 0
     wall_time: float = 0.0
+    pending_row: dict = None        # the report row of this step while its evaluation runs (no bounds yet)
 
 
 def capture_state(loop, monitor, rng_noise):
@@ -50,7 +55,17 @@ def capture_state(loop, monitor, rng_noise):
         "elbo_n": int(loop.elbo_n),
         "wall_time": float(loop.wall_time),
         "ema_t": int(monitor.t),
+        **({"pending_row": json.dumps({k: int(v) if k == "step" else float(v) for k, v in loop.pending_row.items()})}
+           if loop.pending_row is not None else {}),
     }
+
+
+def evaluation_pending(path):
+    """Whether the checkpoint at path was saved before the evaluation of its step, which has not
+    been written yet (cheap: one attribute). Such a run is not finished even at its last step."""
+    import h5py
+    with h5py.File(path, "r") as f:
+        return "train_state" in f and "pending_row" in f["train_state"].attrs
 
 
 def _copy_into(dst, src, what):
@@ -90,8 +105,9 @@ def restore_state(ckpt, params, aux, opt, aux_opt, monitor, rng_noise):
     try:
         rng_noise.bit_generator.state = json.loads(st["rng_noise"])
         epoch_rng_state = json.loads(st["rng_data_epoch"])
+        pending_row = json.loads(st["pending_row"]) if "pending_row" in st else None
     except (ValueError, TypeError, KeyError) as e:
-        raise CheckpointError(f"checkpoint has an unusable generator state ({e})") from None
+        raise CheckpointError(f"checkpoint has an unusable generator state or report row ({e})") from None
     return LoopState(step=int(ckpt["step"]), epoch_rng_state=epoch_rng_state, order=np.asarray(st["order"]),
                      position=int(st["position"]), elbo_sum=float(st["elbo_sum"]), elbo_n=int(st["elbo_n"]),
-                     wall_time=float(st["wall_time"]))
+                     wall_time=float(st["wall_time"]), pending_row=pending_row)

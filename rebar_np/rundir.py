@@ -160,12 +160,12 @@ def check_data(record, data, run_dir):
 class NullRecorder:
     """For runs without an output folder."""
 
-    def start(self, step): pass
+    def start(self, step, evaluating=False): pass
     def report(self, row, aux): pass
     def flush(self): pass
     def saved(self, step): pass
     def finish(self, step): pass
-    def interrupted(self, step): pass
+    def interrupted(self, step, message="", flush=True): pass
     def diverged(self, step, message): pass
     def close(self): pass
 
@@ -183,7 +183,9 @@ class RunRecorder(NullRecorder):
     def _path(self, name):
         return os.path.join(self.dir, name)
 
-    def start(self, step):
+    def start(self, step, evaluating=False):
+        """evaluating: the checkpoint was saved before the evaluation of its step, whose row comes
+        again (a killed run may have written it before its next checkpoint)."""
         os.makedirs(self.dir, exist_ok=True)
         self._lock = lock_run(self.dir)
         try:                                    # nothing is written before metrics.h5 is known good
@@ -192,7 +194,7 @@ class RunRecorder(NullRecorder):
             path = self._path(CONFIG)
             if not os.path.exists(path) or read_config(self.dir) != self.record:
                 write_json(path, self.record)
-            self.metrics.truncate_after(step)       # rows after the checkpoint are logged again
+            self.metrics.truncate_after(step - 1 if evaluating else step)   # rows after the checkpoint come again
             self.metrics.flush(force=True)
             self.status = {"state": "running", "step": step, "checkpoint_step": step if step else None,
                            "message": "", "pid": os.getpid(), "host": socket.gethostname()}
@@ -224,8 +226,9 @@ class RunRecorder(NullRecorder):
         self.status.update(step=step, checkpoint_step=step)
         self._write_status()
 
-    def _end(self, state, step, message=""):
-        self.flush()
+    def _end(self, state, step, message="", flush=True):
+        if flush:
+            self.flush()
         ended = {**self.status, "state": state, "message": message}
         if step is not None:
             ended["step"] = step
@@ -236,8 +239,8 @@ class RunRecorder(NullRecorder):
     def finish(self, step):
         self._end("finished", step)
 
-    def interrupted(self, step):
-        self._end("interrupted", step)
+    def interrupted(self, step, message="", flush=True):
+        self._end("interrupted", step, message, flush)
 
     def diverged(self, step, message):
         self._end("diverged", step, message)

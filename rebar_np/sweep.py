@@ -53,7 +53,9 @@ import numpy as np
 
 from . import estimators as E
 from .metrics import last_value, read_metrics
-from .rundir import CONFIG, METRICS, RESUME_MAY_CHANGE, checkpoint_step, first_difference, read_json, write_json
+from .resume import evaluation_pending
+from .rundir import (CHECKPOINT, CONFIG, METRICS, RESUME_MAY_CHANGE, checkpoint_step, first_difference, read_json,
+                     write_json)
 
 ARCHITECTURES = {"linear": {"n_layer": 1, "nonlinear": False},
                  "nonlinear": {"n_layer": 1, "nonlinear": True},
@@ -291,7 +293,8 @@ def run_state(spec):
         raise SweepError(f"{spec.dir} holds a run with other settings than the grid asks for ({k} "
                          f"{have.get(k)!r}, the grid says {spec.settings[k]!r}); move it away or restore the grid")
     step = checkpoint_step(spec.dir)
-    if step is not None and step >= spec.settings["steps"]:
+    done = step is not None and step >= spec.settings["steps"]
+    if done and not evaluation_pending(os.path.join(spec.dir, CHECKPOINT)):   # stopped in its last evaluation
         return "finished", step
     return "unfinished", step
 
@@ -368,17 +371,29 @@ def plan(grid, specs):
 
 def run_local(jobs, workers, log=print, poll=0.2):
     """Run the jobs, `workers` processes at a time. Returns {"codes": {name: exit code}, "peak": the
-    most runs seen alive at once}. Ctrl-C or SIGTERM stops the runs (each saves a checkpoint, once:
-    they run in their own sessions, so a terminal's Ctrl-C reaches them only through here) and
-    re-raises KeyboardInterrupt."""
+    most runs seen alive at once}.
+
+    Ctrl-C, SIGTERM or SIGHUP (the terminal was closed) stop the sweep: no new run starts, and each
+    running one is sent SIGINT, stops after its current step and saves a checkpoint (they run in
+    their own sessions, so a terminal's signals reach them only through here); the sweep waits for
+    them, then raises KeyboardInterrupt. Each further signal is passed on too (a run's third quits it
+    at once, without saving). The signals never raise in here, so no run is left unwatched."""
+    from .train import StopFlag
     env = child_env(workers, code_root())
     pending, running, codes, peak = list(jobs), {}, {}, 0
-    old_term = None
-    if threading.current_thread() is threading.main_thread():
-        old_term = signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+    def say(text):            # a closed terminal (SIGHUP) must not stop the sweep from minding its runs
+        try:
+            log(text)
+        except OSError:
+            pass
+
+    stop = StopFlag(plan="no new run starts; the running ones stop after their current step and save a checkpoint",
+                    abandon_at=None, again="passed on to the running runs (a run's third quits it without saving)")
+    passed_on = 0
     try:
-        while pending or running:
-            while pending and len(running) < workers:
+        while (pending and not stop.requested) or running:
+            while pending and len(running) < workers and not stop.requested:
                 job = pending.pop(0)
                 fh = open(job.log_path, "a")
                 fh.write(f"$ rebar-np {' '.join(job.args)}\n")
@@ -388,29 +403,28 @@ def run_local(jobs, workers, log=print, poll=0.2):
                                         start_new_session=True)
                 running[proc] = (job, fh)
                 peak = max(peak, sum(1 for p in running if p.poll() is None))
-                log(f"[{len(codes) + len(running)}/{len(jobs)}] {job.action}: {job.spec.name}")
+                say(f"[{len(codes) + len(running)}/{len(jobs)}] {job.action}: {job.spec.name}")
+            received = stop.count
+            if passed_on < received:
+                if passed_on == 0:
+                    say(f"Interrupted ({stop.signal_name}): stopping {len(running)} run(s) after their current "
+                        f"step; {len(pending)} not started")
+                for _ in range(received - passed_on):
+                    for proc in running:
+                        if proc.poll() is None:
+                            proc.send_signal(signal.SIGINT)
+                passed_on = received
             for proc in [p for p in running if p.poll() is not None]:
                 job, fh = running.pop(proc)
                 fh.close()
                 codes[job.spec.name] = proc.returncode
-                log(f"{'done' if proc.returncode == 0 else f'FAILED (exit {proc.returncode})'}: {job.spec.name}")
+                say(f"{'done' if proc.returncode == 0 else f'FAILED (exit {proc.returncode})'}: {job.spec.name}")
             if running:
                 time.sleep(poll)
-    except KeyboardInterrupt:
-        log(f"Interrupted: stopping {len(running)} run(s) after their current step")
-        for proc in running:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-        for proc, (job, fh) in running.items():
-            try:
-                proc.wait(timeout=600)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            fh.close()
-        raise
     finally:
-        if old_term is not None:
-            signal.signal(signal.SIGTERM, old_term)
+        stop.restore()
+    if stop.requested:
+        raise KeyboardInterrupt
     return {"codes": codes, "peak": peak}
 
 
@@ -430,6 +444,11 @@ def run_dask(jobs, workers, scheduler=None, log=print):
         client = Client(cluster)
         env = child_env(workers, code_root())
     codes = {}
+    # SIGTERM and SIGHUP (the terminal was closed) end the sweep as Ctrl-C does, through the finally below
+    # that closes the client and the cluster, instead of killing this process on the spot
+    old = {}
+    if threading.current_thread() is threading.main_thread():
+        old = {s: signal.signal(s, signal.default_int_handler) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
         futures = {client.submit(run_job, job.args, env, job.log_path, key=f"rebar-np-{job.spec.name}",
                                  pure=False): job for job in jobs}
@@ -444,6 +463,8 @@ def run_dask(jobs, workers, scheduler=None, log=print):
         client.close()
         if cluster is not None:
             cluster.close()
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
     return {"codes": codes}
 
 

@@ -2,6 +2,7 @@
 10x Adam for the estimator's own parameters, the EMA gradient-variance monitor,
 per-epoch report lines, periodic importance-weighted evaluation, checkpoints.
 """
+import itertools
 import math
 import numbers
 import os
@@ -21,7 +22,7 @@ from .adam import AdamConfig, adam_entry, adam_init, adam_update, step_size
 from .checkpoint import save_checkpoint
 from .device import DEVICES, check_device, is_device, to_device, to_host, twin, zeros_like
 from .resume import LoopState, capture_state, restore_state
-from .rundir import recorder_for
+from .rundir import checkpoint_step, recorder_for
 from .kernels import _half, _in_halves, arith_kernel, kernel, split_kernel
 from .model import SBN, TASKS, init_params, iw_bound, check_params
 
@@ -472,7 +473,7 @@ CPU_CHUNK_ROWS = 2_000        # (example, sample) rows per pass of an evaluation
 
 
 def evaluate(model, params, x, n_samples, seed=0, examples_per_chunk=None, progress=False, desc="eval",
-             workers=None, out=None):
+             workers=None, out=None, stop=None):
     """Mean over the examples of the n_samples-sample importance-weighted bound.
 
     Examples are processed in chunks of about CPU_CHUNK_ROWS (example, sample) rows
@@ -488,6 +489,10 @@ def evaluate(model, params, x, n_samples, seed=0, examples_per_chunk=None, progr
     run one after another in this thread, each copied to the device; with the same
     chunks (examples_per_chunk, and workers=1 on the CPU) the result is the CPU's.
     out: optional (N,) array that receives every example's bound.
+    stop: optional StopFlag; once it is requested, the chunks not yet started are skipped, the
+    running ones end after their current pass of at most 100 samples per example, and
+    StopBetweenSteps is raised, so Ctrl-C never waits for the whole evaluation. NumPy's
+    floating-point warnings (a diverged model's overflows) are off: a non-finite bound says it.
     """
     from concurrent.futures import ThreadPoolExecutor
     from threadpoolctl import threadpool_limits
@@ -507,23 +512,51 @@ def evaluate(model, params, x, n_samples, seed=0, examples_per_chunk=None, progr
     seeds = np.random.SeedSequence(seed).spawn(len(starts))
 
     def bound_values(i):
+        if stop is not None and stop.requested:
+            return None                                    # cancelled: skip the chunk
         xb = np.ascontiguousarray(x[starts[i]:starts[i] + per], dtype=dtype)
         if on_device:
             xb = to_device(xb)
-        return iw_bound(model, params, xb, n_samples, np.random.default_rng(seeds[i]), chunk=k_chunk)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):   # per thread
+            return iw_bound(model, params, xb, n_samples, np.random.default_rng(seeds[i]), chunk=k_chunk, stop=stop)
 
     total = 0.0
     bar = tqdm(total=x.shape[0], desc=desc, unit="ex", disable=not progress, leave=False, file=sys.stderr)
-    with threadpool_limits(limits=1 if workers > 1 else None, user_api="blas"), \
-            ThreadPoolExecutor(max_workers=workers) as pool:
-        chunks = map if on_device else pool.map           # GPU work stays in the thread that owns the context
-        for i, bounds in enumerate(chunks(bound_values, range(len(starts)))):
-            if out is not None:
-                out[starts[i]:starts[i] + bounds.shape[0]] = bounds
-            total += float(np.sum(bounds))
-            bar.update(bounds.shape[0])
-    bar.close()
+    try:
+        with threadpool_limits(limits=1 if workers > 1 else None, user_api="blas"), \
+                ThreadPoolExecutor(max_workers=workers) as pool:
+            futures = [] if on_device else [pool.submit(bound_values, i) for i in range(len(starts))]
+            chunks = (map(bound_values, range(len(starts))) if on_device     # GPU work stays in the thread
+                      else (_chunk_result(f, stop) for f in futures))          # that owns the context
+            try:
+                for i, bounds in enumerate(chunks):
+                    if bounds is None or (stop is not None and stop.requested):
+                        raise StopBetweenSteps("evaluation cancelled")
+                    if out is not None:
+                        out[starts[i]:starts[i] + bounds.shape[0]] = bounds
+                    total += float(np.sum(bounds))
+                    bar.update(bounds.shape[0])
+            except BaseException:
+                for f in futures:
+                    f.cancel()                            # the queued chunks; the running ones end first
+                raise
+    finally:
+        bar.close()
     return total / x.shape[0]
+
+
+def _chunk_result(future, stop, poll=0.1):
+    """The future's result, or None once stop is requested. The wait wakes every `poll` seconds:
+    Python runs signal handlers in the main thread only, when it runs Python code, and the kernel
+    may deliver the signal to a worker thread; without the wake-ups a Ctrl-C waited unanswered for
+    the chunk to end (seconds at thousands of samples)."""
+    from concurrent.futures import TimeoutError as Pending
+    while True:
+        try:
+            return future.result(timeout=poll)
+        except Pending:
+            if stop is not None and stop.requested:
+                return None
 
 
 # --------------------------------------------------------------------------
@@ -661,7 +694,7 @@ class StepCores:
         numba.set_num_threads(self.restore)
 
 
-def train(cfg, data, log=print, progress=None, resume=None, recorder=None):
+def train(cfg, data, log=print, progress=None, resume=None, recorder=None, stop=None):
     """Train cfg.model on data = {"train", "valid", "test"} arrays (N, D).
 
     log receives the report lines. Raises TrainingDiverged on a NaN or inf (the
@@ -671,6 +704,10 @@ def train(cfg, data, log=print, progress=None, resume=None, recorder=None):
     continues from it exactly as if it had never stopped (rebar_np.resume).
     recorder: receives report rows and the run's progress (rebar_np.rundir.RunRecorder);
     by default the one for cfg.output (config.json, metrics.h5, status.json), or none.
+    stop: the StopFlag that turns Ctrl-C, SIGTERM and SIGHUP into a stop between two steps (or two
+    evaluation chunks), after which the run saves a checkpoint and raises StopBetweenSteps (a
+    KeyboardInterrupt). By default train() installs one for its duration; a caller that passes its
+    own keeps it installed as long as it likes (the command line: until the process has exited).
     """
     cfg.validate()
     dtype = DTYPES[cfg.dtype]
@@ -706,38 +743,80 @@ def train(cfg, data, log=print, progress=None, resume=None, recorder=None):
     result = TrainResult(model, params, aux, loop.step)
     ckpt_path = os.path.join(cfg.output, "checkpoint.h5") if cfg.output else ""
     recorder = recorder or recorder_for(cfg, data)
-    recorder.start(loop.step)
+    recorder.start(loop.step, evaluating=loop.pending_row is not None)
+    eval_on = bool(cfg.eval_every and eval_sets)
+    # what the checkpoint file holds: (step, whether its row still waits for its evaluation)
+    on_disk = (loop.step, loop.pending_row is not None) if resume is not None and ckpt_path else None
+
+    writing = None                # the step of a checkpoint being written
 
     def save(step):
+        nonlocal on_disk, writing
         loop.wall_time = time.perf_counter() - t_start
         recorder.flush()          # metrics always cover the checkpoint's step
         if ckpt_path:
+            writing = step
             save_checkpoint(ckpt_path, step, asdict(cfg), to_host(params), to_host(aux),
                             {"model": to_host(opt), "aux": to_host(aux_opt)}, monitor.state(), model.mean_x,
                             train_state=capture_state(loop, monitor, rng_noise))
             result.checkpoint = ckpt_path
+            on_disk, writing = (step, loop.pending_row is not None), None
             recorder.saved(step)
 
     def run_eval(step):
         row = {"step": step}
         for split, xs in eval_sets.items():
             row[split] = evaluate(model, params, xs, cfg.eval_samples, seed=cfg.seed + step,
-                                  progress=bar.disable is False, desc=f"{split} bound")
+                                  progress=bar.disable is False, desc=f"{split} bound", stop=stop)
         result.evals.append(row)
         log(f"Step {step}: " + ", ".join(f"{s} bound ({cfg.eval_samples} samples) {row[s]:.2f}"
                                          for s in eval_sets))
         return {f"{s}_bound": row[s] for s in eval_sets}
+
+    def complete_row(step, with_eval):
+        """Evaluate the model (with_eval) and write the row that waits for it in loop.pending_row.
+        The evaluation's noise comes from seed + step alone, so evaluating after a resume gives
+        the bounds the uninterrupted run had."""
+        bounds = run_eval(step) if with_eval else {}
+        recorder.report({**loop.pending_row, **bounds}, to_host(aux))
+        loop.pending_row = None
 
     bar = tqdm(total=cfg.steps, initial=loop.step, unit="step", disable=(progress is False) or None,
                file=sys.stderr, mininterval=1.0, dynamic_ncols=True)
     step, t_report, last_report = loop.step, time.perf_counter(), loop.step
     t_start = t_report - loop.wall_time
     epoch_x = train_x
-    stop = StopFlag()
     keep_freed_memory()           # the step's fresh arrays come from the heap, whatever was loaded
     blas = step_blas_threads(B)
     cores = StepCores(1 if on_device else numba.get_num_threads())
+    own_stop = stop is None
+    stop = stop or StopFlag()
+
+    def quit_now():
+        """The third signal where the caller ends the process on it (StopFlag.exit_code): record
+        and say what is on disk. Only status.json is written: the metrics rows after the
+        checkpoint are logged again on --resume, those up to it were flushed when it was saved."""
+        kept = on_disk[0] if on_disk else None
+        if writing is not None:   # the rename may have happened: the file says which step it holds
+            try:
+                kept = checkpoint_step(cfg.output)
+            except (OSError, ValueError):
+                pass
+        message = _interrupted_message(step, False, stop.signal_name, ckpt_path, kept, False)
+        recorder.interrupted(step, message, flush=False)
+        _say(message)
+    stop.on_abandon = quit_now
+    stop.plan = "finishing the current step or evaluation chunk, then " + (
+        f"saving a checkpoint to {ckpt_path}" if ckpt_path else "stopping (no output folder: nothing saved)")
+    # a diverging model overflows before the NaN check stops it: that check's one line says so, not NumPy
+    numpy_errors = np.seterr(over="ignore", invalid="ignore", divide="ignore")
     try:
+        if loop.pending_row is not None:   # stopped during the evaluation of its checkpoint's step
+            result.history.append(loop.pending_row)
+            complete_row(step, eval_on)
+            save(step)
+            if stop.requested:
+                raise StopBetweenSteps
         while step < cfg.steps:
             loop.epoch_rng_state = rng_data.bit_generator.state
             if cfg.binarization == "dynamic":
@@ -767,7 +846,7 @@ def train(cfg, data, log=print, progress=None, resume=None, recorder=None):
                 if step % 50 == 0:
                     bar.update(50)
                 epoch_done = step % steps_per_epoch == 0
-                eval_due = bool(cfg.eval_every and eval_sets) and (
+                eval_due = eval_on and (
                     step == cfg.steps or (epoch_done and (step // steps_per_epoch) % cfg.eval_every == 0))
                 if step % report_every == 0 or step == cfg.steps or eval_due:
                     now = time.perf_counter()
@@ -782,62 +861,163 @@ def train(cfg, data, log=print, progress=None, resume=None, recorder=None):
                         + "".join(f", {k} {v:.4g}" for k, v in stats.items())
                         + f", {rate:.0f} steps/s on {cores.current} core{'s' if cores.current > 1 else ''}")
                     loop.elbo_sum, loop.elbo_n = 0.0, 0
-                    bounds = run_eval(step) if eval_due else {}
-                    recorder.report({**row, **bounds}, to_host(aux))
+                    loop.pending_row = row
+                    if eval_due:        # the steps are saved first: a stopped or killed evaluation loses none
+                        save(step)
+                    complete_row(step, eval_due)
                     t_report, last_report = time.perf_counter(), step
                 if step == cfg.steps or (step % cfg.checkpoint_every == 0 if cfg.checkpoint_every else epoch_done):
                     save(step)
-                if stop.requested:
+                if stop.requested and step < cfg.steps:      # (at the last step the run has finished)
                     raise StopBetweenSteps
         result.step = step
         recorder.finish(step)
-    except KeyboardInterrupt as err:
+    except (KeyboardInterrupt, SystemError) as err:
+        if not _is_interrupt(err):
+            raise
         bar.close()
         result.step = step
-        if isinstance(err, StopBetweenSteps):   # params are a consistent state: save them
-            save(step)
-            recorder.interrupted(step)
-            log(f"Interrupted at step {step}" + (f"; checkpoint saved to {ckpt_path}" if ckpt_path else ""))
-        else:                                   # a second Ctrl-C, possibly mid-update: keep the last checkpoint
-            recorder.flush()
-            recorder.interrupted(None)
-            log(f"Interrupted again after step {step}; the last checkpoint is kept")
-        raise
+        saved = isinstance(err, StopBetweenSteps)       # params are a consistent state: save them
+        if saved and ckpt_path and on_disk != (step, loop.pending_row is not None):
+            try:
+                save(step)
+            except (KeyboardInterrupt, SystemError) as again:
+                if not _is_interrupt(again):
+                    raise
+                saved = False     # a third signal abandoned the write; the file on disk is the previous one
+        stop.settle()             # nothing is left to abandon: what remains is to say so, truthfully
+        message = _interrupted_message(step, saved, stop.signal_name, ckpt_path, on_disk and on_disk[0],
+                                       loop.pending_row is not None)
+        recorder.interrupted(step, message)
+        log(message)
+        if saved:
+            raise err
+        raise KeyboardInterrupt(message) from None
     except TrainingDiverged as err:
         recorder.diverged(step, str(err))
         raise
     finally:
         if on_device:
             result.params, result.aux = to_host(params), to_host(aux)
+        np.seterr(**numpy_errors)
         blas.restore_original_limits()
         cores.close()
         bar.close()
-        stop.restore()
         recorder.close()
+        stop.on_abandon = None
+        if own_stop:
+            stop.restore()
     return result
 
 
+def _is_interrupt(err):
+    """A KeyboardInterrupt, or the SystemError a C function raises when one lands inside it."""
+    return isinstance(err, KeyboardInterrupt) or isinstance(err.__cause__ or err.__context__, KeyboardInterrupt)
+
+
+def _interrupted_message(step, saved, signal_name, ckpt_path, kept_step, evaluating):
+    """What an interrupted run says (log and status.json), true to what is on disk."""
+    by = f" ({signal_name})" if signal_name else ""
+    if saved:
+        where = f"; checkpoint saved to {ckpt_path}" if ckpt_path else "; no output folder, nothing saved"
+        redo = "; its evaluation was cut short and runs first on --resume" if evaluating and ckpt_path else ""
+        return f"Interrupted at step {step}{where}{redo}{by}"
+    if kept_step is not None:
+        kept = f"the last checkpoint, of step {kept_step}, is kept in {ckpt_path}"
+    else:
+        kept = "no checkpoint was written" if ckpt_path else "no output folder"
+    return f"Interrupted again after step {step}, quit without saving{by}; {kept}"
+
+
 class StopBetweenSteps(KeyboardInterrupt):
-    """Ctrl-C honoured at a step boundary (see StopFlag)."""
+    """Ctrl-C (or SIGTERM, SIGHUP) honoured at a step boundary or between evaluation chunks (see StopFlag)."""
+
+
+def _say(text):
+    """One line on stderr from a signal handler: os.write, because the handler may run while the
+    main thread is inside sys.stderr's own write (a reentrant call there raises)."""
+    try:
+        os.write(2, (text + "\n").encode())
+    except OSError:       # stderr closed (the terminal went away with SIGHUP)
+        pass
 
 
 class StopFlag:
-    """Turns Ctrl-C (SIGINT) and SIGTERM (what schedulers and `kill` send before killing) into
-    a flag the loop checks after each step, so an interrupt never lands in the middle of a
-    parameter update. A second one interrupts immediately."""
+    """Turns Ctrl-C (SIGINT), SIGTERM (what schedulers and `kill` send before killing) and SIGHUP
+    (the terminal was closed) into a request that the loop honours between two steps or two
+    evaluation chunks, so that a signal never lands in the middle of a parameter update, a file
+    write or a C call. Each signal is acknowledged at once on stderr.
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    The handler never raises for the first two signals: a KeyboardInterrupt raised inside a C call
+    or a finally block is what gave "SystemError: ... returned a result with an exception set" and
+    a status.json left "running". Stopping is prompt without it (a step takes milliseconds, an
+    evaluation chunk at most about a second). The `abandon_at`-th signal (3; None: never) raises
+    KeyboardInterrupt, once, to quit at once without saving; later ones are only acknowledged.
+    With `exit_code` (the command line, which exits anyway) that signal instead calls on_abandon
+    (train() records the status and says which checkpoint is kept) and ends the process on the
+    spot: a KeyboardInterrupt raised at an arbitrary point can land in a weakref callback or a
+    C call and print a traceback. Every file is whole then: each is written to a temporary file
+    and renamed, and a stale temporary is removed on the next start.
+    `plan` and `again` say what the stop does, in the first acknowledgement and the next ones."""
 
-    def __init__(self):
-        self.requested = False
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self, plan="finishing the current step, then stopping", abandon_at=3,
+                 again="at most a step or an evaluation chunk away", exit_code=None):
+        self.signal_name, self._tickets, self._taken = None, itertools.count(1), []
+        self.plan, self.abandon_at, self.again = plan, abandon_at, again
+        self.exit_code, self.on_abandon = exit_code, None
         self._old = {}
         if threading.current_thread() is threading.main_thread():
             self._old = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
 
+    @property
+    def count(self):
+        """The signals received so far."""
+        return len(self._taken)
+
+    @property
+    def requested(self):
+        return self.count > 0
+
     def _handle(self, signum, frame):
-        if self.requested:
+        # a handler can be interrupted by the next signal's, so each takes its number in one C call
+        n = next(self._tickets)
+        self._taken.append(n)
+        name = signal.Signals(signum).name
+        if n == 1:
+            self.signal_name = name
+        left = self.abandon_at - n if self.abandon_at else None
+        more = (f" (Ctrl-C {'once' if left == 1 else 'twice'} more quits at once without saving)"
+                if left and left > 0 else "")
+        if n == 1:
+            _say(f"Stopping ({name}): {self.plan}{more}")
+        elif left is None or left > 0:
+            _say(f"Already stopping ({name}): {self.again}{more}")
+        elif left == 0:
+            _say(f"Quitting at once ({name}), without saving")
+            if self.exit_code is not None:
+                self._exit()
             raise KeyboardInterrupt
-        self.requested = True
+        else:
+            _say(f"Already quitting ({name})")
+
+    def _exit(self):
+        try:
+            if self.on_abandon is not None:
+                self.on_abandon()
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except Exception:     # (a reentrant call: the handler interrupted a write to it)
+                    pass
+            os._exit(self.exit_code)
+
+    def settle(self):
+        """From now on signals are only acknowledged: the stop has saved what it could, and a
+        KeyboardInterrupt while the run records its status would leave that status untrue."""
+        self.abandon_at, self.again = None, "the run has stopped and is exiting"
 
     def restore(self):
         for s, old in self._old.items():

@@ -48,6 +48,8 @@ def user_errors(fn):
                 shown = warnings.showwarning
                 warnings.showwarning = show
                 return fn(*args, **kwargs)
+        except BrokenPipeError:
+            reader_went_away()
         except OSError as err:
             fail(os_error_text(err))
         except (ModelError, EstimatorError, DataError, CheckpointError, DeviceError, ValueError) as err:
@@ -56,6 +58,14 @@ def user_errors(fn):
             click.echo("Interrupted.", err=True)
             sys.exit(EXIT_INTERRUPTED)
     return wrapper
+
+
+def reader_went_away():
+    """stdout's reader closed the pipe (`rebar-np sweep FILE --dry-run | head`): as Unix tools do, stop
+    quietly with success; further writes (Python's flush at exit included) go nowhere."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(0)
 
 
 class OneLineGroup(click.Group):
@@ -200,7 +210,7 @@ def estimator_options(fn):
                    "(keys it does not name keep this command's defaults; see rebar_np/hparams.py).")
 @click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False),
               help="Start from the settings in this JSON file (e.g. another run's config.json); flags override it.")
-@click.option("--data-dir", default=None, type=click.Path(file_okay=False),
+@click.option("--data-dir", default=None, type=click.Path(file_okay=False), callback=not_empty,
               help="Folder with the prepared data files (default: the package's data/ or $REBAR_NP_DATA_DIR; "
                    "on --resume, the run's own).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
@@ -424,7 +434,7 @@ def check_output_folder(path, option="--output"):
 @click.option("--chunk-rows", default=None, type=int,
               help="(example, sample) rows evaluated at once per thread [default: 2000 on the CPU, "
                    "small enough to stay in the caches; 131072 on a GPU].")
-@click.option("--data-dir", default=None, type=click.Path(file_okay=False),
+@click.option("--data-dir", default=None, type=click.Path(file_okay=False), callback=not_empty,
               help="Folder with the data files (default: the run's own).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, or cuda to evaluate on the GPU.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
@@ -481,7 +491,7 @@ def plot(run_dirs, output):
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--output", default=None, type=click.Path(dir_okay=False), callback=not_empty,
               help="PNG to write (default: RUN_DIR/samples.png).")
-@click.option("--data-dir", default=None, type=click.Path(file_okay=False),
+@click.option("--data-dir", default=None, type=click.Path(file_okay=False), callback=not_empty,
               help="Folder with the data files (default: the run's own).")
 @user_errors
 def samples(run_dir, n_images, split, seed, output, data_dir):
@@ -642,7 +652,7 @@ def results_table(results_dir, check):
 @click.option("--draws", default=1000, show_default=True, type=int)
 @click.option("--output", default=None, type=click.Path(dir_okay=False), callback=not_empty,
               help="Write the table as JSON here too.")
-@click.option("--data-dir", default=None, type=click.Path(file_okay=False))
+@click.option("--data-dir", default=None, type=click.Path(file_okay=False), callback=not_empty)
 @user_errors
 def variance(follow, estimators, task, n_layer, n_hidden, nonlinear, steps, batch_size, learning_rate, temperature,
              relaxation, samples, relax_hidden, seed, report_every, run_dir, draws, output, data_dir):
@@ -735,7 +745,7 @@ def parse_estimators(text, option="--estimators"):
 @click.option("--eval-samples", default=100, show_default=True, type=int)
 @click.option("--output", default=None, type=click.Path(file_okay=False), callback=not_empty,
               help="Folder for the runs, comparison.json and comparison.png (default: runs/compare-<time>).")
-@click.option("--data-dir", default=None, type=click.Path(file_okay=False))
+@click.option("--data-dir", default=None, type=click.Path(file_okay=False), callback=not_empty)
 @click.option("--progress/--no-progress", default=None)
 @user_errors
 def compare(estimators, task, n_layer, n_hidden, nonlinear, steps, batch_size, learning_rate, temperature,
@@ -949,7 +959,7 @@ def data():
 
 
 @data.command("info")
-@click.option("--data-dir", default=None, type=click.Path(file_okay=False))
+@click.option("--data-dir", default=None, type=click.Path(file_okay=False), callback=not_empty)
 @user_errors
 def data_info(data_dir):
     """List the known data sets, where they live and whether they load."""
@@ -964,7 +974,7 @@ def data_info(data_dir):
 @data.command("prepare")
 @click.option("--raw-dir", default=None, type=click.Path(file_okay=False),
               help="Folder with binarized_mnist_{train,valid,test}.amat (default: ../shared/data next to the repo).")
-@click.option("--data-dir", default=None, type=click.Path(file_okay=False))
+@click.option("--data-dir", default=None, type=click.Path(file_okay=False), callback=not_empty)
 @user_errors
 def data_prepare(raw_dir, data_dir):
     """Rebuild the shipped binarized MNIST file from the canonical .amat text files."""
@@ -980,7 +990,7 @@ def data_prepare(raw_dir, data_dir):
 @data.command("import")
 @click.argument("dataset")
 @click.argument("path", type=click.Path())
-@click.option("--data-dir", default=None, type=click.Path(file_okay=False))
+@click.option("--data-dir", default=None, type=click.Path(file_okay=False), callback=not_empty)
 @click.option("--seed", default=5, show_default=True, type=int,
               help="Omniglot: binarization seed (5 and --shuffle-seed 123 reproduce the TF reference's split).")
 @click.option("--shuffle-seed", default=123, show_default=True, type=int,
@@ -1001,7 +1011,7 @@ def data_import(dataset, path, data_dir, seed, shuffle_seed):
 @data.command("download")
 @click.argument("dataset")
 @click.option("--url", default=None, help="Base URL to download from (default: the usual public MNIST mirror).")
-@click.option("--data-dir", default=None, type=click.Path(file_okay=False))
+@click.option("--data-dir", default=None, type=click.Path(file_okay=False), callback=not_empty)
 @user_errors
 def data_download(dataset, url, data_dir):
     """Download grey-level MNIST (`mnist-grey`), verify its checksums and import it."""

@@ -61,3 +61,17 @@ def write_tiny_omniglot(folder, seed=0, rows=TINY_ROWS):
 def tiny_data_dir(tmp_path_factory):
     """A data folder with a tiny omniglot.h5: `--task omni --data-dir DIR` trains on it."""
     return write_tiny_omniglot(tmp_path_factory.mktemp("tiny_data"))
+
+
+@pytest.fixture(autouse=True)
+def _signal_handlers_given_back():
+    """A command run in-process (CliRunner) may stop with its signal handlers still installed, as a
+    real process would until it exits; give the test process its own back after every test, so that
+    a later Ctrl-C reaches pytest."""
+    import signal
+    names = [s for s in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, s)]
+    saved = {name: signal.getsignal(getattr(signal, name)) for name in names}
+    yield
+    for name, handler in saved.items():
+        if handler is not None:
+            signal.signal(getattr(signal, name), handler)

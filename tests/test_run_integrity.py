@@ -241,7 +241,7 @@ def ctrl_c_then_again_while_saving(monkeypatch):
 @pytest.mark.parametrize("ending,state,words", [
     ("crash", "failed", ["RuntimeError", "boom"]),
     ("disk full", "failed", ["No space left on device", "checkpoint.h5"]),
-    ("Ctrl-C while saving", "interrupted", ["interrupted while saving"]),
+    ("Ctrl-C while saving", "interrupted", ["without saving", "checkpoint, of step 4, is kept"]),
     ("SIGKILL", "stopped", ["without recording why"]),
 ])
 def test_status_tells_how_the_run_ended(tiny_data_dir, tmp_path, monkeypatch, ending, state, words):

@@ -2,7 +2,7 @@
 
     python -m benchmarks.fused_nvil [--threads 1] [--rounds 8] [--steps 500]
 
-rebar_np computes an estimate as a chain of kernel calls driven by Python (rebar_np.model,
+rebar_np computes an estimate as a chain of kernel calls driven by Python (rebar_np.model.sbn,
 rebar_np.estimators.nvil): 420 calls for NVIL on a 2-layer SBN (counted by cProfile). This
 module computes the same estimate in one Numba function that calls the same product kernels
 (kernels._affine_halves, kernels._dense_backward_halves) and computes the exponentials of the
@@ -11,7 +11,7 @@ between them. The difference between the two steps is what fusing a step would r
 
 It is a measurement, not part of training: float32, linear transforms and the free prior vector
 (tasks sbn and omni) only, and no CUDA twin. tests/test_benchmarks.py checks that it gives
-rebar_np's gradients. Its main times `rebar_np.train.train_step` (the step `rebar-np train`
+rebar_np's gradients. Its main times `rebar_np.training.train.train_step` (the step `rebar-np train`
 runs) with nvil's estimate and with this one, in alternating rounds in the same process.
 
 The estimate, per example (SPEC section 3; rebar_np.estimators.nvil):

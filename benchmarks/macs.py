@@ -32,7 +32,7 @@ layer of T (model.py):
 
 and a step of each estimator runs these passes (L stochastic layers, sbn task:
 q_l, p_l for l < L, the prior is a free vector and costs no product; the baseline
-c(x) is the (D, 100), (100, 1) network of rebar_np/baseline.py, whose backward
+c(x) is the (D, 100), (100, 1) network of rebar_np/model/baseline.py, whose backward
 computes dW on both layers and dh on the second):
 
 | estimator     | passes                                                                                   |
@@ -63,7 +63,7 @@ computes dW on both layers and dh on the second):
 |               | repeated batch, score backward (q: dW weighted by signal - w, p: dW weighted by w)       |
 | reinforce_loo | vimco (the same passes; only the elementwise leave-one-out signals differ)               |
 
-The control network r_l of relax (rebar_np/control_net.py; M = option "hidden", default
+The control network r_l of relax (rebar_np/model/control_net.py; M = option "hidden", default
 32) reads z_l = a_l + z0_l (B, H) through W1 (H, M) and its context, [x - mean_x,
 2 b_0 - 1, .., 2 b_{l-1} - 1] of width C_l = D + l H (option "context", default on),
 through V1 (C_l, M), then tanh and the output weights w2 stored as a vector: the dense
@@ -88,7 +88,7 @@ is not counted (step_products refuses it).
 
 tests/test_benchmarks.py checks these counts against what rebar_np runs
 (traced_products): every call of the four dense kernels, recorded as (kind, n_in,
-n_out), and every plain `@` of rebar_np/control_net.py, recorded as ("@", m, k, n),
+n_out), and every plain `@` of rebar_np/model/control_net.py, recorded as ("@", m, k, n),
 the shapes of the (m, k) @ (k, n) product it computed (a vector operand counts as one
 row or column). The tracer sees the latter through NumPy's __array_ufunc__ protocol
 (np.matmul is a ufunc): for the duration of one estimate, the control network's
@@ -105,7 +105,7 @@ from dataclasses import dataclass
 from functools import cache
 
 D_MNIST = 784
-N_BASELINE_HIDDEN = 100      # rebar_np.baseline.N_BASELINE_HIDDEN
+N_BASELINE_HIDDEN = 100      # rebar_np.model.baseline.N_BASELINE_HIDDEN
 KINDS = ("fwd", "dW", "dh", "tan_in", "tan_par", "gram")
 
 
@@ -116,7 +116,7 @@ class Product:
     n_in: int       # the dense layer's input width i
     n_out: int      # its output width o
     B: int          # rows: the batch, or batch x samples for vimco and reinforce_loo
-    plain: bool = False        # a plain NumPy `@` (rebar_np/control_net.py), not a dense kernel
+    plain: bool = False        # a plain NumPy `@` (rebar_np/model/control_net.py), not a dense kernel
     transposed: bool = False   # dW computed as da^T h, (o, B) @ (B, i) (relax's dw2 = c^T h)
 
     @property
@@ -235,7 +235,7 @@ class _Step:
                 self.backward_input(f"q{l}")
 
     def relaxed(self, l, tangent, param_grads):
-        """rebar_np.relaxed.relaxed_pass for switch layer l (param_grads: concrete's form)."""
+        """rebar_np.model.relaxed.relaxed_pass for switch layer l (param_grads: concrete's form)."""
         self.stage = f"relaxed l={l}"
         above = range(l + 1, self.L)
         for k in above:
@@ -272,7 +272,7 @@ class _Step:
         for k in range(l, self.L):
             self.forward(f"p{k}")
 
-    # ---- relax's control network r_l (rebar_np/control_net.py) ----------
+    # ---- relax's control network r_l (rebar_np/model/control_net.py) ----------
     def r_layers(self, l):
         """(W1, V1 or None, w2) of r_l as dense layers: (H, M), (C_l, M), (M, 1)."""
         ctx = (self.D + l * self.H, self.M) if self.context else None
@@ -451,7 +451,7 @@ def _plain(v):
 
 
 def _recording(f):
-    """f (a function of rebar_np.control_net) seeing its arrays as _Recorded: its first argument
+    """f (a function of rebar_np.model.control_net) seeing its arrays as _Recorded: its first argument
     (aux, read only) and every array or tuple argument; a dict in a later place (aux_grads,
     written in place) is passed as it is. The results are plain arrays again."""
     def wrapped(*args, **kwargs):
@@ -463,7 +463,7 @@ def _recording(f):
 def traced_products(estimator, n_layer, nonlinear, B, D=D_MNIST, H=200, seed=0, options=None):
     """The products rebar_np really runs in one estimate (B examples; B K noise rows for a
     K-sample estimator): its dense kernels and gram_tangent are wrapped for the duration of one call and
-    every call is recorded as (kind, n_in, n_out), and so are rebar_np.control_net's functions
+    every call is recorded as (kind, n_in, n_out), and so are rebar_np.model.control_net's functions
     (relax's r_l), whose plain `@` products are recorded as ("@", m, k, n) (see _Recorded and
     the module docstring). Returns a sorted list of (key, count). This is the check on
     step_products (which is what the benchmark reports)."""
@@ -472,10 +472,10 @@ def traced_products(estimator, n_layer, nonlinear, B, D=D_MNIST, H=200, seed=0, 
 
     import numpy as np
 
-    from rebar_np import control_net as C
+    from rebar_np.model import control_net as C
     from rebar_np import estimators as E
     from rebar_np import kernels as K
-    from rebar_np.model import SBN, draw_noise, init_params
+    from rebar_np.model.sbn import SBN, draw_noise, init_params
 
     seen = Counter()
     orig = {k: getattr(K, k) for k in ("dense_forward", "dense_backward", "dense_backward_input",
@@ -529,7 +529,7 @@ def traced_products(estimator, n_layer, nonlinear, B, D=D_MNIST, H=200, seed=0, 
                 "dense_backward_input": dense_backward_input, "dense_tangent": dense_tangent,
                 "gram_tangent": gram_tangent, "dense_forward_single": dense_forward_single,
                 "dense_backward_single": dense_backward_single}
-    # rebar_np.control_net's functions, wherever they were imported by name (relax, bernoulli)
+    # rebar_np.model.control_net's functions, wherever they were imported by name (relax, bernoulli)
     net_fns = ("control_net_forward", "control_net_backward", "control_net_input_grad",
                "control_net_tangent_backward")
     patched = [(mod, k, getattr(C, k)) for mod in list(sys.modules.values())

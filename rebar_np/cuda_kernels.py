@@ -833,7 +833,7 @@ def logmeanexp_rows(F):
 # --------------------------------------------------------------------------
 # Optimizer and training-loop kernels
 #
-# Twins of rebar_np.adam.adam_kernel and rebar_np.train.ema_moments / adam_and_moments / all_finite.
+# Twins of rebar_np.training.adam.adam_kernel and rebar_np.training.train.ema_moments / adam_and_moments / all_finite.
 # --------------------------------------------------------------------------
 @cuda.jit
 def _adam(p, g, m, v, lr_t, beta1, beta2, eps, bad):

@@ -995,7 +995,7 @@ BITS_TO_UNIFORM = 2.0 ** -32          # 32 random bits U stand for the uniform u
 @kernel
 def threshold_samples(bits, thr, k):
     """Hard samples b[r, j] = 1[u[r, j] > thr[r // k, j]] in thr's dtype, u = (bits + 1/2) 2^-32
-    (model.uniform_bits): with thr = sigma(-a) this is b = 1[a + log u - log(1 - u) > 0], the same
+    (evaluation.bound.uniform_bits): with thr = sigma(-a) this is b = 1[a + log u - log(1 - u) > 0], the same
     sample at the same noise without two logarithms.
     bits: (R, H) uint32 with k consecutive rows per row of thr (R = rows(thr) k); k = 1: one
     threshold row per row."""

@@ -1,5 +1,5 @@
 """Every CUDA twin of rebar_np/cuda_kernels.py against its CPU kernel (rebar_np.kernels,
-rebar_np.adam.adam_kernel, rebar_np.train.ema_moments / all_finite), and DeviceArray's
+rebar_np.training.adam.adam_kernel, rebar_np.training.train.ema_moments / all_finite), and DeviceArray's
 arithmetic (rebar_np.device) against NumPy.
 
 Runs on Numba's CUDA simulator (conftest.py sets NUMBA_ENABLE_CUDASIM=1 unless
@@ -21,12 +21,12 @@ import pytest
 from rebar_np import cuda_kernels as C
 from rebar_np import device as D
 from rebar_np import kernels as K
-from rebar_np.model import uniform_bits
-from rebar_np.adam import adam_kernel as cpu_adam_kernel
+from rebar_np.evaluation.bound import uniform_bits
+from rebar_np.training.adam import adam_kernel as cpu_adam_kernel
 from rebar_np.device import DeviceArray, to_device, to_host
-from rebar_np.train import adam_and_moments as cpu_adam_and_moments
-from rebar_np.train import all_finite as cpu_all_finite
-from rebar_np.train import ema_moments as cpu_ema_moments
+from rebar_np.training.train import adam_and_moments as cpu_adam_and_moments
+from rebar_np.training.train import all_finite as cpu_all_finite
+from rebar_np.training.train import ema_moments as cpu_ema_moments
 
 B, N_IN, N_OUT = 3, 5, 4          # B N_OUT = 12 > 8 threads of a simulator launch: the loops stride
 DTYPES = [np.float32, np.float64]

@@ -47,7 +47,7 @@ def configurations(model):
 
 def log_probabilities(model, params, x):
     """(log q(c | x_n), f(x_n, c)) for every example n and configuration c, each (B, C)."""
-    from .model import hard_pass_at
+    from ..model.sbn import hard_pass_at
     conf = configurations(model)
     B, C = x.shape[0], conf.shape[0]
     xr = np.repeat(np.asarray(x, dtype=np.float64), C, axis=0)          # row n C + c
@@ -172,7 +172,7 @@ def _estimator_fn(estimator, options):
             out = estimator(model, params, aux, x, u)
             return out.grads if hasattr(out, "grads") else out
         return fn
-    from . import estimators as E
+    from .. import estimators as E
     est = E.get(estimator)
     return lambda model, params, aux, x, u: est.estimate(model, params, aux, x, u, options=options).grads
 
@@ -181,7 +181,7 @@ def default_noise_rows(estimator, batch_size, options=None):
     """Rows of each noise array: batch_size, or batch_size K for a named K-sample estimator."""
     if callable(estimator):
         return batch_size
-    from . import estimators as E
+    from .. import estimators as E
     return E.noise_rows(E.get(estimator), batch_size, options)
 
 
@@ -256,7 +256,7 @@ def tiny_instance(estimator, task="sbn", n_layer=2, n_hidden=3, nonlinear=False,
     """(model, params, aux, x) of a random tiny model for `rebar-np unbiased`: random biases, and the
     estimator's own parameters moved off their initial values (a baseline, eta != 1, r != 0), so that
     no term of the estimator hides behind a zero; the temperature keeps its option's value."""
-    from . import estimators as E
+    from .. import estimators as E
     from .gradcheck import random_instance
     model, params, x, _, rng = random_instance(task, n_layer, n_hidden, nonlinear, n_input, batch_size, seed)
     aux = E.get(estimator).init_aux(model, seed, np.float64, options)

@@ -125,7 +125,7 @@ def hparams_labels(settings):
 
 def hparams_settings(text):
     """Our training settings (TrainConfig field -> value) for a reference hparams string, each checked
-    as every setting is (rebar_np.train.check_settings)."""
+    as every setting is (rebar_np.training.train.check_settings)."""
     from .train import SettingError, check_settings
     settings = {}
     parsed = parse_hparams(text)

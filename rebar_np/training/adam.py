@@ -1,4 +1,4 @@
-"""Adam (Kingma & Ba), in the TF form the reference uses (the paper's defaults: rebar_np.train.TrainConfig).
+"""Adam (Kingma & Ba), in the TF form the reference uses (the paper's defaults: rebar_np.training.train.TrainConfig).
 
     t <- t + 1
     m <- beta1 m + (1 - beta1) g
@@ -13,8 +13,8 @@ import numpy as np
 
 from numba import prange
 
-from .device import twin, zeros_like
-from .kernels import _half, _in_halves, arith_kernel, fast_kernel, split_kernel
+from ..device import twin, zeros_like
+from ..kernels import _half, _in_halves, arith_kernel, fast_kernel, split_kernel
 
 
 @dataclass(frozen=True)

@@ -6,19 +6,19 @@ averaged over the split's examples (docs/math.md, section "The importance-weight
 evaluation": k = 100 during training, up to 5,000 for the paper's final numbers), with its standard error over examples.
 Memory is bounded by evaluating at most ``chunk_rows`` (example, sample) rows at
 once: samples are drawn 100 per example at a time and merged by a running
-log-sum-exp (model.iw_bound), examples are taken chunk_rows // 100 at a time.
+log-sum-exp (evaluation.bound.iw_bound), examples are taken chunk_rows // 100 at a time.
 """
 import os
 import time
 
 import numpy as np
 
-from .checkpoint import load_checkpoint
-from .data import load_task
-from .device import check_device, device_name, to_device
-from .model import SBN, check_params
-from .rundir import CHECKPOINT, CONFIG, check_data, read_config, write_json
-from .train import evaluate
+from ..training.checkpoint import load_checkpoint
+from ..data import load_task
+from ..device import check_device, device_name, to_device
+from ..model.sbn import SBN, check_params
+from ..training.rundir import CHECKPOINT, CONFIG, check_data, read_config, write_json
+from ..training.train import evaluate
 
 SPLITS = ("train", "valid", "test")
 

@@ -25,7 +25,7 @@ A grid file (every key but [grid] is optional):
 
 Any other TrainConfig setting may be a [grid] list too. Each run lives in
 OUTPUT/<estimator>_<task>_<architecture>_lr<lr>_seed<seed>[_<key>=<value>...]
-and is an ordinary run folder (rebar_np.rundir); the grid file is copied to
+and is an ordinary run folder (rebar_np.training.rundir); the grid file is copied to
 OUTPUT/grid.toml. Running the sweep again skips finished runs, resumes unfinished
 ones exactly (`rebar-np train --resume`) and starts the missing ones. A run folder
 whose settings differ from what the grid now asks for is an error (except the
@@ -51,11 +51,11 @@ from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
-from . import estimators as E
-from .metrics import last_value, read_metrics
-from .resume import evaluation_pending
-from .rundir import (CHECKPOINT, CONFIG, METRICS, RESUME_MAY_CHANGE, checkpoint_step, first_difference, read_json,
-                     write_json)
+from .. import estimators as E
+from ..training.metrics import last_value, read_metrics
+from ..training.resume import evaluation_pending
+from ..training.rundir import (CHECKPOINT, CONFIG, METRICS, RESUME_MAY_CHANGE, checkpoint_step, first_difference,
+                               read_json, write_json)
 
 ARCHITECTURES = {"linear": {"n_layer": 1, "nonlinear": False},
                  "nonlinear": {"n_layer": 1, "nonlinear": True},
@@ -98,7 +98,7 @@ class RunSpec:
 # Grid file -> runs
 # --------------------------------------------------------------------------
 def _setting_names():
-    from .train import TrainConfig
+    from ..training.train import TrainConfig
     return [f.name for f in fields(TrainConfig) if f.name != "output"]
 
 
@@ -110,9 +110,9 @@ def _table(doc, key, path):
 
 
 def _typed(path, where, name, value):
-    """value as the type of setting `name` (rebar_np.train.typed_setting), or a one-line SweepError
+    """value as the type of setting `name` (rebar_np.training.train.typed_setting), or a one-line SweepError
     naming the file and where in it the value is. The ranges are checked per run (expand)."""
-    from .train import SettingError, typed_setting
+    from ..training.train import SettingError, typed_setting
     try:
         return typed_setting(name, value)
     except SettingError as err:
@@ -210,7 +210,7 @@ def _name_part(key, value):
 
 def expand(grid):
     """Every combination of the grid's lists as a RunSpec (settings checked by TrainConfig)."""
-    from .train import SettingError, TrainConfig
+    from ..training.train import SettingError, TrainConfig
     specs = []
     keys = list(grid.axes)
     for values in itertools.product(*grid.axes.values()):
@@ -378,7 +378,7 @@ def run_local(jobs, workers, log=print, poll=0.2):
     their own sessions, so a terminal's signals reach them only through here); the sweep waits for
     them, then raises KeyboardInterrupt. Each further signal is passed on too (a run's third quits it
     at once, without saving). The signals never raise in here, so no run is left unwatched."""
-    from .train import StopFlag
+    from ..training.train import StopFlag
     env = child_env(workers, code_root())
     pending, running, codes, peak = list(jobs), {}, {}, 0
 

@@ -6,7 +6,7 @@ Layout of a checkpoint file:
     /opt/<group>/m/<name>, /opt/<group>/v/<name>, attribute t   Adam states
     /ema/<name>             gradient-variance moving averages
     /model/mean_x           the training-set pixel means the model is centred on
-    /train_state            what an exact resume needs besides the above (rebar_np.resume):
+    /train_state            what an exact resume needs besides the above (rebar_np.training.resume):
                             arrays as datasets, scalars and JSON strings as attributes
     attributes: step, config (JSON), format version, sha256 (see checksum)
 

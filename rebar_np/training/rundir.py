@@ -3,9 +3,9 @@
     DIR/config.json     every setting (TrainConfig, without the folder itself, so a run can be
                         moved), the package and library versions, and the data it was trained on:
                         folder and, per split, rows and SHA-256
-    DIR/metrics.h5      one row per report line (rebar_np.metrics), readable while training runs
-    DIR/checkpoint.h5   the latest checkpoint (rebar_np.checkpoint), replaced atomically, with
-                        everything an exact resume needs (rebar_np.resume)
+    DIR/metrics.h5      one row per report line (rebar_np.training.metrics), readable while training runs
+    DIR/checkpoint.h5   the latest checkpoint (rebar_np.training.checkpoint), replaced atomically, with
+                        everything an exact resume needs (rebar_np.training.resume)
     DIR/status.json     state (running, interrupted, diverged, failed, finished), the last step
                         reached, the checkpoint's step, a message, the process id and host;
                         read it with read_status, which tells a live run from a killed one
@@ -26,9 +26,9 @@ from dataclasses import asdict, fields
 
 import numpy as np
 
-from . import __version__
+from .. import __version__
 from .checkpoint import CheckpointError, atomic_path, load_checkpoint, os_error_text, remove_stale_temporaries
-from .data import DataError, array_sha256
+from ..data import DataError, array_sha256
 from .metrics import MetricsError, MetricsLog
 
 CONFIG, METRICS, CHECKPOINT, STATUS = "config.json", "metrics.h5", "checkpoint.h5", "status.json"
@@ -98,7 +98,7 @@ def config_record(cfg, data, data_dir=None):
 
 def settings_from_record(record, where="config"):
     """The settings a config.json (or any JSON object of settings) holds, each typed and checked
-    (rebar_np.train.check_settings); one-line errors naming `where` for a file that is not a JSON
+    (rebar_np.training.train.check_settings); one-line errors naming `where` for a file that is not a JSON
     object, for names that are neither settings nor config.json's metadata, and for bad values."""
     from .train import TrainConfig, check_settings
     if not isinstance(record, dict):
@@ -350,7 +350,7 @@ def recorder_for(cfg, data, data_dir=None, record=None):
     """The recorder train() uses: a RunRecorder for cfg.output, or a NullRecorder without one."""
     if not cfg.output:
         return NullRecorder()
-    from . import estimators as E
+    from .. import estimators as E
     fixed = cfg.temperature if "temperature" in E.get(cfg.model).DEFAULT_OPTIONS else None
     return RunRecorder(cfg.output, record or config_record(cfg, data, data_dir), fixed)
 

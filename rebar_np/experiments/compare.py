@@ -2,7 +2,7 @@
 tabulate final train ELBO, validation and test bounds and log gradient variance, with
 plots of the ELBO against steps and against wall-clock time (matplotlib optional).
 
-Each estimator's run is an ordinary run folder OUT_DIR/<estimator> (rebar_np.rundir), treated
+Each estimator's run is an ordinary run folder OUT_DIR/<estimator> (rebar_np.training.rundir), treated
 as the sweep treats its runs: a finished run is kept and reported, an unfinished one (Ctrl-C,
 a crash) is resumed exactly from its checkpoint, a missing one is started, and a folder that
 holds a run with other settings is refused before anything is trained. The table is read from
@@ -12,9 +12,9 @@ import math
 import os
 from dataclasses import asdict, dataclass, replace
 
-from . import rundir
-from .metrics import last_value, read_metrics
-from .train import TrainConfig, TrainingDiverged, train
+from ..training import rundir
+from ..training.metrics import last_value, read_metrics
+from ..training.train import TrainConfig, TrainingDiverged, train
 
 LATER = 10 ** 9   # eval_every of runs compared with cfg.eval_every = 0: evaluated once, at the end
 

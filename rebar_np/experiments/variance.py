@@ -35,9 +35,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import estimators as E
-from .adam import AdamConfig, adam_init, adam_update
-from .train import DTYPES, TrainConfig, TrainingDiverged, _check_finite, build, ema_moments
+from .. import estimators as E
+from ..training.adam import AdamConfig, adam_init, adam_update
+from ..training.train import DTYPES, TrainConfig, TrainingDiverged, _check_finite, build, ema_moments
 
 BIASED = {"concrete"}
 

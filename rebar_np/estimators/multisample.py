@@ -15,15 +15,15 @@ samples). Unlike the single-sample ELBO, the direct term w_k d f_k / d theta_q =
     G_p = -(1/B) sum_n sum_k w_k d log p(x_n, b_n^k) / d theta_p
 
 Layout: the B K rows of a pass are example-major, row n K + k is sample k of example n
-(np.repeat(x, K, axis=0), as rebar_np.model.iw_bound). The noise is one (B K, H) uniform
+(np.repeat(x, K, axis=0), as rebar_np.evaluation.bound.iw_bound). The noise is one (B K, H) uniform
 array per layer. K multiplies the compute, not the batch: the gradient is still the
 average over the B examples, and Estimate.elbo is L_n, the K-sample bound of each example.
 """
 import numpy as np
 
-from . import kernels as K
-from .estimators import Estimate, EstimatorError, merge_options, prepare_noise
-from .model import generative_backward, hard_pass, hard_pass_at, score_backward, zeros_like
+from .. import kernels as K
+from . import Estimate, EstimatorError, merge_options, prepare_noise
+from ..model.sbn import generative_backward, hard_pass, hard_pass_at, score_backward, zeros_like
 
 DEFAULT_SAMPLES = 5
 

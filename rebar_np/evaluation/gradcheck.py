@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import estimators as E
-from .model import SBN, init_params, draw_noise
+from .. import estimators as E
+from ..model.sbn import SBN, init_params, draw_noise
 
 DEFAULT_EPS = 1e-6
 DEFAULT_TOL = 1e-5
@@ -113,7 +113,7 @@ def check_relaxed_logp(model, params, x, rng, eps=DEFAULT_EPS, tol=DEFAULT_TOL):
     This path (dL/ds through each term's scored value and through the next
     transform's input) is what the relaxed estimators differentiate.
     """
-    from .model import generative_backward, generative_forward, zeros_like
+    from ..model.sbn import generative_backward, generative_forward, zeros_like
     params = to_float64(params)
     x = np.asarray(x, dtype=np.float64)
     s = {f"s{l}": rng.uniform(0.05, 0.95, (x.shape[0], model.n_hidden)) for l in range(model.n_layer)}

@@ -38,7 +38,7 @@ these same formulas layer by layer; the pieces they share are the *_logit_gradie
 Example (the README has a longer one, with every estimator, which tests/test_bernoulli.py runs):
 
     import numpy as np
-    from rebar_np import bernoulli as bern
+    from rebar_np.estimators import bernoulli as bern
     target = np.array([0.45, 0.2, 0.8])
     f = lambda b: -np.sum((b - target) ** 2, axis=-1)              # any function of binary vectors
     a = np.zeros(3)
@@ -51,9 +51,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import kernels as K
-from .control_net import (DEFAULT_WIDTH, control_net_forward, control_net_input_grad,  # noqa: F401
-                          control_net_tangent_backward, init_control_net)
+from .. import kernels as K
+from ..model.control_net import (DEFAULT_WIDTH, control_net_forward, control_net_input_grad,  # noqa: F401
+                                 control_net_tangent_backward, init_control_net)
 
 RELAXATIONS = ("muprop", "concrete")
 
@@ -280,7 +280,7 @@ def rebar(f, df_ds, a, u, eta=1.0, temperature=0.5, relaxation="muprop"):
 
 def init_relax_net(n_variables, width=DEFAULT_WIDTH, seed=0, dtype=np.float64, n_context=0):
     """Parameters of RELAX's r(z; ctx) for H = n_variables and an optional context of n_context
-    features per row (rebar_np.control_net), keys 'relax.*'."""
+    features per row (rebar_np.model.control_net), keys 'relax.*'."""
     return init_control_net(n_variables, width, np.random.default_rng(seed), dtype, "relax", n_context)
 
 
@@ -301,7 +301,7 @@ def relax(f, df_ds, a, u, net, eta=1.0, temperature=0.5, relaxation="muprop", co
     (minimise V by gradient descent with them):
         dV/deta = mean_j 2 g_j (-f(s) score_j + g_z,j m_j)
         dV/dphi = d/dphi sum_n [ <v_n, rho(z_n)> - c_n r(z_n) ],  v = (2 g / P) m,  c_n = <2 g_n / P, score_n>
-    (rebar_np.control_net.control_net_tangent_backward), P the number of entries of g.
+    (rebar_np.model.control_net.control_net_tangent_backward), P the number of entries of g.
     """
     a, t = _relaxed_terms(f, df_ds, a, u, temperature, relaxation)
     z = _rows(t.z)

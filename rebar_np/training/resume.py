@@ -20,7 +20,7 @@ its future depends only on
 
 so saving all of it and restoring it reproduces every later parameter bit for bit
 (same machine, same dtype). Generator states are stored as JSON strings of
-``bit_generator.state``, arrays as HDF5 datasets (rebar_np.checkpoint).
+``bit_generator.state``, arrays as HDF5 datasets (rebar_np.training.checkpoint).
 """
 import json
 from dataclasses import dataclass

@@ -25,7 +25,7 @@ RELAX needs three things of it:
        S(phi) = sum_n [ <v_n, rho(z_n)> - c_n r(z_n) ]          v: (N, n), c: (N,) held fixed,
 
    which is how a RELAX gradient estimate depends on phi (rebar_np.estimators.relax,
-   rebar_np.bernoulli.relax). The first part is the parameter derivative of an input
+   rebar_np.estimators.bernoulli.relax). The first part is the parameter derivative of an input
    derivative: forward mode along v, i.e. along s_dot = v' = sigma'(z) v (sigma'(z) does not
    depend on phi): pre_dot = v' W1, h_dot = (1 - h^2) pre_dot, r_dot = h_dot . w2 = <v, rho>,
    then the reverse pass of that tangent (control_net_tangent_backward):
@@ -38,7 +38,7 @@ RELAX needs three things of it:
 """
 import numpy as np
 
-from . import kernels as K
+from .. import kernels as K
 
 DEFAULT_WIDTH = 32
 

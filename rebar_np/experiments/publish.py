@@ -3,7 +3,7 @@
 `rebar-np results publish GRID` copies, for every run of the grid that has reported anything,
 
     results/<sweep>/<run>/config.json      the run's settings and the data it was trained on
-    results/<sweep>/<run>/metrics.h5       one row per epoch (rebar_np.metrics)
+    results/<sweep>/<run>/metrics.h5       one row per epoch (rebar_np.training.metrics)
     results/<sweep>/<run>/eval-*.json      its final bounds (the 5000-sample test bound is computed
                                            here for finished runs that lack it)
     results/<sweep>/<run>/metrics.png      its curves (rebar-np plot)
@@ -21,8 +21,8 @@ import shutil
 
 import numpy as np
 
-from .metrics import last_value, read_metrics
-from .rundir import CONFIG, METRICS, read_json
+from ..training.metrics import last_value, read_metrics
+from ..training.rundir import CONFIG, METRICS, read_json
 
 FINAL_SAMPLES = 5000
 BEGIN, END = "<!-- results table: begin (rebar-np results table) -->", "<!-- results table: end -->"
@@ -82,10 +82,10 @@ def published_files(run_dir):
 
 
 def publish(grid, specs, results_root, log=print, final_samples=FINAL_SAMPLES, progress=False):
-    """Copy the runs of `specs` (rebar_np.sweep) that have metrics into results_root/<sweep name>/,
+    """Copy the runs of `specs` (rebar_np.experiments.sweep) that have metrics into results_root/<sweep name>/,
     computing the final test bound of finished runs that lack it, with a plot per run and per
     (architecture, learning rate). Returns the folder written."""
-    from .evaluation import final_bound
+    from ..evaluation.final import final_bound
     from .plots import plot_runs
     from .sweep import run_state
     dest = os.path.join(results_root, os.path.basename(os.path.normpath(grid.output)))

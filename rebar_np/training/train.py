@@ -17,14 +17,15 @@ import numpy as np
 from numba import prange
 from tqdm import tqdm
 
-from . import estimators as E
+from .. import estimators as E
 from .adam import AdamConfig, adam_entry, adam_init, adam_update, step_size
 from .checkpoint import save_checkpoint
-from .device import DEVICES, check_device, is_device, to_device, to_host, twin, zeros_like
+from ..device import DEVICES, check_device, is_device, to_device, to_host, twin, zeros_like
 from .resume import LoopState, capture_state, restore_state
 from .rundir import checkpoint_step, recorder_for
-from .kernels import _half, _in_halves, arith_kernel, kernel, split_kernel
-from .model import SBN, TASKS, init_params, iw_bound, check_params
+from ..kernels import _half, _in_halves, arith_kernel, kernel, split_kernel
+from ..evaluation.bound import iw_bound
+from ..model.sbn import SBN, TASKS, init_params, check_params
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 # estimators whose every pass runs on rebar_np.device arrays (the others use host-only NumPy calls)
@@ -254,7 +255,7 @@ def memory_needed(cfg):
     item = np.dtype(DTYPES[cfg.dtype]).itemsize
     model = SBN(cfg.task, cfg.n_layer, cfg.n_hidden, cfg.nonlinear, np.full(N_PIXELS, 0.5))
     n_params = sum(math.prod(s) for s in model.param_shapes().values())
-    from .baseline import N_BASELINE_HIDDEN
+    from ..model.baseline import N_BASELINE_HIDDEN
     n_aux = (N_PIXELS + 2) * N_BASELINE_HIDDEN
     if cfg.model == "relax":    # one control network per layer, seeing the data and the layers below
         n_aux += sum((cfg.n_hidden + N_PIXELS + l * cfg.n_hidden + 3) * cfg.relax_hidden for l in range(cfg.n_layer))
@@ -701,8 +702,8 @@ def train(cfg, data, log=print, progress=None, resume=None, recorder=None, stop=
     last good checkpoint, if an output folder is set, is left untouched).
 
     resume: a checkpoint of this configuration (checkpoint.load_checkpoint): training
-    continues from it exactly as if it had never stopped (rebar_np.resume).
-    recorder: receives report rows and the run's progress (rebar_np.rundir.RunRecorder);
+    continues from it exactly as if it had never stopped (rebar_np.training.resume).
+    recorder: receives report rows and the run's progress (rebar_np.training.rundir.RunRecorder);
     by default the one for cfg.output (config.json, metrics.h5, status.json), or none.
     stop: the StopFlag that turns Ctrl-C, SIGTERM and SIGHUP into a stop between two steps (or two
     evaluation chunks), after which the run saves a checkpoint and raises StopBetweenSteps (a

@@ -46,9 +46,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .device import K, full, zeros, zeros_like
-from .model import (QLayer, generative_forward, generative_backward, transform_backward, transform_forward,
-                    transform_backward_input, transform_backward_input_tangent, transform_tangent)
+from ..device import K, full, zeros, zeros_like
+from .sbn import (QLayer, generative_forward, generative_backward, transform_backward, transform_forward,
+                  transform_backward_input, transform_backward_input_tangent, transform_tangent)
 
 
 @dataclass
@@ -183,7 +183,7 @@ def mean_field_pass(model, params, x, derivatives=True):
     The derivative of mu_l itself through a_l is not part of d f / d mu_l (the total derivative
     with respect to the value mu_l), exactly as MuProp's f'(mu_l) is defined.
     """
-    from .model import log_q_layers, mean_sampler, recognition_forward
+    from .sbn import log_q_layers, mean_sampler, recognition_forward
     L, nl = model.n_layer, model.nonlinear
     layers = recognition_forward(model, params, model.q_input(x), mean_sampler)
     logq = log_q_layers(layers)

@@ -34,7 +34,7 @@ def user_errors(fn):
     def wrapper(*args, **kwargs):
         from rebar_np.training.checkpoint import CheckpointError, CheckpointWarning, os_error_text
         from rebar_np.data import DataError
-        from rebar_np.device import DeviceError
+        from rebar_np.kernels.dispatch import DeviceError
         from rebar_np.estimators import EstimatorError
         from rebar_np.model.sbn import ModelError
 

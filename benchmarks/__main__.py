@@ -166,7 +166,7 @@ def rebar_np_step(name, n_layer, nonlinear, B, H, data, device="cpu", estimate=N
     estimate: another implementation of the estimator's estimate function (benchmarks/fused_nvil.py)."""
     import numpy as np
     from rebar_np.training.adam import AdamConfig, adam_init
-    from rebar_np.device import to_device
+    from rebar_np.kernels.dispatch import to_device
     from rebar_np.training.train import GradVariance, keep_freed_memory, step_blas_threads, train_step
     step_blas_threads(B)      # one BLAS thread below batch 256, as rebar-np train sets
     keep_freed_memory()       # freed arrays stay in the heap, as rebar-np train sets
@@ -321,7 +321,7 @@ def run_steps(args, results):
 def run_device(args, results):
     """rebar_np's step on the GPU against its step on the CPU, same estimator, architecture and
     batch, timed interleaved in this process: steps/s, examples/s, and GPU/CPU ratio."""
-    from rebar_np.device import check_device, device_name
+    from rebar_np.kernels.dispatch import check_device, device_name
     from . import timing as T
     check_device("cuda")
     results["meta"]["gpu"] = device_name()
@@ -509,7 +509,7 @@ def main(argv=None):
         print(f"note: other processes are using {others:.1f} cores; multi-threaded BLAS slows down badly "
               "when it competes for cores (try --threads 1)", file=sys.stderr)
     if args.device == "cuda":
-        from rebar_np.device import DeviceError
+        from rebar_np.kernels.dispatch import DeviceError
         try:
             run_device(args, results)
         except DeviceError as e:

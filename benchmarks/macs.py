@@ -5,7 +5,7 @@
     step_products("vimco", 2, False, 24, options={"samples": 5})   # options: see step_products
 
 A dense layer a = h W + c with h (B, i) and W (i, o) costs B i o multiply-adds in
-each of the five products a step can run on it (model.py / kernels.py names), and
+each of the five products a step can run on it (model/sbn.py / kernels/ names), and
 B^2 (i + o) in the sixth, REBAR's Gram route (two products through the (B, B) Gram matrix):
 
 | kind    | product         | shapes                | where                                     |
@@ -19,7 +19,7 @@ B^2 (i + o) in the sixth, REBAR's Gram route (two products through the (B, B) Gr
 
 A transform T (SPEC section 1) is one dense layer (linear) or three, (n_in, H),
 (H, H), (H, n_out) with tanh between them (nonlinear). Its passes cost, per dense
-layer of T (model.py):
+layer of T (model/sbn.py):
 
 - forward:                          fwd
 - backward with parameter gradients: dW, and dh except on the first layer unless
@@ -96,8 +96,8 @@ functions get their arrays (the network's parameters, z, the context, the cache,
 v, c) as views of an ndarray subclass that records every matmul it takes part in,
 and every array derived from them elementwise stays one. A plain `@` on arrays that
 never passed through those functions would not be seen: there is none in a step of
-the counted estimators (rebar_np/estimators/*, model.py, relaxed.py, multisample.py
-and baseline.py run their matrix products only on the dense kernels; the inner
+the counted estimators (rebar_np/estimators/*, model/sbn.py, model/relaxed.py, estimators/multisample.py
+and model/baseline.py run their matrix products only on the dense kernels; the inner
 products over the parameters of the variance objective, K.dot and K.sum_squares,
 are reductions, uncounted like the variance monitor).
 """
@@ -144,7 +144,7 @@ def transform_layers(n_in, n_out, H, nonlinear):
 
 
 class _Step:
-    """Collects the products of one step; one method per pass of model.py."""
+    """Collects the products of one step; one method per pass of model/sbn.py."""
 
     def __init__(self, n_layer, nonlinear, B, D, H, M=None, context=True):
         self.L, self.nl, self.B, self.D, self.H = n_layer, nonlinear, B, D, H
@@ -474,13 +474,13 @@ def traced_products(estimator, n_layer, nonlinear, B, D=D_MNIST, H=200, seed=0, 
 
     from rebar_np.model import control_net as C
     from rebar_np import estimators as E
-    from rebar_np import kernels as K
+    from rebar_np import kernels     # the namespace K dispatches to: a patch here is seen by every caller
     from rebar_np.model.sbn import SBN, draw_noise, init_params
 
     seen = Counter()
-    orig = {k: getattr(K, k) for k in ("dense_forward", "dense_backward", "dense_backward_input",
-                                       "dense_tangent", "gram_tangent", "dense_forward_single",
-                                       "dense_backward_single")}
+    orig = {k: getattr(kernels, k) for k in ("dense_forward", "dense_backward", "dense_backward_input",
+                                             "dense_tangent", "gram_tangent", "dense_forward_single",
+                                             "dense_backward_single")}
 
     plain = np.asarray           # the dense kernels' own products are counted here, not as a plain `@`
 
@@ -537,7 +537,7 @@ def traced_products(estimator, n_layer, nonlinear, B, D=D_MNIST, H=200, seed=0, 
                if getattr(mod, k, None) is getattr(C, k)]
     try:
         for k, f in wrappers.items():
-            setattr(K, k, f)
+            setattr(kernels, k, f)
         for mod, k, f in patched:
             setattr(mod, k, _recording(f))
         _recorded_type().seen = seen
@@ -547,7 +547,7 @@ def traced_products(estimator, n_layer, nonlinear, B, D=D_MNIST, H=200, seed=0, 
         for mod, k, f in patched:
             setattr(mod, k, f)
         for k, f in orig.items():
-            setattr(K, k, f)
+            setattr(kernels, k, f)
     return sorted(seen.items())
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from rebar_np import estimators as E
 from rebar_np.training.adam import AdamConfig, adam_init
-from rebar_np.device import DeviceArray, to_device, to_host
+from rebar_np.kernels.dispatch import DeviceArray, to_device, to_host
 from rebar_np.evaluation.bound import iw_bound
 from rebar_np.model.sbn import SBN, init_params
 from rebar_np.training.train import CUDA_ESTIMATORS, GradVariance, TrainConfig, train, train_step

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from rebar_np.training.adam import AdamConfig, adam_init, adam_update
-from rebar_np.kernels import SPLIT_MIN_SIZE
+from rebar_np.kernels.blocking import SPLIT_MIN_SIZE
 from rebar_np.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from rebar_np.estimators import ESTIMATORS
 from rebar_np.estimators import get as get_estimator

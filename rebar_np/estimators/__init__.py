@@ -91,7 +91,7 @@ def prepare_noise(model, x, u, rng):
     (docs/math.md, section "Noise and samples").
     The noise is drawn on the host (so a run's noise does not depend on the device)
     and copied to the device when x lives there."""
-    from ..device import is_device, to_device, to_host
+    from ..kernels.dispatch import is_device, to_device, to_host
     from ..model.sbn import check_noise, draw_noise
     model.check_batch(x)
     if u is None:

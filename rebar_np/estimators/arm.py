@@ -27,10 +27,10 @@ branch per layer, each recomputed only from layer l up). No trained parameters.
 """
 import numpy as np
 
-from . import bernoulli as bern
-from .. import kernels as K
+from ..kernels.dispatch import K
 from ..model.sbn import (generative_backward, generative_forward, hard_pass, hard_pass_at, transform_backward,
                          transform_forward, zeros_like)
+from . import bernoulli as bern
 from . import Estimate, merge_options, prepare_noise
 
 DEFAULT_OPTIONS = {}

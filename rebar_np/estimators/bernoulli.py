@@ -51,7 +51,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import kernels as K
+from ..kernels.dispatch import K
 from ..model.control_net import (DEFAULT_WIDTH, control_net_forward, control_net_input_grad,  # noqa: F401
                                  control_net_tangent_backward, init_control_net)
 

@@ -11,9 +11,9 @@ objective and biased for E_q[f(b)]: the unbiasedness test shows it (tests/).
 """
 import numpy as np
 
-from ..device import K
-from ..model.sbn import empty_like, hard_pass
+from ..kernels.dispatch import K
 from ..model.relaxed import relaxed_pass
+from ..model.sbn import empty_like, hard_pass
 from . import Estimate, merge_options, prepare_noise
 from .rebar import check_options
 

@@ -21,9 +21,9 @@ average over the B examples, and Estimate.elbo is L_n, the K-sample bound of eac
 """
 import numpy as np
 
-from .. import kernels as K
-from . import Estimate, EstimatorError, merge_options, prepare_noise
+from ..kernels.dispatch import K
 from ..model.sbn import generative_backward, hard_pass, hard_pass_at, score_backward, zeros_like
+from . import Estimate, EstimatorError, merge_options, prepare_noise
 
 DEFAULT_SAMPLES = 5
 

@@ -52,11 +52,11 @@ for dynamic_rebar, ``tau`` (1,). rebar keeps lambda = options["temperature"].
 """
 import numpy as np
 
-from ..device import K, empty_like, zeros
+from ..kernels.dispatch import K, empty_like, zeros
 from ..model.baseline import baseline_backward, baseline_forward, init_baseline
+from ..model.relaxed import relaxed_pass
 from ..model.sbn import (hard_pass, hard_pass_at, is_recognition, score_function_gradient,
                          score_function_surrogate, transform_backward, transform_tangent, zeros_like)
-from ..model.relaxed import relaxed_pass
 from . import Estimate, EstimatorError, merge_options, prepare_noise
 
 DEFAULT_OPTIONS = {"temperature": 0.5, "relaxation": "muprop", "joint": False, "condition_above": False}

@@ -9,7 +9,7 @@ samples, which are independent of b_n. Needs B >= 2. No trained parameters.
 """
 import numpy as np
 
-from ..device import K
+from ..kernels.dispatch import K
 from ..model.sbn import hard_pass, score_function_gradient, score_function_surrogate
 from . import Estimate, EstimatorError, merge_options, prepare_noise
 

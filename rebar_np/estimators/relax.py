@@ -45,12 +45,12 @@ aux parameters: REBAR's ``baseline.*``, ``psi.<q tensor>``, ``tau`` and, per lay
 """
 import numpy as np
 
-from .. import kernels as K
+from ..kernels.dispatch import K
 from ..model.baseline import baseline_backward
 from ..model.control_net import (DEFAULT_WIDTH, control_net_forward, control_net_input_grad,
                                  control_net_tangent_backward, init_control_net)
-from ..model.sbn import hard_pass_at, is_recognition, score_function_surrogate, transform_backward, zeros_like
 from ..model.relaxed import relaxed_pass
+from ..model.sbn import hard_pass_at, is_recognition, score_function_surrogate, transform_backward, zeros_like
 from . import Estimate, EstimatorError, merge_options
 from .rebar import (apply_control_variates, logit_tangents, check_options as check_rebar_options, conditional_z0,
                     eta_of, hard_part, init_aux as rebar_init_aux, temperature, variance_and_eta_grads)

@@ -12,10 +12,10 @@ trained on mean_n signal_n^2 (f and f(mu) held fixed):
 """
 import numpy as np
 
-from .. import kernels as K
+from ..kernels.dispatch import K
 from ..model.baseline import baseline_backward, baseline_forward, init_baseline, squared_signal_loss
-from ..model.sbn import hard_pass, score_function_gradient, score_function_surrogate, zeros_like
 from ..model.relaxed import mean_field_pass
+from ..model.sbn import hard_pass, score_function_gradient, score_function_surrogate, zeros_like
 from . import Estimate, merge_options, prepare_noise
 
 DEFAULT_OPTIONS = {}

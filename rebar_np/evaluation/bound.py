@@ -10,7 +10,7 @@ plain passes at the same noise, with and without the table products.
 """
 import numpy as np
 
-from ..device import K, is_device, to_device, to_host
+from ..kernels.dispatch import K, is_device, to_device, to_host
 from ..model.sbn import first_layer, prior_logits_forward, transform_forward, transform_forward_after_first
 
 
@@ -49,7 +49,7 @@ def iw_bound(model, params, x, n_samples, rng, chunk=100, stop=None):
       (kernels.binary_product, the tables of the W's built once per call) where the tables
       fit the caches: on the CPU about 2x faster than the matrix products at width 200.
 
-    With x and params on the GPU (rebar_np.device) every pass runs there; the noise is
+    With x and params on the GPU (rebar_np.kernels.dispatch) every pass runs there; the noise is
     drawn on the host, as in training. stop: an object whose `requested` turns true to cancel
     (rebar_np.training.train.StopFlag); iw_bound then returns None before its next pass.
     """

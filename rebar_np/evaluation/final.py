@@ -13,10 +13,10 @@ import time
 
 import numpy as np
 
-from ..training.checkpoint import load_checkpoint
 from ..data import load_task
-from ..device import check_device, device_name, to_device
+from ..kernels.dispatch import check_device, device_name, to_device
 from ..model.sbn import SBN, check_params
+from ..training.checkpoint import load_checkpoint
 from ..training.rundir import CHECKPOINT, CONFIG, check_data, read_config, write_json
 from ..training.train import evaluate
 
@@ -55,7 +55,7 @@ def final_bound(run_dir, split="test", samples=5000, seed=0, limit=0, data_dir=N
     Returns (result, path): the result dict and the file it belongs in (eval_path), written there
     atomically when write is true; with write=False the caller shows it first and writes it with
     write_json (a result that cannot be written is then still shown). device "cuda" evaluates on
-    the GPU (rebar_np.device)."""
+    the GPU (rebar_np.kernels.dispatch)."""
     check_device(device)
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose train, valid or test")

@@ -15,7 +15,7 @@ z0 = log u - log(1 - u), u ~ U(0, 1).
 """
 import numpy as np
 
-from .. import kernels as K
+from ..kernels.dispatch import K
 from ..model.sbn import draw_noise, hard_pass, prior_logits_forward, transform_forward
 
 

@@ -3,7 +3,7 @@
 The exact gradient: on a model with L H <= 12 latent bits, E_q[f] = sum_c q(c | x) f(c) sums over
 all 2^(L H) configurations c (for the K-sample estimators, the K-sample bound
 E[log (1/K) sum_k exp f(b^k)] over all C^K joint configurations), using only the model's forward
-pass (model.hard_pass_at), and its parameter gradient is taken by 4th-order central differences in
+pass (model.sbn.hard_pass_at), and its parameter gradient is taken by 4th-order central differences in
 float64. So the reference does not share a line with any hand-derived backward pass.
 
 The test: the estimator is called n_draws times with fresh uniform noise from

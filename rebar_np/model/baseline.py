@@ -9,7 +9,7 @@ half, like q's. Trained on the batch mean of a squared learning signal.
 """
 import numpy as np
 
-from ..device import K
+from ..kernels.dispatch import K
 
 N_BASELINE_HIDDEN = 100
 

@@ -38,7 +38,7 @@ RELAX needs three things of it:
 """
 import numpy as np
 
-from .. import kernels as K
+from ..kernels.dispatch import K
 
 DEFAULT_WIDTH = 32
 

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..device import K, full, zeros, zeros_like
+from ..kernels.dispatch import K, full, zeros, zeros_like
 from .sbn import (QLayer, generative_forward, generative_backward, transform_backward, transform_forward,
                   transform_backward_input, transform_backward_input_tangent, transform_tangent)
 

@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..device import K, contiguous, full, zeros
-from ..device import empty_like as _empty_like, zeros_like as _zeros_like
+from ..kernels.dispatch import K, contiguous, full, zeros
+from ..kernels.dispatch import empty_like as _empty_like, zeros_like as _zeros_like
 
 TASKS = ("sbn", "omni", "sp")
 SUBLAYERS = ("1", "2", "3")  # the three dense layers of a nonlinear transform

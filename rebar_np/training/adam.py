@@ -13,8 +13,9 @@ import numpy as np
 
 from numba import prange
 
-from ..device import twin, zeros_like
-from ..kernels import _half, _in_halves, arith_kernel, fast_kernel, split_kernel
+from ..kernels.blocking import _half, _in_halves
+from ..kernels.dispatch import twin, zeros_like
+from ..kernels.jit import arith_kernel, fast_kernel, split_kernel
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,8 @@ from dataclasses import asdict, fields
 import numpy as np
 
 from .. import __version__
-from .checkpoint import CheckpointError, atomic_path, load_checkpoint, os_error_text, remove_stale_temporaries
 from ..data import DataError, array_sha256
+from .checkpoint import CheckpointError, atomic_path, load_checkpoint, os_error_text, remove_stale_temporaries
 from .metrics import MetricsError, MetricsLog
 
 CONFIG, METRICS, CHECKPOINT, STATUS = "config.json", "metrics.h5", "checkpoint.h5", "status.json"

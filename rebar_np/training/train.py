@@ -18,17 +18,18 @@ from numba import prange
 from tqdm import tqdm
 
 from .. import estimators as E
+from ..evaluation.bound import iw_bound
+from ..kernels.blocking import _half, _in_halves
+from ..kernels.dispatch import DEVICES, check_device, is_device, to_device, to_host, twin, zeros_like
+from ..kernels.jit import arith_kernel, kernel, split_kernel
+from ..model.sbn import SBN, TASKS, init_params, check_params
 from .adam import AdamConfig, adam_entry, adam_init, adam_update, step_size
 from .checkpoint import save_checkpoint
-from ..device import DEVICES, check_device, is_device, to_device, to_host, twin, zeros_like
 from .resume import LoopState, capture_state, restore_state
 from .rundir import checkpoint_step, recorder_for
-from ..kernels import _half, _in_halves, arith_kernel, kernel, split_kernel
-from ..evaluation.bound import iw_bound
-from ..model.sbn import SBN, TASKS, init_params, check_params
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
-# estimators whose every pass runs on rebar_np.device arrays (the others use host-only NumPy calls)
+# estimators whose every pass runs on rebar_np.kernels.dispatch arrays (the others use host-only NumPy calls)
 CUDA_ESTIMATORS = ("reinforce", "nvil", "concrete", "rebar", "dynamic_rebar")
 
 
@@ -486,7 +487,7 @@ def evaluate(model, params, x, n_samples, seed=0, examples_per_chunk=None, progr
     GIL, so every core works all the time. Chunk i draws its noise from
     SeedSequence(seed).spawn()[i]: the result depends on seed and chunking, not on
     the number of workers.
-    With params on the GPU (rebar_np.device) the chunks, about 2^17 rows by default,
+    With params on the GPU (rebar_np.kernels.dispatch) the chunks, about 2^17 rows by default,
     run one after another in this thread, each copied to the device; with the same
     chunks (examples_per_chunk, and workers=1 on the CPU) the result is the CPU's.
     out: optional (N,) array that receives every example's bound.
@@ -639,7 +640,7 @@ class StepCores:
     """How many cores the training step's kernels use, one or two, chosen by timing both.
 
     The step's big products and optimizer passes are computed in two blocks whatever the
-    number of cores (kernels.py, "Products on two cores"), so this choice changes the speed
+    number of cores (kernels/blocking.py, "Products on two cores"), so this choice changes the speed
     only, never the numbers. Which is faster depends on what else the machine is doing: on a
     quiet 2-core machine two cores make the 2-layer linear step 1.3-1.45x faster at batch 24,
     but when another process keeps the second core busy every step waits for it (two nvil

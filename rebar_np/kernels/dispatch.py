@@ -1,8 +1,8 @@
 """Where arrays live, and the one dispatch point between the CPU and the CUDA kernels.
 
 Training and evaluation code never names a device. It calls ``K.<kernel>(...)``
-(``from .device import K``), which runs ``rebar_np.kernels.<kernel>`` on NumPy
-arrays and ``rebar_np.cuda_kernels.<kernel>`` (same name, same arguments) when
+(``from ..kernels.dispatch import K``), which runs ``rebar_np.kernels.<kernel>`` on NumPy
+arrays and ``rebar_np.kernels.cuda.<kernel>`` (same name, same arguments) when
 any argument is a ``DeviceArray``: an array in GPU memory. So the device is
 chosen once, by where the parameters and the data are put (``to_device``), and
 every pass, estimator and optimizer step follows them.
@@ -23,7 +23,7 @@ import types
 
 import numpy as np
 
-from . import kernels as _cpu
+from .. import kernels as _cpu      # the package: the namespace of the CPU kernels
 
 DEVICES = ("cpu", "cuda")
 
@@ -336,18 +336,18 @@ def empty_like(a):
 # The kernel dispatch
 # --------------------------------------------------------------------------
 def twin(cpu_kernel, *arrays):
-    """cpu_kernel, or its CUDA twin (the function of the same name in rebar_np.cuda_kernels)
+    """cpu_kernel, or its CUDA twin (the function of the same name in rebar_np.kernels.cuda)
     when any of arrays is a DeviceArray. The dispatch of K below, and of the kernels that live
     beside their callers (adam_kernel, the training loop's ema_moments and all_finite)."""
     for a in arrays:
         if type(a) is DeviceArray:
-            from . import cuda_kernels
-            return getattr(cuda_kernels, cpu_kernel.__name__)
+            from . import cuda
+            return getattr(cuda, cpu_kernel.__name__)
     return cpu_kernel
 
 
 class _KernelDispatch:
-    """``K.name(*args)``: rebar_np.kernels.name, or rebar_np.cuda_kernels.name when an
+    """``K.name(*args)``: rebar_np.kernels.name, or rebar_np.kernels.cuda.name when an
     argument is a DeviceArray. Constants (K.U_MIN, ...) are the CPU module's.
 
     Until the process makes its first DeviceArray, ``K.name`` is the CPU kernel itself: a
@@ -407,8 +407,8 @@ _SAME, _ROW, _COL, _ONE = 0, 1, 2, 3          # how an operand's index follows t
 
 
 def _ck():
-    from . import cuda_kernels
-    return cuda_kernels
+    from . import cuda
+    return cuda
 
 
 def _mode(shape, out_shape):

@@ -1,15 +1,15 @@
 """CUDA kernels: the numba.cuda twin of rebar_np.kernels.
 
 Every public function here has the name and the arguments of its CPU twin in
-rebar_np/kernels.py and computes the same thing (the derivation is in the CPU
+rebar_np.kernels and computes the same thing (the derivation is in the CPU
 twin's docstring; only the parallel decomposition differs). Arguments are
-rebar_np.device.DeviceArray (a size-0 NumPy or device array still means
+rebar_np.kernels.dispatch.DeviceArray (a size-0 NumPy or device array still means
 "absent", as on the CPU); results are DeviceArrays, except where the CPU twin
 returns a Python scalar (sum_squares, dot), which stay host scalars here.
-Passes and estimators do not import this module: rebar_np.device.K dispatches to it
+Passes and estimators do not import this module: rebar_np.kernels.dispatch.K dispatches to it
 (the optimizer and the training loop pick the twins of their own kernels here).
 
-Every kernel is a grid-stride loop over its output (rebar_np.device.launch picks
+Every kernel is a grid-stride loop over its output (rebar_np.kernels.dispatch.launch picks
 the grid), so any grid computes the same result, and the kernels run unchanged
 on Numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1), which is how CI tests them.
 """
@@ -18,13 +18,14 @@ import math
 import numpy as np
 from numba import cuda, float64
 
-from .device import empty, launch, simulator
-from .kernels import BITS_TO_UNIFORM, GROUP_BITS, U_MAX, U_MIN
-from .kernels import binary_product_groups, binary_product_pays  # noqa: F401  (host helpers, the same on both)
+from .dispatch import empty, launch, simulator
+from .noise import BITS_TO_UNIFORM, U_MAX, U_MIN
+from .tables import GROUP_BITS
+from .tables import binary_product_groups, binary_product_pays  # noqa: F401  (host helpers, the same on both)
 
 
 # --------------------------------------------------------------------------
-# Array arithmetic behind DeviceArray's operators (rebar_np.device)
+# Array arithmetic behind DeviceArray's operators (rebar_np.kernels.dispatch)
 # --------------------------------------------------------------------------
 
 @cuda.jit(device=True)

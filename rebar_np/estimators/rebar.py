@@ -17,7 +17,9 @@ paths have equal values and differ only through dz/da_l at the switch layer
 with g_z = d f_l / d z_l. The generative tensors get no control-variate term.
 Each q tensor's G_k is written once, from both parts (recognition_gradient): for a linear
 T_ql at batch 24 through the Gram matrix h h^T, so that neither E_W nor the product h G_W of
-the tuning below is formed.
+the tuning below is formed. The Gram route is the readable one, backprop of dA and dE through
+T_ql, rearranged: the same G_k, variance sums and logit tangents to float64 rounding
+(tests/test_rebar.py::test_gram_route_gives_the_same_estimate).
 
 Tuning (docs/math.md, section "The variance objective and its gradients"): V = (1/P) sum_j G_j^2
 over all P model-gradient entries, minimised over psi (eta = 2 sigma(psi), one

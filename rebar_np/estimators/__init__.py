@@ -28,6 +28,13 @@ bound instead of the ELBO; they take K noise rows per example, and their module 
     noise_rows(batch_size, options=None) -> batch_size K
 
 (see noise_rows below and rebar_np.estimators.multisample); Estimate.elbo is then the K-sample bound.
+
+Besides one module per estimator (ESTIMATORS, found by get), this folder holds
+
+    multisample.py  the K-sample passes and gradient shared by vimco and reinforce_loo
+    bernoulli.py    every estimator for one layer of independent bits and any f of yours (no SBN),
+                    and the formulas the SBN estimators share (ARM/DisARM logit gradients,
+                    K-sample signals)
 """
 from dataclasses import dataclass, field
 import importlib

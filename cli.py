@@ -32,11 +32,11 @@ def user_errors(fn):
     warnings (a checkpoint without checksum) into one "Warning: ..." line each."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from rebar_np.checkpoint import CheckpointError, CheckpointWarning, os_error_text
+        from rebar_np.training.checkpoint import CheckpointError, CheckpointWarning, os_error_text
         from rebar_np.data import DataError
-        from rebar_np.device import DeviceError
+        from rebar_np.kernels.dispatch import DeviceError
         from rebar_np.estimators import EstimatorError
-        from rebar_np.model import ModelError
+        from rebar_np.model.sbn import ModelError
 
         def show(message, category, *rest, **kw):
             if issubclass(category, CheckpointWarning):
@@ -207,7 +207,7 @@ def estimator_options(fn):
                    "--steps, --eval-every, --eval-samples, --report-every, --checkpoint-every and --device may change.")
 @click.option("--hparams", default=None,
               help="The TF reference's hparams string, e.g. \"model=SBNDynamicRebar,learning_rate=0.0003,n_layer=2\" "
-                   "(keys it does not name keep this command's defaults; see rebar_np/hparams.py).")
+                   "(keys it does not name keep this command's defaults; see rebar_np/training/hparams.py).")
 @click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False),
               help="Start from the settings in this JSON file (e.g. another run's config.json); flags override it.")
 @click.option("--data-dir", default=None, type=click.Path(file_okay=False), callback=not_empty,
@@ -229,8 +229,8 @@ def train(model, task, n_layer, n_hidden, nonlinear, batch_size, temperature, re
     either way; report lines say which). NUMBA_NUM_THREADS=1 keeps it on one core.
     """
     from rebar_np.data import load_task
-    from rebar_np.train import StopFlag, TrainingDiverged, train as run_training
-    from rebar_np import rundir
+    from rebar_np.training.train import StopFlag, TrainingDiverged, train as run_training
+    from rebar_np.training import rundir
 
     # Every check comes before the first line is printed and before the run folder is made.
     ctx = click.get_current_context()
@@ -252,7 +252,7 @@ def train(model, task, n_layer, n_hidden, nonlinear, batch_size, temperature, re
         raise ValueError(f"--samples applies to {' and '.join(K_SAMPLE_ESTIMATORS)} only, not {cfg.model}")
     if "relax_hidden" in given and cfg.model != "relax":
         raise ValueError(f"--relax-hidden applies to relax only, not {cfg.model}")
-    from rebar_np.model import SBN
+    from rebar_np.model.sbn import SBN
     SBN(cfg.task, cfg.n_layer, cfg.n_hidden, cfg.nonlinear, [0.5, 0.5])  # one-line errors before loading data
     data = load_task(cfg.task, data_dir, cfg.binarization)
     n_train = data["train"].shape[0]
@@ -284,7 +284,7 @@ def train(model, task, n_layer, n_hidden, nonlinear, batch_size, temperature, re
         click.echo(f"Resuming {what}, from step {ckpt['step']}")
     else:
         click.echo(f"{'Restarting' if resume else 'Training'} {what}")
-    # Ctrl-C, SIGTERM and SIGHUP stop the run between two steps (rebar_np.train.StopFlag); a third ends the
+    # Ctrl-C, SIGTERM and SIGHUP stop the run between two steps (rebar_np.training.train.StopFlag); a third ends the
     # process at once. Once the run has stopped, the handler stays until the process has exited (which
     # takes the better part of a second): a Ctrl-C then is acknowledged instead of raising mid-exit.
     stop = StopFlag(exit_code=EXIT_INTERRUPTED)
@@ -303,7 +303,7 @@ def train(model, task, n_layer, n_hidden, nonlinear, batch_size, temperature, re
         fail(f"training diverged: {err}{kept}", EXIT_DIVERGED)
     except OSError as err:           # a full disk, say: what failed, and what the run still has
         stop.restore()
-        from rebar_np.checkpoint import CheckpointError, os_error_text
+        from rebar_np.training.checkpoint import CheckpointError, os_error_text
         try:
             step = rundir.checkpoint_step(cfg.output) if cfg.output else None
         except CheckpointError:
@@ -336,8 +336,8 @@ def new_train_config(options, given, hparams, config_file, output):
     the flags given on the command line (a flag and an hparams key for the same setting is an error); and how
     errors name each setting: as the flag, "--hparams: <key>" or "<config file>: <key>", after where it came
     from. Every value goes through TrainConfig.validate; the run folder must be one that can be made."""
-    from rebar_np import rundir
-    from rebar_np.hparams import hparams_labels, hparams_settings
+    from rebar_np.training import rundir
+    from rebar_np.training.hparams import hparams_labels, hparams_settings
     settings, labels = dict(options), flag_labels(options)
     if config_file:
         from_file = rundir.settings_from_record(rundir.read_json(config_file, "settings file"), config_file)
@@ -352,7 +352,7 @@ def new_train_config(options, given, hparams, config_file, output):
         labels.update(hparams_labels(from_hparams))
     settings.update(given)
     labels.update(flag_labels(given))
-    from rebar_np.train import TrainConfig
+    from rebar_np.training.train import TrainConfig
     cfg = TrainConfig(**settings)
     cfg.validate(labels)
     if output is None:
@@ -446,8 +446,8 @@ def eval_cmd(run_dir, split, samples, seed, limit, chunk_rows, data_dir, device,
     RUN_DIR/eval-<split>-<samples>.json, or, with --limit N, to eval-<split>-<samples>-firstN.json
     (a partial evaluation never replaces a full one). The result is printed before it is written.
     """
-    from rebar_np.evaluation import final_bound
-    from rebar_np.rundir import write_json
+    from rebar_np.evaluation.final import final_bound
+    from rebar_np.training.rundir import write_json
 
     if os.path.isdir(run_dir):   # a missing folder is reported by final_bound ("no checkpoint")
         check_writable_folder(run_dir, f"run folder {run_dir} (eval writes its result there)")
@@ -475,7 +475,7 @@ def plot(run_dirs, output):
     """Train ELBO, validation bound, log gradient variance and temperature of one or several runs,
     against training steps and wall-clock time, to a PNG (needs matplotlib: pip install 'rebar-np[plot]').
     Works while the runs are still training."""
-    from rebar_np.plots import plot_runs
+    from rebar_np.experiments.plots import plot_runs
     check_output_file(output)
     output = output or (os.path.join(run_dirs[0], "metrics.png") if len(run_dirs) == 1 else "plot.png")
     if os.path.isdir(os.path.dirname(os.path.abspath(output))):   # else plot_runs says what is missing
@@ -497,8 +497,8 @@ def plot(run_dirs, output):
 def samples(run_dir, n_images, split, seed, output, data_dir):
     """A grid of images generated by the run's model (pixel probabilities of ancestral samples)
     and a grid of reconstructions of SPLIT images (needs matplotlib)."""
-    from rebar_np.evaluation import SPLITS, load_run
-    from rebar_np.plots import MAX_IMAGES, MIN_IMAGES, draw_samples, pyplot
+    from rebar_np.evaluation.final import SPLITS, load_run
+    from rebar_np.experiments.plots import MAX_IMAGES, MIN_IMAGES, draw_samples, pyplot
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose train, valid or test")
     if not MIN_IMAGES <= n_images <= MAX_IMAGES:
@@ -534,14 +534,14 @@ def samples(run_dir, n_images, split, seed, output, data_dir):
 @user_errors
 def sweep(grid, workers, engine, scheduler, report_only, paper, dry_run, only):
     """Run a grid of training runs (estimators x architectures x tasks x learning rates x seeds)
-    described in GRID (a TOML file; see rebar_np/sweep.py), or, with --report, tabulate them.
+    described in GRID (a TOML file; see rebar_np/experiments/sweep.py), or, with --report, tabulate them.
 
     Finished runs are skipped, unfinished ones resumed exactly, missing ones started; then the
     report: for each cell, the learning rate with the best validation bound and its train ELBO at
     the end, bounds and seeds (also OUTPUT/report.json and report.csv). GRID may also be the sweep's
     folder (it holds a copy of the grid file).
     """
-    from rebar_np import sweep as S
+    from rebar_np.experiments import sweep as S
     g = S.load_grid(grid)
     specs = S.expand(g)
     if only:
@@ -604,8 +604,8 @@ def results_publish(grid, only, results_dir, progress):
 
     Finished runs that lack the 5000-sample test bound get it first (a few minutes each on two
     cores). Runs still training are published as far as they got. Checkpoints stay behind."""
-    from rebar_np import sweep as S
-    from rebar_np.publish import publish, update_tables
+    from rebar_np.experiments import sweep as S
+    from rebar_np.experiments.publish import publish, update_tables
     g = S.load_grid(grid)
     specs = S.select(g, S.expand(g), only) if only else S.expand(g)
     show = sys.stderr.isatty() if progress is None else progress
@@ -621,7 +621,7 @@ def results_publish(grid, only, results_dir, progress):
 def results_table(results_dir, check):
     """Rebuild the results table (RESULTS_DIR/README.md, and README.md's results section) from the
     published files alone."""
-    from rebar_np.publish import update_tables
+    from rebar_np.experiments.publish import update_tables
     stale = update_tables(results_dir, check=check)
     if check:
         if stale:
@@ -664,9 +664,9 @@ def variance(follow, estimators, task, n_layer, n_hidden, nonlinear, steps, batc
     import numpy as np
     from rebar_np import estimators as E
     from rebar_np.data import load_task
-    from rebar_np.rundir import write_json
-    from rebar_np.train import TrainConfig, TrainingDiverged
-    from rebar_np.variance import measure_variance, track_variance
+    from rebar_np.training.rundir import write_json
+    from rebar_np.training.train import TrainConfig, TrainingDiverged
+    from rebar_np.experiments.variance import measure_variance, track_variance
 
     names = parse_estimators(estimators)
     E.get(follow)
@@ -678,8 +678,8 @@ def variance(follow, estimators, task, n_layer, n_hidden, nonlinear, steps, batc
                       relax_hidden=relax_hidden)
     cfg.validate(flag_labels(TRAIN_SETTINGS))
     if run_dir:
-        from rebar_np.checkpoint import load_checkpoint
-        from rebar_np.model import SBN
+        from rebar_np.training.checkpoint import load_checkpoint
+        from rebar_np.model.sbn import SBN
         if draws < 2:
             raise ValueError(f"--draws must be at least 2, got {draws}")
         ck = load_checkpoint(os.path.join(run_dir, "checkpoint.h5"))
@@ -761,9 +761,9 @@ def compare(estimators, task, n_layer, n_hidden, nonlinear, steps, batch_size, l
     Ctrl-C, say) and refuses a folder holding a run with other settings.
     """
     from dataclasses import replace
-    from rebar_np.compare import format_table, plot_comparison, run_comparison
+    from rebar_np.experiments.compare import format_table, plot_comparison, run_comparison
     from rebar_np.data import load_task
-    from rebar_np.train import TrainConfig
+    from rebar_np.training.train import TrainConfig
 
     names = parse_estimators(estimators)
     cfg = TrainConfig(task=task, n_layer=n_layer, n_hidden=n_hidden, nonlinear=nonlinear, batch_size=batch_size,
@@ -821,7 +821,7 @@ def gradcheck(model, task, n_layer, n_hidden, nonlinear, n_input, batch_size, se
     """
     import math
     from rebar_np import estimators as E
-    from rebar_np.gradcheck import run_checks
+    from rebar_np.evaluation.gradcheck import run_checks
 
     # a central difference needs a step that is small (its error is O(eps^2)) but not zero (0/0),
     # and a tolerance that some error can pass: 0, a negative or a NaN tolerance fails everything
@@ -907,7 +907,7 @@ def unbiased(model, task, n_layer, n_hidden, nonlinear, n_input, batch_size, dra
     """
     import math
     from rebar_np import estimators as E
-    from rebar_np.unbiased import MAX_BITS, check_unbiased, tiny_instance
+    from rebar_np.evaluation.unbiased import MAX_BITS, check_unbiased, tiny_instance
     est = E.get(model)
     for name, value, low in (("n-layer", n_layer, 1), ("n-hidden", n_hidden, 1), ("n-input", n_input, 2),
                              ("batch-size", batch_size, 1), ("draws", draws, 10), ("samples", samples, 2),

@@ -8,7 +8,7 @@
     python -m benchmarks --device cuda --estimators dynamic_rebar,nvil --arch linear2 --batches 24,256,4096
     python -m benchmarks --markdown RUN.json | --update-docs docs/performance.md [--check]
 
-For each estimator and architecture it times `rebar_np.train.train_step` (the exact
+For each estimator and architecture it times `rebar_np.training.train.train_step` (the exact
 step `rebar-np train` runs: estimate, variance monitor and NaN check, Adam on the
 model and, at 10x, on the estimator's own parameters) on random binary data of
 MNIST's size, and, interleaved with it in the same process (see benchmarks/timing.py),
@@ -154,20 +154,20 @@ def rebar_np_setup(name, n_layer, nonlinear, H, data):
     """model, params, aux of rebar_np as `rebar-np train` builds them (float32, seed 0)."""
     import numpy as np
     from rebar_np import estimators as E
-    from rebar_np.model import SBN, init_params
+    from rebar_np.model.sbn import SBN, init_params
     model = SBN("sbn", n_layer, H, nonlinear, data.mean(axis=0, dtype=np.float64))
     est = E.get(name)
     return est, model, init_params(model, 0, np.float32), est.init_aux(model, 1, np.float32)
 
 
 def rebar_np_step(name, n_layer, nonlinear, B, H, data, device="cpu", estimate=None):
-    """A callable running one rebar_np.train.train_step on the next batch (device "cuda": with the
+    """A callable running one rebar_np.training.train.train_step on the next batch (device "cuda": with the
     parameters, optimizer state and batches in GPU memory, as `rebar-np train --device cuda` runs).
     estimate: another implementation of the estimator's estimate function (benchmarks/fused_nvil.py)."""
     import numpy as np
-    from rebar_np.adam import AdamConfig, adam_init
-    from rebar_np.device import to_device
-    from rebar_np.train import GradVariance, keep_freed_memory, step_blas_threads, train_step
+    from rebar_np.training.adam import AdamConfig, adam_init
+    from rebar_np.kernels.dispatch import to_device
+    from rebar_np.training.train import GradVariance, keep_freed_memory, step_blas_threads, train_step
     step_blas_threads(B)      # one BLAS thread below batch 256, as rebar-np train sets
     keep_freed_memory()       # freed arrays stay in the heap, as rebar-np train sets
     est, model, params, aux = rebar_np_setup(name, n_layer, nonlinear, H, data)
@@ -321,7 +321,7 @@ def run_steps(args, results):
 def run_device(args, results):
     """rebar_np's step on the GPU against its step on the CPU, same estimator, architecture and
     batch, timed interleaved in this process: steps/s, examples/s, and GPU/CPU ratio."""
-    from rebar_np.device import check_device, device_name
+    from rebar_np.kernels.dispatch import check_device, device_name
     from . import timing as T
     check_device("cuda")
     results["meta"]["gpu"] = device_name()
@@ -509,7 +509,7 @@ def main(argv=None):
         print(f"note: other processes are using {others:.1f} cores; multi-threaded BLAS slows down badly "
               "when it competes for cores (try --threads 1)", file=sys.stderr)
     if args.device == "cuda":
-        from rebar_np.device import DeviceError
+        from rebar_np.kernels.dispatch import DeviceError
         try:
             run_device(args, results)
         except DeviceError as e:

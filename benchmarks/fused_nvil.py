@@ -2,16 +2,16 @@
 
     python -m benchmarks.fused_nvil [--threads 1] [--rounds 8] [--steps 500]
 
-rebar_np computes an estimate as a chain of kernel calls driven by Python (rebar_np.model,
+rebar_np computes an estimate as a chain of kernel calls driven by Python (rebar_np.model.sbn,
 rebar_np.estimators.nvil): 420 calls for NVIL on a 2-layer SBN (counted by cProfile). This
 module computes the same estimate in one Numba function that calls the same product kernels
-(kernels._affine_halves, kernels._dense_backward_halves) and computes the exponentials of the
-log-likelihoods inside its loops (kernels._exp_neg_abs_f32), so that nothing runs in Python
+(kernels.blocking._affine_halves, kernels.blocking._dense_backward_halves) and computes the exponentials of the
+log-likelihoods inside its loops (kernels.fastmath._exp_neg_abs_f32), so that nothing runs in Python
 between them. The difference between the two steps is what fusing a step would remove.
 
 It is a measurement, not part of training: float32, linear transforms and the free prior vector
 (tasks sbn and omni) only, and no CUDA twin. tests/test_benchmarks.py checks that it gives
-rebar_np's gradients. Its main times `rebar_np.train.train_step` (the step `rebar-np train`
+rebar_np's gradients. Its main times `rebar_np.training.train.train_step` (the step `rebar-np train`
 runs) with nvil's estimate and with this one, in alternating rounds in the same process.
 
 The estimate, per example (SPEC section 3; rebar_np.estimators.nvil):
@@ -28,8 +28,9 @@ import time
 import numpy as np
 from numba import njit
 
-from rebar_np.kernels import (_affine_halves, _bernoulli_loglik_row, _dense_backward_halves, _exp_neg_abs_f32,
-                              _row_blocks, logistic_noise)
+from rebar_np.kernels.blocking import _affine_halves, _dense_backward_halves, _row_blocks
+from rebar_np.kernels.fastmath import _bernoulli_loglik_row, _exp_neg_abs_f32
+from rebar_np.kernels.noise import logistic_noise
 
 fused = njit(cache=True, error_model="numpy", nogil=True, fastmath={"reassoc", "contract", "arcp", "nsz"})
 
@@ -65,7 +66,7 @@ def _nvil_estimate(h0, target, data_bias, z0, Wq, cq, Wp, cp, prior, W1, c1, W2,
                    gWq, gcq, gWp, gcp, gprior, gW1, gc1, gW2, gc2,
                    k_fwd_q, k_fwd_p, k_fwd_bl, k_bwd_q, k_bwd_p, k_bwd_bl):
     """The estimate of the module docstring; gradients accumulate into the g* arrays (zeros on entry).
-    k_fwd_*, k_bwd_*: blocks per half of each product and weight gradient (kernels._row_blocks).
+    k_fwd_*, k_bwd_*: blocks per half of each product and weight gradient (kernels.blocking._row_blocks).
     Returns (f, signal, b, baseline loss)."""
     B, L, H = h0.shape[0], len(Wq), prior.shape[0]
     no_term = np.empty((0, 0), np.float32)

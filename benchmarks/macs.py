@@ -5,7 +5,7 @@
     step_products("vimco", 2, False, 24, options={"samples": 5})   # options: see step_products
 
 A dense layer a = h W + c with h (B, i) and W (i, o) costs B i o multiply-adds in
-each of the five products a step can run on it (model.py / kernels.py names), and
+each of the five products a step can run on it (model/sbn.py / kernels/ names), and
 B^2 (i + o) in the sixth, REBAR's Gram route (two products through the (B, B) Gram matrix):
 
 | kind    | product         | shapes                | where                                     |
@@ -19,7 +19,7 @@ B^2 (i + o) in the sixth, REBAR's Gram route (two products through the (B, B) Gr
 
 A transform T (SPEC section 1) is one dense layer (linear) or three, (n_in, H),
 (H, H), (H, n_out) with tanh between them (nonlinear). Its passes cost, per dense
-layer of T (model.py):
+layer of T (model/sbn.py):
 
 - forward:                          fwd
 - backward with parameter gradients: dW, and dh except on the first layer unless
@@ -32,7 +32,7 @@ layer of T (model.py):
 
 and a step of each estimator runs these passes (L stochastic layers, sbn task:
 q_l, p_l for l < L, the prior is a free vector and costs no product; the baseline
-c(x) is the (D, 100), (100, 1) network of rebar_np/baseline.py, whose backward
+c(x) is the (D, 100), (100, 1) network of rebar_np/model/baseline.py, whose backward
 computes dW on both layers and dh on the second):
 
 | estimator     | passes                                                                                   |
@@ -63,7 +63,7 @@ computes dW on both layers and dh on the second):
 |               | repeated batch, score backward (q: dW weighted by signal - w, p: dW weighted by w)       |
 | reinforce_loo | vimco (the same passes; only the elementwise leave-one-out signals differ)               |
 
-The control network r_l of relax (rebar_np/control_net.py; M = option "hidden", default
+The control network r_l of relax (rebar_np/model/control_net.py; M = option "hidden", default
 32) reads z_l = a_l + z0_l (B, H) through W1 (H, M) and its context, [x - mean_x,
 2 b_0 - 1, .., 2 b_{l-1} - 1] of width C_l = D + l H (option "context", default on),
 through V1 (C_l, M), then tanh and the output weights w2 stored as a vector: the dense
@@ -88,7 +88,7 @@ is not counted (step_products refuses it).
 
 tests/test_benchmarks.py checks these counts against what rebar_np runs
 (traced_products): every call of the four dense kernels, recorded as (kind, n_in,
-n_out), and every plain `@` of rebar_np/control_net.py, recorded as ("@", m, k, n),
+n_out), and every plain `@` of rebar_np/model/control_net.py, recorded as ("@", m, k, n),
 the shapes of the (m, k) @ (k, n) product it computed (a vector operand counts as one
 row or column). The tracer sees the latter through NumPy's __array_ufunc__ protocol
 (np.matmul is a ufunc): for the duration of one estimate, the control network's
@@ -96,8 +96,8 @@ functions get their arrays (the network's parameters, z, the context, the cache,
 v, c) as views of an ndarray subclass that records every matmul it takes part in,
 and every array derived from them elementwise stays one. A plain `@` on arrays that
 never passed through those functions would not be seen: there is none in a step of
-the counted estimators (rebar_np/estimators/*, model.py, relaxed.py, multisample.py
-and baseline.py run their matrix products only on the dense kernels; the inner
+the counted estimators (rebar_np/estimators/*, model/sbn.py, model/relaxed.py, estimators/multisample.py
+and model/baseline.py run their matrix products only on the dense kernels; the inner
 products over the parameters of the variance objective, K.dot and K.sum_squares,
 are reductions, uncounted like the variance monitor).
 """
@@ -105,7 +105,7 @@ from dataclasses import dataclass
 from functools import cache
 
 D_MNIST = 784
-N_BASELINE_HIDDEN = 100      # rebar_np.baseline.N_BASELINE_HIDDEN
+N_BASELINE_HIDDEN = 100      # rebar_np.model.baseline.N_BASELINE_HIDDEN
 KINDS = ("fwd", "dW", "dh", "tan_in", "tan_par", "gram")
 
 
@@ -116,7 +116,7 @@ class Product:
     n_in: int       # the dense layer's input width i
     n_out: int      # its output width o
     B: int          # rows: the batch, or batch x samples for vimco and reinforce_loo
-    plain: bool = False        # a plain NumPy `@` (rebar_np/control_net.py), not a dense kernel
+    plain: bool = False        # a plain NumPy `@` (rebar_np/model/control_net.py), not a dense kernel
     transposed: bool = False   # dW computed as da^T h, (o, B) @ (B, i) (relax's dw2 = c^T h)
 
     @property
@@ -144,7 +144,7 @@ def transform_layers(n_in, n_out, H, nonlinear):
 
 
 class _Step:
-    """Collects the products of one step; one method per pass of model.py."""
+    """Collects the products of one step; one method per pass of model/sbn.py."""
 
     def __init__(self, n_layer, nonlinear, B, D, H, M=None, context=True):
         self.L, self.nl, self.B, self.D, self.H = n_layer, nonlinear, B, D, H
@@ -235,7 +235,7 @@ class _Step:
                 self.backward_input(f"q{l}")
 
     def relaxed(self, l, tangent, param_grads):
-        """rebar_np.relaxed.relaxed_pass for switch layer l (param_grads: concrete's form)."""
+        """rebar_np.model.relaxed.relaxed_pass for switch layer l (param_grads: concrete's form)."""
         self.stage = f"relaxed l={l}"
         above = range(l + 1, self.L)
         for k in above:
@@ -272,7 +272,7 @@ class _Step:
         for k in range(l, self.L):
             self.forward(f"p{k}")
 
-    # ---- relax's control network r_l (rebar_np/control_net.py) ----------
+    # ---- relax's control network r_l (rebar_np/model/control_net.py) ----------
     def r_layers(self, l):
         """(W1, V1 or None, w2) of r_l as dense layers: (H, M), (C_l, M), (M, 1)."""
         ctx = (self.D + l * self.H, self.M) if self.context else None
@@ -451,7 +451,7 @@ def _plain(v):
 
 
 def _recording(f):
-    """f (a function of rebar_np.control_net) seeing its arrays as _Recorded: its first argument
+    """f (a function of rebar_np.model.control_net) seeing its arrays as _Recorded: its first argument
     (aux, read only) and every array or tuple argument; a dict in a later place (aux_grads,
     written in place) is passed as it is. The results are plain arrays again."""
     def wrapped(*args, **kwargs):
@@ -463,7 +463,7 @@ def _recording(f):
 def traced_products(estimator, n_layer, nonlinear, B, D=D_MNIST, H=200, seed=0, options=None):
     """The products rebar_np really runs in one estimate (B examples; B K noise rows for a
     K-sample estimator): its dense kernels and gram_tangent are wrapped for the duration of one call and
-    every call is recorded as (kind, n_in, n_out), and so are rebar_np.control_net's functions
+    every call is recorded as (kind, n_in, n_out), and so are rebar_np.model.control_net's functions
     (relax's r_l), whose plain `@` products are recorded as ("@", m, k, n) (see _Recorded and
     the module docstring). Returns a sorted list of (key, count). This is the check on
     step_products (which is what the benchmark reports)."""
@@ -472,15 +472,15 @@ def traced_products(estimator, n_layer, nonlinear, B, D=D_MNIST, H=200, seed=0, 
 
     import numpy as np
 
-    from rebar_np import control_net as C
+    from rebar_np.model import control_net as C
     from rebar_np import estimators as E
-    from rebar_np import kernels as K
-    from rebar_np.model import SBN, draw_noise, init_params
+    from rebar_np import kernels     # the namespace K dispatches to: a patch here is seen by every caller
+    from rebar_np.model.sbn import SBN, draw_noise, init_params
 
     seen = Counter()
-    orig = {k: getattr(K, k) for k in ("dense_forward", "dense_backward", "dense_backward_input",
-                                       "dense_tangent", "gram_tangent", "dense_forward_single",
-                                       "dense_backward_single")}
+    orig = {k: getattr(kernels, k) for k in ("dense_forward", "dense_backward", "dense_backward_input",
+                                             "dense_tangent", "gram_tangent", "dense_forward_single",
+                                             "dense_backward_single")}
 
     plain = np.asarray           # the dense kernels' own products are counted here, not as a plain `@`
 
@@ -529,7 +529,7 @@ def traced_products(estimator, n_layer, nonlinear, B, D=D_MNIST, H=200, seed=0, 
                 "dense_backward_input": dense_backward_input, "dense_tangent": dense_tangent,
                 "gram_tangent": gram_tangent, "dense_forward_single": dense_forward_single,
                 "dense_backward_single": dense_backward_single}
-    # rebar_np.control_net's functions, wherever they were imported by name (relax, bernoulli)
+    # rebar_np.model.control_net's functions, wherever they were imported by name (relax, bernoulli)
     net_fns = ("control_net_forward", "control_net_backward", "control_net_input_grad",
                "control_net_tangent_backward")
     patched = [(mod, k, getattr(C, k)) for mod in list(sys.modules.values())
@@ -537,7 +537,7 @@ def traced_products(estimator, n_layer, nonlinear, B, D=D_MNIST, H=200, seed=0, 
                if getattr(mod, k, None) is getattr(C, k)]
     try:
         for k, f in wrappers.items():
-            setattr(K, k, f)
+            setattr(kernels, k, f)
         for mod, k, f in patched:
             setattr(mod, k, _recording(f))
         _recorded_type().seen = seen
@@ -547,7 +547,7 @@ def traced_products(estimator, n_layer, nonlinear, B, D=D_MNIST, H=200, seed=0, 
         for mod, k, f in patched:
             setattr(mod, k, f)
         for k, f in orig.items():
-            setattr(K, k, f)
+            setattr(kernels, k, f)
     return sorted(seen.items())
 
 

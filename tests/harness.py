@@ -1,5 +1,5 @@
 """A statistical unbiasedness test for gradient estimators, reusable by every estimator (the test
-itself is rebar_np.unbiased, which `rebar-np unbiased` also runs; here its exact gradient comes
+itself is rebar_np.evaluation.unbiased, which `rebar-np unbiased` also runs; here its exact gradient comes
 from the independent reference implementation).
 
     res = check_unbiased("reinforce", model, params, aux, x, n_draws=4000, seed=0)
@@ -26,14 +26,14 @@ exact gradient to |mean - exact| <= zero_tol * scale, scale = max(1, max_j |exac
 import numpy as np
 
 import reference as R
-from rebar_np import unbiased as U
-from rebar_np.unbiased import (DEFAULT_ALPHA, ZERO_TOL, UnbiasedResult, bonferroni_threshold,  # noqa: F401
-                               default_noise_rows, draw_estimates)
+from rebar_np.evaluation import unbiased as U
+from rebar_np.evaluation.unbiased import (DEFAULT_ALPHA, ZERO_TOL, UnbiasedResult, bonferroni_threshold,  # noqa: F401
+                                          default_noise_rows, draw_estimates)
 
 
 def check_unbiased(estimator, model, params, aux, x, n_draws, seed=0, alpha=DEFAULT_ALPHA,
                    options=None, exact=None, zero_tol=ZERO_TOL, label=None, noise_rows=None):
-    """rebar_np.unbiased.check_unbiased, with the exact gradient from the independent reference
+    """rebar_np.evaluation.unbiased.check_unbiased, with the exact gradient from the independent reference
     (tests/reference.py) unless given: the tests compare the estimators with code that shares
     nothing with the package."""
     if exact is None:
@@ -54,6 +54,6 @@ def biased_reinforce(model, params, aux, x, u):
     a biased estimator the harness must reject.
     """
     from rebar_np import kernels as K
-    from rebar_np.model import hard_pass, score_function_gradient
+    from rebar_np.model.sbn import hard_pass, score_function_gradient
     hp = hard_pass(model, params, x, [K.logistic_noise(np.ascontiguousarray(ul, dtype=x.dtype)) for ul in u])
     return score_function_gradient(model, params, x, hp, hp.f - np.mean(hp.f))

@@ -2,7 +2,7 @@
 
 Nothing here calls rebar_np: the model object is only read for its
 configuration (task, n_layer, n_hidden, nonlinear, mean_x), and parameters are
-the dict of named arrays documented in rebar_np/model.py's module docstring:
+the dict of named arrays documented in rebar_np/model/sbn.py's module docstring:
 
 - transform ``name``, linear:    a = h W + c                 (``name.W``, ``name.c``)
 - transform ``name``, nonlinear: a = tanh(tanh(h W1 + c1) W2 + c2) W3 + c3

@@ -17,13 +17,13 @@ import pytest
 
 import reference as R
 from harness import check_unbiased
-from rebar_np import bernoulli as bern
+from rebar_np.estimators import bernoulli as bern
 from rebar_np import estimators as E
 from rebar_np import kernels as K
 from rebar_np.estimators.arm import antithetic_pass
-from rebar_np.gradcheck import random_instance, run_checks
-from rebar_np.model import hard_pass
-from rebar_np.variance import measure_variance
+from rebar_np.evaluation.gradcheck import random_instance, run_checks
+from rebar_np.model.sbn import hard_pass
+from rebar_np.experiments.variance import measure_variance
 
 DRAWS = 4000
 # (task, n_layer, n_hidden, nonlinear, batch size, seed, K for the K-sample bound); C^K <= 4096
@@ -88,7 +88,7 @@ def test_exact_k_sample_bound_reference():
 # --------------------------------------------------------------------------
 def vimco_without_direct_term(model, params, aux, x, u):
     """VIMCO's signals with the -w_k d log q(b^k) term dropped (as if f's q-dependence averaged out)."""
-    from rebar_np import multisample as MS
+    from rebar_np.estimators import multisample as MS
 
     def signals(F):
         L, s, w = bern.vimco_signals(F)

@@ -8,9 +8,9 @@ quantities SPEC holds fixed) entering as constants. Same parameters, batch and
 noise; float64; max relative error per tensor below 1e-6.
 
 Nothing here calls rebar_np's passes: rebar_np is used only to build the random
-instance (rebar_np.gradcheck.random_instance, read for its configuration and
+instance (rebar_np.evaluation.gradcheck.random_instance, read for its configuration and
 arrays), to initialise the estimators' own parameters, and as the thing checked.
-Parameter names follow rebar_np/model.py's docstring (also tests/reference.py):
+Parameter names follow rebar_np/model/sbn.py's docstring (also tests/reference.py):
 ``q{l}.*``, ``p{l}.*``, ``prior.logits`` or ``prior.*``, linear ``.W .c`` or
 nonlinear ``.W1 .c1 .W2 .c2 .W3 .c3``; layers numbered 0 (data side) to L - 1.
 
@@ -24,7 +24,7 @@ import pytest
 
 import autodiff as ad
 from rebar_np import estimators as E
-from rebar_np.gradcheck import random_instance
+from rebar_np.evaluation.gradcheck import random_instance
 
 U_MIN, U_MAX = 1e-8, 1.0 - 1e-8          # SPEC section 2: clip u before the logs
 TOL = 1e-6
@@ -152,7 +152,7 @@ def relaxed_elbo(model, P, x, b, u, l, lam, improved, conditional=()):
 
 
 def baseline(A, x_cond, prefix="baseline"):
-    """c(x) = tanh((x - mean) W1 + c1) W2 + c2, (B,) (rebar_np/baseline.py's layout)."""
+    """c(x) = tanh((x - mean) W1 + c1) W2 + c2, (B,) (rebar_np/model/baseline.py's layout)."""
     hidden = ad.tanh(x_cond @ A[prefix + ".W1"] + A[prefix + ".c1"])
     return ad.reshape(hidden @ A[prefix + ".W2"] + A[prefix + ".c2"], (-1,))
 

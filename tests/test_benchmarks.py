@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks import macs as M  # noqa: E402
 from rebar_np import estimators as E  # noqa: E402
-from rebar_np.model import SBN, draw_noise, init_params  # noqa: E402
+from rebar_np.model.sbn import SBN, draw_noise, init_params  # noqa: E402
 
 JAX_MISSING = "jax is not installed (pip install -e '.[bench]'); the JAX reference tests are skipped"
 

@@ -1,4 +1,4 @@
-"""The single-layer estimator API (rebar_np.bernoulli) on a user's own function, not an SBN:
+"""The single-layer estimator API (rebar_np.estimators.bernoulli) on a user's own function, not an SBN:
 
 1. every estimator is unbiased for d E[f(b)] / d a (vimco: for d E[log mean_k exp f(b_k)] / d a),
    against the exact gradient by enumeration, with the harness's Bonferroni z-test;
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from harness import bonferroni_threshold
-from rebar_np import bernoulli as bern
-from rebar_np.gradcheck import finite_difference
+from rebar_np.estimators import bernoulli as bern
+from rebar_np.evaluation.gradcheck import finite_difference
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 H = 3
@@ -151,7 +151,7 @@ def test_relax_variance_gradients_match_finite_differences(with_context):
 def test_readme_api_example_runs():
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
     example = [b for b in blocks if "bernoulli" in b]
-    assert example, "README has no example of rebar_np.bernoulli"
+    assert example, "README has no example of rebar_np.estimators.bernoulli"
     scope = {}
     exec(compile(example[0], "README.md", "exec"), scope)
     # the example's f is the user's own function of a binary vector, and the ascent found its maximiser

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 import cli
 from rebar_np import estimators as E
-from rebar_np.checkpoint import load_checkpoint
+from rebar_np.training.checkpoint import load_checkpoint
 from test_runs import assert_same_training_state, interrupt_at
 
 def run(*args):
@@ -51,18 +51,18 @@ def tiny_run(tiny_data_dir, tmp_path_factory):
 @pytest.fixture
 def no_work(monkeypatch):
     """Make every command's expensive part fail the test if it starts."""
-    import rebar_np.compare
-    import rebar_np.evaluation
-    import rebar_np.gradcheck
-    import rebar_np.plots
-    import rebar_np.variance
+    import rebar_np.experiments.compare
+    import rebar_np.evaluation.final
+    import rebar_np.evaluation.gradcheck
+    import rebar_np.experiments.plots
+    import rebar_np.experiments.variance
 
     def started(*a, **k):
         raise AssertionError("the work started before the inputs were checked")
-    for mod, name in [(rebar_np.compare, "train"), (rebar_np.variance, "track_variance"),
-                      (rebar_np.variance, "measure_variance"), (rebar_np.evaluation, "evaluate"),
-                      (rebar_np.plots, "draw_samples"), (rebar_np.plots, "plot_runs"),
-                      (rebar_np.gradcheck, "run_checks")]:
+    for mod, name in [(rebar_np.experiments.compare, "train"), (rebar_np.experiments.variance, "track_variance"),
+                      (rebar_np.experiments.variance, "measure_variance"), (rebar_np.evaluation.final, "evaluate"),
+                      (rebar_np.experiments.plots, "draw_samples"), (rebar_np.experiments.plots, "plot_runs"),
+                      (rebar_np.evaluation.gradcheck, "run_checks")]:
         monkeypatch.setattr(mod, name, started)
 
 
@@ -167,14 +167,14 @@ def _variance(t):
 @pytest.mark.parametrize("command", [_eval, _variance])
 def test_a_result_that_cannot_be_written_is_still_shown(command, tiny_run, tiny_data_dir, tmp_path, monkeypatch):
     """The disk fills or turns read-only after the checks: the result is on the console, then one line."""
-    import rebar_np.rundir
+    import rebar_np.training.rundir
 
     def read_only(path, obj):
         raise OSError(30, "Read-only file system")
     run_dir = tmp_path / "run"
     shutil.copytree(tiny_run, run_dir)
     args, shown = command(SimpleNamespace(run=run_dir, data=tiny_data_dir, tmp=tmp_path))
-    monkeypatch.setattr(rebar_np.rundir, "write_json", read_only)
+    monkeypatch.setattr(rebar_np.training.rundir, "write_json", read_only)
     res = run(*args)
     line = assert_one_line(res, 2, "could not write", "Read-only file system", "printed above")
     assert shown in res.stdout, res.output

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 
 from rebar_np import estimators as E
-from rebar_np.compare import format_table, plot_comparison, run_comparison
-from rebar_np.gradcheck import random_instance, run_checks
-from rebar_np.relaxed import mean_field_pass
-from rebar_np.model import generative_forward, log_q_layers, recognition_forward
-from rebar_np.train import TrainConfig
-from rebar_np.variance import measure_variance, track_variance
+from rebar_np.experiments.compare import format_table, plot_comparison, run_comparison
+from rebar_np.evaluation.gradcheck import random_instance, run_checks
+from rebar_np.model.relaxed import mean_field_pass
+from rebar_np.model.sbn import generative_forward, log_q_layers, recognition_forward
+from rebar_np.training.train import TrainConfig
+from rebar_np.experiments.variance import measure_variance, track_variance
 
 
 @pytest.mark.parametrize("estimator", ["simple_muprop", "muprop"])

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from rebar_np import estimators as E
-from rebar_np.adam import AdamConfig, adam_init
-from rebar_np.device import DeviceArray, to_device, to_host
-from rebar_np.model import SBN, init_params, iw_bound
-from rebar_np.train import CUDA_ESTIMATORS, GradVariance, TrainConfig, train, train_step
+from rebar_np.training.adam import AdamConfig, adam_init
+from rebar_np.kernels.dispatch import DeviceArray, to_device, to_host
+from rebar_np.evaluation.bound import iw_bound
+from rebar_np.model.sbn import SBN, init_params
+from rebar_np.training.train import CUDA_ESTIMATORS, GradVariance, TrainConfig, train, train_step
 
 D, H, BATCH = 10, 4, 4          # the simulator runs one Python thread per CUDA thread: tiny shapes
 
@@ -116,7 +117,7 @@ def test_importance_weighted_bound_on_cuda(task):
 
 
 def test_evaluate_on_cuda_with_the_cpu_chunks_gives_the_cpu_bound():
-    from rebar_np.train import evaluate
+    from rebar_np.training.train import evaluate
     data = tiny_data()
     model = SBN("sbn", 2, H, False, data["train"].mean(axis=0, dtype=np.float64))
     params = init_params(model, seed=5)
@@ -140,7 +141,7 @@ def test_training_loop_on_cuda_matches_cpu_and_checkpoints(tmp_path):
     for row_c, row_g in zip(cpu.history, gpu.history):
         assert abs(row_c["train_elbo"] - row_g["train_elbo"]) < 1e-4 * abs(row_c["train_elbo"])
     assert np.isfinite(gpu.evals[-1]["test"])        # same expectation, other chunking of the noise
-    from rebar_np.checkpoint import load_checkpoint
+    from rebar_np.training.checkpoint import load_checkpoint
     ck = load_checkpoint(gpu.checkpoint)
     assert ck["step"] == 4 and isinstance(ck["params"]["q0.W"], np.ndarray)
     np.testing.assert_array_equal(ck["params"]["q0.W"], gpu.params["q0.W"])

@@ -24,7 +24,7 @@ MATH = os.path.join(ROOT, "docs", "math.md")
 
 # `tests/test_x.py::test_name` or `tests/test_x.py::test_name[some-ids]`
 TEST_REF = re.compile(r"(?<![\w/.-])((?:[\w-]+/)*[\w-]+\.py)::(\w+)(?:\[[^\]\s`]*\])?")
-# `rebar_np/model.py:hard_pass` (one colon, not two)
+# `rebar_np/model/sbn.py:hard_pass` (one colon, not two)
 CODE_REF = re.compile(r"(?<![\w/.-])((?:[\w-]+/)*[\w-]+\.py):(?!:)([A-Za-z_]\w*)")
 # what the package and the docs must not cite
 OUTSIDE = [re.compile(re.escape("../shared")), re.compile(re.escape("SPEC.md")), re.compile(r"\bSPEC\b")]
@@ -97,7 +97,7 @@ def test_code_references_exist():
 
 
 @pytest.mark.parametrize("bad,why", [
-    ("`rebar_np/model.py:no_such_function`", "not defined"),
+    ("`rebar_np/model/sbn.py:no_such_function`", "not defined"),
     ("`rebar_np/no_such_module.py:hard_pass`", "no such file"),
     ("`tests/test_train.py::test_no_such_test[a-b]`", "no test function"),
 ])

@@ -1,12 +1,12 @@
-"""rebar_np.gradcheck: every REINFORCE / NVIL gradient passes it, and it has teeth
+"""rebar_np.evaluation.gradcheck: every REINFORCE / NVIL gradient passes it, and it has teeth
 (a corrupted analytic gradient is flagged, and only where it is corrupted)."""
 import numpy as np
 import pytest
 
 from rebar_np import estimators as E
 from rebar_np import kernels as K
-from rebar_np import model as M
-from rebar_np.gradcheck import compare, finite_difference, random_instance, run_checks
+from rebar_np.model import sbn as M
+from rebar_np.evaluation.gradcheck import compare, finite_difference, random_instance, run_checks
 
 CONFIGS = [(est, task, L, nl) for est in ("reinforce", "nvil") for task in ("sbn", "omni", "sp")
            for nl in (False, True) for L in (1, 2, 3)]

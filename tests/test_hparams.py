@@ -3,7 +3,7 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from rebar_np.hparams import HparamsError, hparams_settings, parse_hparams
+from rebar_np.training.hparams import HparamsError, hparams_settings, parse_hparams
 
 
 def run(*args):

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rebar_np import sweep as S
-from rebar_np.checkpoint import load_checkpoint
-from rebar_np.metrics import read_metrics
-from rebar_np.resume import evaluation_pending
+from rebar_np.experiments import sweep as S
+from rebar_np.training.checkpoint import load_checkpoint
+from rebar_np.training.metrics import read_metrics
+from rebar_np.training.resume import evaluation_pending
 
 from test_runs import ROOT, assert_same_metrics, assert_same_training_state, interrupt_at, run, tiny, wait_for
 from test_sweep import write_grid
@@ -91,7 +91,7 @@ cli.main(sys.argv[1:])
 def ctrl_c_in_the_evaluation_of(monkeypatch, step):
     """Send this process a SIGINT from the first chunk of the evaluation at `step` (whose seed is
     seed 0 + step); returns the splits each evaluation began, by step."""
-    import rebar_np.train as T
+    import rebar_np.training.train as T
     real_evaluate, real_bound, begun, current = T.evaluate, T.iw_bound, {}, {}
 
     def evaluate(*a, seed=0, desc="", **k):
@@ -152,7 +152,7 @@ def test_an_interrupted_evaluation_loses_no_step_and_the_resume_completes_it(how
 # 2. Two Ctrl-Cs 10 ms apart: one clean stop, no traceback, an exact resume
 # --------------------------------------------------------------------------
 def test_two_quick_ctrl_cs_stop_cleanly_and_resume_exactly(tiny_data_dir, tmp_path, capfd, monkeypatch):
-    from rebar_np.train import StopFlag
+    from rebar_np.training.train import StopFlag
     stop = StopFlag()                   # the handler: two signals are acknowledged, only the third raises
     try:
         os.kill(os.getpid(), signal.SIGINT)
@@ -167,7 +167,7 @@ def test_two_quick_ctrl_cs_stop_cleanly_and_resume_exactly(tiny_data_dir, tmp_pa
     assert "Stopping (SIGINT)" in err and "Already stopping (SIGTERM)" in err and "Quitting at once" in err, err
     assert "Already quitting (SIGHUP)" in err
     # a third signal while the stop saves: the write is abandoned, and the run says which checkpoint it keeps
-    import rebar_np.train as T
+    import rebar_np.training.train as T
     from rebar_np.data import load_task
     real_save, out = T.save_checkpoint, tmp_path / "abandoned"
 

@@ -6,9 +6,9 @@ from click.testing import CliRunner
 
 import cli
 from rebar_np import estimators as E
-from rebar_np.compare import run_comparison
-from rebar_np.train import TrainConfig, train
-from rebar_np.variance import Tracked, log_variances, track_variance
+from rebar_np.experiments.compare import run_comparison
+from rebar_np.training.train import TrainConfig, train
+from rebar_np.experiments.variance import Tracked, log_variances, track_variance
 from test_cli import assert_one_line_error
 from test_comparisons import synthetic
 

@@ -1,4 +1,4 @@
-"""Every kernel of rebar_np/kernels.py against central finite differences (float64),
+"""Every kernel of rebar_np/kernels/ against central finite differences (float64),
 and against itself in float32 (same results to 1e-5 relative).
 
 A backward is checked through a random linear functional of its forward:
@@ -11,6 +11,7 @@ import pytest
 from scipy.special import expit, logsumexp
 
 from rebar_np import kernels as K
+from rebar_np.kernels import blocking, fastmath
 
 EPS = 1e-6
 FD_TOL = 1e-6       # relative error allowed against central differences (float64)
@@ -162,7 +163,7 @@ def test_dense_float32():
     assert_float32_agrees("dense_tangent", K.dense_tangent, h, W, h, W, c)
 
 
-# Products in two blocks (the training step's thread; kernels.py "Products on two cores")
+# Products in two blocks (the training step's thread; kernels/blocking.py "Products on two cores")
 BLOCK_SHAPES = [(24, 784, 200), (24, 200, 784), (24, 1000, 333), (9, 500, 47), (3, 70000, 1), (24, 1, 10000)]
 
 
@@ -190,7 +191,7 @@ def test_products_in_blocks_equal_the_one_block_products(B, n_in, n_out, dtype):
     product (to rounding), dL/dW and dL/dc accumulated, dL/dh only when asked, whatever the edges
     (uneven halves and blocks; 24 x 1000 x 333 takes 5, 5 and 11 blocks per half; a one-row W
     leaves the first half of its rows empty)."""
-    assert K._in_blocks(B * n_in * n_out, np.zeros((1, 1)))
+    assert blocking._in_blocks(B * n_in * n_out, np.zeros((1, 1)))
     r = rng_for(3)
     h, hd = (r.standard_normal((B, n_in)).astype(dtype) for _ in range(2))
     W, Wd = (r.standard_normal((n_in, n_out)).astype(dtype) for _ in range(2))
@@ -240,17 +241,17 @@ def test_products_in_blocks_do_not_depend_on_the_cores():
 
 def test_small_or_unusual_products_stay_in_one_block():
     f32 = np.zeros((24, 200), np.float32)
-    assert not K._in_blocks(K.SPLIT_MIN_MACS - 1, f32)
-    assert K._in_blocks(K.SPLIT_MIN_MACS, f32)
-    assert not K._in_blocks(K.SPLIT_MIN_MACS, f32, f32.astype(np.float64))     # mixed dtypes
-    assert not K._in_blocks(K.SPLIT_MIN_MACS, np.zeros((200, 24), np.float32).T)  # not C-contiguous
-    assert not K._in_blocks(K.SPLIT_MIN_MACS, f32.astype(np.int64))
-    assert not one_block(K._in_blocks, K.SPLIT_MIN_MACS, f32)                   # not the step's thread
+    assert not blocking._in_blocks(blocking.SPLIT_MIN_MACS - 1, f32)
+    assert blocking._in_blocks(blocking.SPLIT_MIN_MACS, f32)
+    assert not blocking._in_blocks(blocking.SPLIT_MIN_MACS, f32, f32.astype(np.float64))     # mixed dtypes
+    assert not blocking._in_blocks(blocking.SPLIT_MIN_MACS, np.zeros((200, 24), np.float32).T)  # not C-contiguous
+    assert not blocking._in_blocks(blocking.SPLIT_MIN_MACS, f32.astype(np.int64))
+    assert not one_block(blocking._in_blocks, blocking.SPLIT_MIN_MACS, f32)                   # not the step's thread
 
 
 @pytest.mark.parametrize("n", [7, 200, 16, 784, 1])
 def test_halves_cover_the_columns_at_a_cache_line(n):
-    mid = K._halves(n)
+    mid = blocking._halves(n)
     assert 0 <= mid <= n and (mid % 16 == 0 or n < 32)
     assert abs(mid - n / 2) <= 16
 
@@ -259,9 +260,9 @@ def test_halves_cover_the_columns_at_a_cache_line(n):
 @pytest.mark.parametrize("k", [1, 2, 5, 16])
 def test_blocks_cover_each_half_in_order(n, k):
     """The k blocks of each half tile [0, mid) and [mid, n) in order (some empty when k > n / 2)."""
-    mid = K._halves(n)
+    mid = blocking._halves(n)
     for part, (lo0, hi0) in enumerate(((0, mid), (mid, n))):
-        edges = [K._block(n, part, k, q) for q in range(k)]
+        edges = [blocking._block(n, part, k, q) for q in range(k)]
         assert edges[0][0] == lo0 and edges[-1][1] == hi0
         assert all(a[1] == b[0] for a, b in zip(edges, edges[1:]))
         assert all(0 <= hi - lo <= -(-(hi0 - lo0) // k) for lo, hi in edges)
@@ -270,16 +271,17 @@ def test_blocks_cover_each_half_in_order(n, k):
 def test_blocks_per_half_fit_the_small_matrix_kernels():
     """Blocks small enough for OpenBLAS's unpacked kernels at small batches, whole halves otherwise."""
     for n, B, per_unit, max_units in ((200, 24, 24 * 784, None), (784, 24, 24 * 200, None),
-                                      (784, 24, 24 * 200, K.SMALL_GEMM_TN_ENTRIES // 24), (1000, 64, 64 * 200, None)):
-        k = K._blocks_per_half(n, B, per_unit, max_units)
-        half = max(K._halves(n), n - K._halves(n))
+                                      (784, 24, 24 * 200, blocking.SMALL_GEMM_TN_ENTRIES // 24),
+                                      (1000, 64, 64 * 200, None)):
+        k = blocking._blocks_per_half(n, B, per_unit, max_units)
+        half = max(blocking._halves(n), n - blocking._halves(n))
         size, fewer = -(-half // k), -(-half // (k - 1))      # block sizes with k and with k - 1 blocks
-        assert 1 < k <= K.MAX_BLOCKS_PER_HALF and size * per_unit <= K.SMALL_GEMM_MACS
+        assert 1 < k <= blocking.MAX_BLOCKS_PER_HALF and size * per_unit <= blocking.SMALL_GEMM_MACS
         assert max_units is None or size <= max_units
-        assert fewer * per_unit > K.SMALL_GEMM_MACS or (max_units is not None and fewer > max_units)  # the fewest
-    assert K._blocks_per_half(784, 24, 100, None) == 1                              # already small
-    assert K._blocks_per_half(784, K.SMALL_GEMM_MAX_BATCH + 1, 200 * 128, None) == 1  # packing pays
-    assert K._blocks_per_half(100_000, 24, 24 * 784, None) == 1                     # would take too many
+        assert fewer * per_unit > blocking.SMALL_GEMM_MACS or (max_units is not None and fewer > max_units)  # fewest
+    assert blocking._blocks_per_half(784, 24, 100, None) == 1                              # already small
+    assert blocking._blocks_per_half(784, blocking.SMALL_GEMM_MAX_BATCH + 1, 200 * 128, None) == 1  # packing pays
+    assert blocking._blocks_per_half(100_000, 24, 24 * 784, None) == 1                     # would take too many
 
 
 # --------------------------------------------------------------------------
@@ -611,15 +613,15 @@ def test_dz_cond_dlogits():
 
 
 def test_float32_exponential_is_within_5_ulp():
-    """The bound's float32 exp(-|a|) (kernels._exp_neg_abs_f32): within 5 ulp of the exact value
+    """The bound's float32 exp(-|a|) (kernels/fastmath.py:_exp_neg_abs_f32): within 5 ulp of the exact value
     on [-87, 87], 0 beyond (never subnormal, never negative), NaN for NaN."""
     a = np.concatenate([np.linspace(-87.0, 87.0, 200001), rng_for(22).normal(size=20000) * 5,
                         [0.0, -0.0, 1e-30, -1e-30]]).astype(np.float32)
     exact = np.exp(-np.abs(a.astype(np.float64)))
-    ulps = float(np.max(np.abs(K._exp_neg_abs_f32_array(a) - exact) / exact)) / 2.0 ** -24
+    ulps = float(np.max(np.abs(fastmath._exp_neg_abs_f32_array(a) - exact) / exact)) / 2.0 ** -24
     assert ulps <= 5.0, f"exp(-|a|) off by {ulps:.2f} ulp"
     beyond = np.array([87.5, -88.0, 103.0, 1e30, -np.inf, np.inf, np.nan], dtype=np.float32)
-    got = K._exp_neg_abs_f32_array(beyond)
+    got = fastmath._exp_neg_abs_f32_array(beyond)
     assert np.all(got[:-1] == 0.0) and not np.any(np.signbit(got[:-1])) and np.isnan(got[-1]), got
 
 

@@ -7,8 +7,8 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from rebar_np.generate import reconstruct_images, sample_images
-from rebar_np.model import SBN, init_params
+from rebar_np.evaluation.generate import reconstruct_images, sample_images
+from rebar_np.model.sbn import SBN, init_params
 
 mpl_image = pytest.importorskip("matplotlib.image", reason="plots need matplotlib (pip install 'rebar-np[plot]')")
 

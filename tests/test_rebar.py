@@ -17,9 +17,9 @@ import pytest
 
 from rebar_np import kernels as K
 from rebar_np.estimators.rebar import conditional_z0
-from rebar_np.gradcheck import finite_difference, random_instance, run_checks
-from rebar_np.model import generative_forward, hard_pass, hard_pass_at, log_q_layers, recognition_forward
-from rebar_np.relaxed import relaxed_pass
+from rebar_np.evaluation.gradcheck import finite_difference, random_instance, run_checks
+from rebar_np.model.sbn import generative_forward, hard_pass, hard_pass_at, log_q_layers, recognition_forward
+from rebar_np.model.relaxed import relaxed_pass
 
 CASES = [(task, L, nl) for task in ("sbn", "sp") for L in (1, 2, 3) for nl in (False, True)]
 

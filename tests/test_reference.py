@@ -8,8 +8,9 @@ from scipy.special import logsumexp
 import reference as R
 from rebar_np import estimators as E
 from rebar_np import kernels as K
-from rebar_np.gradcheck import random_instance
-from rebar_np.model import SBN, draw_noise, hard_pass, init_params, iw_bound, uniform_bits
+from rebar_np.evaluation.gradcheck import random_instance
+from rebar_np.evaluation.bound import iw_bound, uniform_bits
+from rebar_np.model.sbn import SBN, draw_noise, hard_pass, init_params
 
 CASES = [(task, L, nl) for task in ("sbn", "sp") for L in (1, 2, 3) for nl in (False, True)]
 GRAD_TOL = 1e-6
@@ -81,7 +82,7 @@ def test_reference_signals():
     np.testing.assert_allclose(R.leave_one_out_signal(f), K.leave_one_out_center(f), rtol=1e-14)
     model, params, x, u, rng = instance("sp", 2, True)
     aux = nvil_aux(model, rng)
-    from rebar_np.baseline import baseline_forward
+    from rebar_np.model.baseline import baseline_forward
     c, _ = baseline_forward(aux, model.q_input(x))
     np.testing.assert_allclose(R.baseline(model, aux, x), c, rtol=1e-12)
 
@@ -164,9 +165,9 @@ def test_iw_bound_matches_reference_at_the_same_noise(chunk, products, monkeypat
     for example n; at that noise it must equal log mean exp of the reference ELBOs, however the
     samples are chunked, with the samples' products done by tables or (tables too large to
     pay) by matrix products."""
-    from rebar_np import kernels
+    from rebar_np.kernels import tables
     if products == "matrix":
-        monkeypatch.setattr(kernels, "TABLE_MAX_BYTES", 0)
+        monkeypatch.setattr(tables, "TABLE_MAX_BYTES", 0)
     model, params, x, _, _ = instance("sp", 2, True, seed=5, batch_size=3)
     B, k = x.shape[0], 250
     got = iw_bound(model, params, x, k, np.random.default_rng(3), chunk=chunk)

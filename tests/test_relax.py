@@ -1,4 +1,4 @@
-"""RELAX on multilayer SBNs (rebar_np.estimators.relax) and its control network r (rebar_np.control_net):
+"""RELAX on multilayer SBNs (rebar_np.estimators.relax) and its control network r (rebar_np.model.control_net):
 
 1. Unbiasedness: relax passes the exact-enumeration harness on tiny models with 1 and 2 layers,
    linear and nonlinear, both relaxations, r with and without its context (the data and the hard
@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 
 from harness import check_unbiased
-from rebar_np import control_net as CN
+from rebar_np.model import control_net as CN
 from rebar_np import estimators as E
-from rebar_np.adam import AdamConfig, adam_init, adam_update
-from rebar_np.gradcheck import finite_difference, random_instance, run_checks
+from rebar_np.training.adam import AdamConfig, adam_init, adam_update
+from rebar_np.evaluation.gradcheck import finite_difference, random_instance, run_checks
 from test_arm_vimco import CASES, DRAWS, GRADCHECK, assert_unbiased, case
 
 

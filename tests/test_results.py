@@ -7,9 +7,9 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from rebar_np import publish as P
-from rebar_np import sweep as S
-from rebar_np.metrics import read_metrics
+from rebar_np.experiments import publish as P
+from rebar_np.experiments import sweep as S
+from rebar_np.training.metrics import read_metrics
 
 ROOT = Path(cli.__file__).resolve().parent
 

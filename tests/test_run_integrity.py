@@ -12,9 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from rebar_np import checkpoint as C, metrics as M, rundir
-from rebar_np.checkpoint import load_checkpoint
-from rebar_np.metrics import read_metrics
+from rebar_np.training import checkpoint as C, metrics as M, rundir
+from rebar_np.training.checkpoint import load_checkpoint
+from rebar_np.training.metrics import read_metrics
 
 
 def run(*args):
@@ -227,7 +227,7 @@ def crash():
 def ctrl_c_then_again_while_saving(monkeypatch):
     """Ctrl-C in step 6, and a second one during the save it triggers."""
     import signal
-    import rebar_np.train as T
+    import rebar_np.training.train as T
     real_save = T.save_checkpoint
 
     def save(path, step, *a, **k):

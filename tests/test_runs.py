@@ -15,9 +15,9 @@ from click.testing import CliRunner
 
 import cli
 from rebar_np import __version__
-from rebar_np.checkpoint import load_checkpoint
-from rebar_np.metrics import read_metrics
-from rebar_np.train import TrainConfig, train
+from rebar_np.training.checkpoint import load_checkpoint
+from rebar_np.training.metrics import read_metrics
+from rebar_np.training.train import TrainConfig, train
 
 from conftest import write_tiny_omniglot
 
@@ -147,7 +147,7 @@ def test_dynamic_binarization_resumes_exactly(tmp_path, monkeypatch):
 KILL_DURING_THIRD_SAVE = """
 import os, signal, sys
 sys.path.insert(0, {root!r})
-import rebar_np.checkpoint as C
+import rebar_np.training.checkpoint as C
 real, saves = C._write_dict, [0]
 def dying(group, d):
     if group.name == "/aux":           # params are written, aux is next: die in the middle of the file
@@ -296,7 +296,7 @@ def test_sigterm_stops_after_the_step_and_saves(tiny_data_dir, tmp_path):
 
 
 def test_two_processes_never_train_the_same_run(tiny_data_dir, tmp_path):
-    from rebar_np.rundir import lock_run
+    from rebar_np.training.rundir import lock_run
     out = tmp_path / "run"
     assert run("train", *tiny(tiny_data_dir), "--steps", 4, "--eval-every", 0, "--output", out).exit_code == 0
     held = lock_run(out)              # as if another process were training it

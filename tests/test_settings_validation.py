@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from rebar_np import sweep as S
-from rebar_np import train as T
-from rebar_np.train import SettingError, TrainConfig, check_setting
+from rebar_np.experiments import sweep as S
+from rebar_np.training import train as T
+from rebar_np.training.train import SettingError, TrainConfig, check_setting
 
 
 def run(*args):

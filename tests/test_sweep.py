@@ -6,9 +6,9 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from rebar_np import sweep as S
-from rebar_np.checkpoint import load_checkpoint
-from rebar_np.metrics import last_value, read_metrics
+from rebar_np.experiments import sweep as S
+from rebar_np.training.checkpoint import load_checkpoint
+from rebar_np.training.metrics import last_value, read_metrics
 
 
 def run(*args):

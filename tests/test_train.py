@@ -6,12 +6,12 @@ import threading
 import numpy as np
 import pytest
 
-from rebar_np.adam import AdamConfig, adam_init, adam_update
-from rebar_np.kernels import SPLIT_MIN_SIZE
-from rebar_np.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from rebar_np.training.adam import AdamConfig, adam_init, adam_update
+from rebar_np.kernels.blocking import SPLIT_MIN_SIZE
+from rebar_np.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from rebar_np.estimators import ESTIMATORS
 from rebar_np.estimators import get as get_estimator
-from rebar_np.train import GradVariance, TrainConfig, TrainingDiverged, train
+from rebar_np.training.train import GradVariance, TrainConfig, TrainingDiverged, train
 
 
 def small_data(seed=0, n=300, d=20):
@@ -141,7 +141,7 @@ def test_step_cores_keeps_the_faster_and_measures_again():
     """StepCores times `probe` steps on one core and on two, twice, keeps the faster, and
     measures again after `every` steps or as soon as a window is `slack` times slower."""
     import numba
-    from rebar_np.train import StepCores
+    from rebar_np.training.train import StepCores
     before = numba.get_num_threads()
     speed = {1: 1.0, 2: 0.6}                       # seconds a step takes on n cores
     cores = StepCores(2, probe=3, every=40, window=10, slack=1.5)

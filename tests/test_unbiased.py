@@ -9,7 +9,7 @@ import pytest
 import reference as R
 from harness import biased_reinforce, bonferroni_threshold, check_unbiased
 from rebar_np import estimators as E
-from rebar_np.gradcheck import random_instance
+from rebar_np.evaluation.gradcheck import random_instance
 
 # (task, n_layer, n_hidden, nonlinear, batch size, seed, draws); 2^(L H) <= 512 configurations
 CASES = {
@@ -107,7 +107,7 @@ def test_harness_is_reproducible():
 def reinforce_biased_in_top_layer(model, params, aux, x, u):
     """REINFORCE with the leave-one-out signal below, the all-examples baseline in the top layer only."""
     from rebar_np import kernels as K
-    from rebar_np.model import hard_pass, score_function_gradient
+    from rebar_np.model.sbn import hard_pass, score_function_gradient
     hp = hard_pass(model, params, x, [K.logistic_noise(ul) for ul in u])
     loo = K.leave_one_out_center(hp.f)
     signal = [loo] * (model.n_layer - 1) + [hp.f - hp.f.mean()]

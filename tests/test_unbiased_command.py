@@ -11,7 +11,7 @@ from click.testing import CliRunner
 import cli
 import reference as R
 from rebar_np import estimators as E
-from rebar_np import unbiased as U
+from rebar_np.evaluation import unbiased as U
 
 
 def run(*args):

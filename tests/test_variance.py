@@ -1,4 +1,4 @@
-"""track_variance's noise: common random numbers (rebar_np.variance module docstring).
+"""track_variance's noise: common random numbers (rebar_np.experiments.variance module docstring).
 
 Every tracked estimator draws from its own, identically seeded generator, so estimators that
 consume noise the same way see the same u on every step, and the followed trajectory does not
@@ -7,8 +7,8 @@ depend on which estimators are tracked beside it.
 import numpy as np
 
 from rebar_np import estimators as E
-from rebar_np.train import TrainConfig
-from rebar_np.variance import track_variance
+from rebar_np.training.train import TrainConfig
+from rebar_np.experiments.variance import track_variance
 from test_comparisons import synthetic
 
 

@@ -27,7 +27,14 @@ bound instead of the ELBO; they take K noise rows per example, and their module 
 
     noise_rows(batch_size, options=None) -> batch_size K
 
-(see noise_rows below and rebar_np.multisample); Estimate.elbo is then the K-sample bound.
+(see noise_rows below and rebar_np.estimators.multisample); Estimate.elbo is then the K-sample bound.
+
+Besides one module per estimator (ESTIMATORS, found by get), this folder holds
+
+    multisample.py  the K-sample passes and gradient shared by vimco and reinforce_loo
+    bernoulli.py    every estimator for one layer of independent bits and any f of yours (no SBN),
+                    and the formulas the SBN estimators share (ARM/DisARM logit gradients,
+                    K-sample signals)
 """
 from dataclasses import dataclass, field
 import importlib
@@ -91,8 +98,8 @@ def prepare_noise(model, x, u, rng):
     (docs/math.md, section "Noise and samples").
     The noise is drawn on the host (so a run's noise does not depend on the device)
     and copied to the device when x lives there."""
-    from ..device import is_device, to_device, to_host
-    from ..model import check_noise, draw_noise
+    from ..kernels.dispatch import is_device, to_device, to_host
+    from ..model.sbn import check_noise, draw_noise
     model.check_batch(x)
     if u is None:
         rng = np.random.default_rng(0) if rng is None else rng

@@ -4,7 +4,7 @@ For one layer with logits a and uniform noise u, the antithetic pair
 
     b = 1[u > sigma(-a)],   b~ = 1[1 - u > sigma(-a)]      (logistic noise z0 and -z0)
 
-gives the unbiased estimate  d E[F(b)] / d a  ~=  (F(b) - F(b~)) (u - 1/2)  (rebar_np.bernoulli.arm).
+gives the unbiased estimate  d E[F(b)] / d a  ~=  (F(b) - F(b~)) (u - 1/2)  (rebar_np.estimators.bernoulli.arm).
 
 Multilayer (the DisARM paper's multi-layer treatment): for layer l, hold the hard samples
 below it, b_{<l}, fixed; draw the pair (b_l, b~_l) from u_l; continue *each* branch through
@@ -27,10 +27,10 @@ branch per layer, each recomputed only from layer l up). No trained parameters.
 """
 import numpy as np
 
-from .. import bernoulli as bern
-from .. import kernels as K
-from ..model import (generative_backward, generative_forward, hard_pass, hard_pass_at, transform_backward,
-                     transform_forward, zeros_like)
+from ..kernels.dispatch import K
+from ..model.sbn import (generative_backward, generative_forward, hard_pass, hard_pass_at, transform_backward,
+                         transform_forward, zeros_like)
+from . import bernoulli as bern
 from . import Estimate, merge_options, prepare_noise
 
 DEFAULT_OPTIONS = {}

@@ -1,7 +1,7 @@
 """Concrete (the "Gumbel-softmax" baseline; docs/math.md, section "The Concrete relaxation"): the reparameterised
 gradient of the relaxed ELBO at a fixed temperature. Biased.
 
-Every layer is relaxed (switch layer 0 of rebar_np.relaxed), s_l = sigma(t_l) with
+Every layer is relaxed (switch layer 0 of rebar_np.model.relaxed), s_l = sigma(t_l) with
 t_l = (a_l + z0_l)/lam (+ a_l lam/(lam + 1) for the muprop relaxation), and
 
     G = -(1/B) sum_n d f_0(s_n) / d theta        for all parameters,
@@ -11,9 +11,9 @@ objective and biased for E_q[f(b)]: the unbiasedness test shows it (tests/).
 """
 import numpy as np
 
-from ..device import K
-from ..model import empty_like, hard_pass
-from ..relaxed import relaxed_pass
+from ..kernels.dispatch import K
+from ..model.relaxed import relaxed_pass
+from ..model.sbn import empty_like, hard_pass
 from . import Estimate, merge_options, prepare_noise
 from .rebar import check_options
 

@@ -7,12 +7,12 @@ with the augmentation u integrated out given the pair:
     g_{a_l} = 1/2 (f_l^+ - f_l^-) (b_l - b~_l) sigma(|a_l|)          per example, (B, H)
     G_{q_l} = -(1/B) backprop_{T_ql}(g_{a_l}),   G_p = -(1/B) sum_n d log p(x_n, b_n) / d theta_p.
 
-DisARM = E[ARM | b, b~] (rebar_np.bernoulli.disarm_logit_gradient), so it is unbiased whenever
+DisARM = E[ARM | b, b~] (rebar_np.estimators.bernoulli.disarm_logit_gradient), so it is unbiased whenever
 ARM is and its variance is never larger. No trained parameters.
 """
 import numpy as np
 
-from .. import bernoulli as bern
+from . import bernoulli as bern
 from . import merge_options
 from .arm import antithetic_estimate, surrogate  # noqa: F401  (the same surrogate: g_{a_l} frozen)
 

@@ -3,7 +3,7 @@
 Everything is rebar_np.estimators.rebar, with tau = log(lambda) added to the
 estimator's own parameters (initialised at log(options["temperature"])) and
 trained on the variance objective through dV/dtau, which needs the temperature
-derivatives of the relaxed passes (rebar_np.relaxed, forward mode through the
+derivatives of the relaxed passes (rebar_np.model.relaxed, forward mode through the
 reverse pass).
 """
 import numpy as np

@@ -18,11 +18,11 @@ through T_ql. The scalings and baselines are trained on mean_n sum_l signal_{n,l
 """
 import numpy as np
 
-from .. import kernels as K
-from ..baseline import baseline_backward, baseline_forward, init_baseline, squared_signal_loss
-from ..model import (hard_pass, hard_pass_at, score_function_gradient, score_function_surrogate,
-                     transform_backward, zeros_like)
-from ..relaxed import mean_field_pass
+from ..kernels.dispatch import K
+from ..model.baseline import baseline_backward, baseline_forward, init_baseline, squared_signal_loss
+from ..model.relaxed import mean_field_pass
+from ..model.sbn import (hard_pass, hard_pass_at, score_function_gradient, score_function_surrogate,
+                         transform_backward, zeros_like)
 from . import Estimate, merge_options, prepare_noise
 from .simple_muprop import scale_of
 

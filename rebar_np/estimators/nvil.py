@@ -10,9 +10,9 @@ Unbiased for any c, since c(x) does not depend on b. No variance normalisation
 """
 import numpy as np
 
-from ..device import K
-from ..baseline import baseline_backward, baseline_forward, init_baseline, squared_signal_loss
-from ..model import hard_pass, score_function_gradient, score_function_surrogate, zeros_like
+from ..kernels.dispatch import K
+from ..model.baseline import baseline_backward, baseline_forward, init_baseline, squared_signal_loss
+from ..model.sbn import hard_pass, score_function_gradient, score_function_surrogate, zeros_like
 from . import Estimate, merge_options, prepare_noise
 
 

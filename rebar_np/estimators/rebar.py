@@ -8,7 +8,7 @@ The ascent estimate of the recognition gradient, per example:
 
 and the generative parameters get d log p(x, b) / d theta_p. The two relaxed
 paths have equal values and differ only through dz/da_l at the switch layer
-(rebar_np.relaxed), so for each tensor k of T_ql the loss gradient is
+(rebar_np.model.relaxed), so for each tensor k of T_ql the loss gradient is
 
     G_k = -(1/B) [ A_k + eta_k E_k ],
     A_k = sum_n (f_n - c_n) score_{n,k}                          (backprop of (f - c)(b_l - sigma(a_l)))
@@ -17,7 +17,9 @@ paths have equal values and differ only through dz/da_l at the switch layer
 with g_z = d f_l / d z_l. The generative tensors get no control-variate term.
 Each q tensor's G_k is written once, from both parts (recognition_gradient): for a linear
 T_ql at batch 24 through the Gram matrix h h^T, so that neither E_W nor the product h G_W of
-the tuning below is formed.
+the tuning below is formed. The Gram route is the readable one, backprop of dA and dE through
+T_ql, rearranged: the same G_k, variance sums and logit tangents to float64 rounding
+(tests/test_rebar.py::test_gram_route_gives_the_same_estimate).
 
 Tuning (docs/math.md, section "The variance objective and its gradients"): V = (1/P) sum_j G_j^2
 over all P model-gradient entries, minimised over psi (eta = 2 sigma(psi), one
@@ -29,7 +31,7 @@ per recognition tensor), the baseline c and, for dynamic_rebar, tau = log lambda
 
 where a_dot_l[v] is the forward-mode derivative of a_l = T_ql(h_l) in the parameter
 direction v (so sum_j v_j backprop(w)_j = sum_n <a_dot[v], w>_n), and f_l_dot,
-g_z_dot are the temperature tangents of rebar_np.relaxed. eta, c and tau move at
+g_z_dot are the temperature tangents of rebar_np.model.relaxed. eta, c and tau move at
 10x the learning rate (the training loop's aux optimizer).
 
 Joint variant (options["joint"]): one control variate, the ELBO with every layer
@@ -47,16 +49,16 @@ while only score_l multiplies f_l(z~): nothing cancels the extra terms' expectat
 estimator is biased from two stochastic layers up (`rebar-np unbiased --model rebar --n-layer 2
 --condition-above` shows it). It exists to reproduce the reference, not to be used.
 
-aux parameters: ``baseline.*`` (rebar_np.baseline), ``psi.<q tensor>`` (1,) and,
+aux parameters: ``baseline.*`` (rebar_np.model.baseline), ``psi.<q tensor>`` (1,) and,
 for dynamic_rebar, ``tau`` (1,). rebar keeps lambda = options["temperature"].
 """
 import numpy as np
 
-from ..device import K, empty_like, zeros
-from ..baseline import baseline_backward, baseline_forward, init_baseline
-from ..model import (hard_pass, hard_pass_at, is_recognition, score_function_gradient,
-                     score_function_surrogate, transform_backward, transform_tangent, zeros_like)
-from ..relaxed import relaxed_pass
+from ..kernels.dispatch import K, empty_like, zeros
+from ..model.baseline import baseline_backward, baseline_forward, init_baseline
+from ..model.relaxed import relaxed_pass
+from ..model.sbn import (hard_pass, hard_pass_at, is_recognition, score_function_gradient,
+                         score_function_surrogate, transform_backward, transform_tangent, zeros_like)
 from . import Estimate, EstimatorError, merge_options, prepare_noise
 
 DEFAULT_OPTIONS = {"temperature": 0.5, "relaxation": "muprop", "joint": False, "condition_above": False}

@@ -9,8 +9,8 @@ samples, which are independent of b_n. Needs B >= 2. No trained parameters.
 """
 import numpy as np
 
-from ..device import K
-from ..model import hard_pass, score_function_gradient, score_function_surrogate
+from ..kernels.dispatch import K
+from ..model.sbn import hard_pass, score_function_gradient, score_function_surrogate
 from . import Estimate, EstimatorError, merge_options, prepare_noise
 
 

@@ -4,17 +4,17 @@ K samples per example (--samples K, K >= 2), objective L = log (1/K) sum_k exp f
 importance-weighted bound), and for sample k the baseline is the (K-1)-sample bound of the
 *other* samples, which does not depend on b^k:
 
-    signal_k = L - log (1/(K-1)) sum_{j != k} exp f(b^j)          (rebar_np.bernoulli.loo_bound_signals)
+    signal_k = L - log (1/(K-1)) sum_{j != k} exp f(b^j)          (rebar_np.estimators.bernoulli.loo_bound_signals)
     G_q = -(1/B) sum_n sum_k (signal_k - w_k) d log q(b_n^k) / d theta_q
     G_p = -(1/B) sum_n sum_k w_k d log p(x_n, b_n^k) / d theta_p,     w_k = softmax_k f(b^k)
 
-(rebar_np.multisample). Unbiased for the gradient of E[L]. Noise: one (B K, H) array per
+(rebar_np.estimators.multisample). Unbiased for the gradient of E[L]. Noise: one (B K, H) array per
 layer, row n K + k for sample k of example n. No trained parameters.
 """
 import numpy as np
 
-from .. import bernoulli as bern
-from .. import multisample as MS
+from . import bernoulli as bern
+from . import multisample as MS
 from . import merge_options
 
 DEFAULT_OPTIONS = {"samples": MS.DEFAULT_SAMPLES}

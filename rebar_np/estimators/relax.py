@@ -1,10 +1,10 @@
 """RELAX (Grathwohl et al. 2018) for multilayer SBNs: REBAR whose control variate gains a learned
 free-form term, with every control-variate parameter and the temperature tuned on the variance.
 
-Per switch layer l (rebar_np.estimators.rebar, rebar_np.relaxed), REBAR's control variate
+Per switch layer l (rebar_np.estimators.rebar, rebar_np.model.relaxed), REBAR's control variate
 eta f_l(z) becomes
 
-    c_l(z) = eta f_l(z) + r_l(z_l; x, b_{<l}),   r_l = a small tanh network (rebar_np.control_net,
+    c_l(z) = eta f_l(z) + r_l(z_l; x, b_{<l}),   r_l = a small tanh network (rebar_np.model.control_net,
              width an option) of the layer's logistic sample z_l = a_l + z0_l and, as its context,
              the data and the hard samples below layer l (options["context"], default on; the
              RELAX authors' multilayer code conditions r the same way)
@@ -35,7 +35,7 @@ a_l along the parameter direction G (so sum_j G_j backprop(w)_j = sum_n <a_dot_l
     dV/dphi_l = (2/P) sum_j G_j dG_j/dphi_l = -(2/(P B)) dS_l/dphi_l,
     S_l = sum_n [ <a_dot_l[G]_n m_l,n, rho_l(z_l,n)> - <a_dot_l[G]_n, score_l,n> r_l(z_l,n) ],
 
-which rebar_np.control_net.control_net_tangent_backward differentiates (forward mode of rho
+which rebar_np.model.control_net.control_net_tangent_backward differentiates (forward mode of rho
 along v = a_dot_l[G] m_l, then its reverse pass). eta, c, lambda and r move at 10x the
 learning rate (the training loop's aux optimizer).
 
@@ -45,12 +45,12 @@ aux parameters: REBAR's ``baseline.*``, ``psi.<q tensor>``, ``tau`` and, per lay
 """
 import numpy as np
 
-from .. import kernels as K
-from ..baseline import baseline_backward
-from ..control_net import (DEFAULT_WIDTH, control_net_forward, control_net_input_grad,
-                           control_net_tangent_backward, init_control_net)
-from ..model import hard_pass_at, is_recognition, score_function_surrogate, transform_backward, zeros_like
-from ..relaxed import relaxed_pass
+from ..kernels.dispatch import K
+from ..model.baseline import baseline_backward
+from ..model.control_net import (DEFAULT_WIDTH, control_net_forward, control_net_input_grad,
+                                 control_net_tangent_backward, init_control_net)
+from ..model.relaxed import relaxed_pass
+from ..model.sbn import hard_pass_at, is_recognition, score_function_surrogate, transform_backward, zeros_like
 from . import Estimate, EstimatorError, merge_options
 from .rebar import (apply_control_variates, logit_tangents, check_options as check_rebar_options, conditional_z0,
                     eta_of, hard_part, init_aux as rebar_init_aux, temperature, variance_and_eta_grads)

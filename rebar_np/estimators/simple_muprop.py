@@ -4,7 +4,7 @@ REINFORCE with the mean-field ELBO as a scaled baseline.
     signal_n = f(b_n) - s f(mu_n) - c(x_n),        s = 2 sigma(psi) (psi = 0: s = 1)
     G = -(1/B) sum_n [ signal_n sum_l score_l(b_n) + d log p(x_n, b_n) / d theta_p ]
 
-f(mu) is the ELBO at the deterministic mean-field values (rebar_np.relaxed.mean_field_pass);
+f(mu) is the ELBO at the deterministic mean-field values (rebar_np.model.relaxed.mean_field_pass);
 it and c depend on x only, so the estimate is unbiased for any s and c. s and c are
 trained on mean_n signal_n^2 (f and f(mu) held fixed):
     d/dpsi = sum_n (2 signal_n / B)(-f(mu_n)) ds/dpsi,   ds/dpsi = s (1 - s/2)
@@ -12,10 +12,10 @@ trained on mean_n signal_n^2 (f and f(mu) held fixed):
 """
 import numpy as np
 
-from .. import kernels as K
-from ..baseline import baseline_backward, baseline_forward, init_baseline, squared_signal_loss
-from ..model import hard_pass, score_function_gradient, score_function_surrogate, zeros_like
-from ..relaxed import mean_field_pass
+from ..kernels.dispatch import K
+from ..model.baseline import baseline_backward, baseline_forward, init_baseline, squared_signal_loss
+from ..model.relaxed import mean_field_pass
+from ..model.sbn import hard_pass, score_function_gradient, score_function_surrogate, zeros_like
 from . import Estimate, merge_options, prepare_noise
 
 DEFAULT_OPTIONS = {}

@@ -1,0 +1,256 @@
+"""Results in the repository: a sweep's runs published as their small files, and the table of them.
+
+`rebar-np results publish GRID` copies, for every run of the grid that has reported anything,
+
+    results/<sweep>/<run>/config.json      the run's settings and the data it was trained on
+    results/<sweep>/<run>/metrics.h5       one row per epoch (rebar_np.training.metrics)
+    results/<sweep>/<run>/eval-*.json      its final bounds (the 5000-sample test bound is computed
+                                           here for finished runs that lack it)
+    results/<sweep>/<run>/metrics.png      its curves (rebar-np plot)
+    results/<sweep>/<architecture>_lr<lr>.png   every estimator of one architecture and learning rate
+
+and never a checkpoint. `rebar-np results table` rebuilds the table of results/README.md (and of
+the README's results section) from those files alone, so that the committed table is what the
+committed files say; `--check` only compares. A run still training appears with the step it
+reached, never with a number it has not produced.
+"""
+import math
+import os
+import re
+import shutil
+
+import numpy as np
+
+from ..training.metrics import last_value, read_metrics
+from ..training.rundir import CONFIG, METRICS, read_json
+
+FINAL_SAMPLES = 5000
+BEGIN, END = "<!-- results table: begin (rebar-np results table) -->", "<!-- results table: end -->"
+HEADLINE_BEGIN = "<!-- results headline: begin (rebar-np results table) -->"
+HEADLINE_END = "<!-- results headline: end -->"
+ARCH_ORDER = ("two_layer", "linear", "nonlinear")
+ESTIMATOR_ORDER = ("dynamic_rebar", "rebar(0.1)", "rebar", "relax", "muprop", "simple_muprop", "nvil",
+                   "concrete(0.1)", "concrete", "disarm", "arm", "vimco", "reinforce_loo", "reinforce")
+
+# The papers' MNIST numbers, to be read beside ours (they are the papers' results, not ours).
+# REBAR paper, Table 1: mean training ELBO after 2,000,000 steps, best of three learning rates;
+# its "REBAR" column is dynamic_rebar (the temperature learned).
+REBAR_PAPER = {
+    ("two_layer", "nvil"): -99.6, ("two_layer", "muprop"): -99.07, ("two_layer", "dynamic_rebar"): -98.8,
+    ("two_layer", "concrete(0.1)"): -99.62,
+    ("linear", "nvil"): -112.5, ("linear", "muprop"): -111.7, ("linear", "dynamic_rebar"): -111.6,
+    ("linear", "concrete(0.1)"): -111.3,
+    ("nonlinear", "nvil"): -102.2, ("nonlinear", "muprop"): -101.5, ("nonlinear", "dynamic_rebar"): -101.1,
+}
+# RELAX paper: the highest training ELBO of its own runs (compare with our best epoch).
+RELAX_PAPER = {
+    ("two_layer", "dynamic_rebar"): -98.22, ("two_layer", "relax"): -98.00,
+    ("linear", "dynamic_rebar"): -111.6, ("linear", "relax"): -111.20,
+}
+
+
+class ResultsError(ValueError):
+    """A results folder or grid that cannot be published or tabulated (one-line message)."""
+
+
+# --------------------------------------------------------------------------
+# Names
+# --------------------------------------------------------------------------
+def architecture_name(cfg):
+    """The sweep's architecture names for its built-in shapes, else '<L>-layer (non)linear'."""
+    for name, shape in (("linear", (1, False)), ("two_layer", (2, False)), ("nonlinear", (1, True))):
+        if (cfg["n_layer"], bool(cfg["nonlinear"])) == shape:
+            return name
+    return f"{cfg['n_layer']}-layer {'nonlinear' if cfg['nonlinear'] else 'linear'}"
+
+
+def estimator_name(cfg):
+    """The sweep's estimator names: rebar and concrete carry their fixed temperature, rebar(0.1)."""
+    if cfg["model"] in ("rebar", "concrete"):
+        return f"{cfg['model']}({cfg['temperature']:g})"
+    return cfg["model"]
+
+
+# --------------------------------------------------------------------------
+# Publishing a sweep
+# --------------------------------------------------------------------------
+def published_files(run_dir):
+    """The small files of a run folder that go into results/: config, metrics, full-split evaluations."""
+    names = [CONFIG, METRICS] if os.path.exists(os.path.join(run_dir, METRICS)) else []
+    names += sorted(n for n in os.listdir(run_dir) if re.fullmatch(r"eval-(valid|test)-\d+\.json", n))
+    return names
+
+
+def publish(grid, specs, results_root, log=print, final_samples=FINAL_SAMPLES, progress=False):
+    """Copy the runs of `specs` (rebar_np.experiments.sweep) that have metrics into results_root/<sweep name>/,
+    computing the final test bound of finished runs that lack it, with a plot per run and per
+    (architecture, learning rate). Returns the folder written."""
+    from ..evaluation.final import final_bound
+    from .plots import plot_runs
+    from .sweep import run_state
+    dest = os.path.join(results_root, os.path.basename(os.path.normpath(grid.output)))
+    published = []
+    for spec in specs:
+        if not os.path.exists(os.path.join(spec.dir, METRICS)):
+            continue
+        state, step = run_state(spec)
+        final = os.path.join(spec.dir, f"eval-test-{final_samples}.json")
+        if state == "finished" and final_samples and not os.path.exists(final):
+            log(f"{spec.name}: the {final_samples}-sample test bound (a few minutes)")
+            r, _ = final_bound(spec.dir, "test", final_samples, progress=progress)
+            log(f"{spec.name}: test bound ({final_samples} samples) {r['bound']:.3f} +- {r['stderr']:.3f}")
+        out = os.path.join(dest, spec.name)
+        os.makedirs(out, exist_ok=True)
+        for name in published_files(spec.dir):
+            shutil.copyfile(os.path.join(spec.dir, name), os.path.join(out, name))
+        plot_runs([out], os.path.join(out, "metrics.png"), labels=[spec.name])
+        published.append((spec, out))
+        log(f"published {spec.name} ({state}{f', step {step}' if step else ''})")
+    groups = {}
+    for spec, out in published:
+        cfg = read_json(os.path.join(out, CONFIG), "run configuration")
+        groups.setdefault((architecture_name(cfg), cfg["learning_rate"]), []).append((estimator_name(cfg), out))
+    for (arch, lr), runs in sorted(groups.items(), key=lambda kv: _order(ARCH_ORDER, kv[0][0]) + (kv[0][1],)):
+        path = os.path.join(dest, f"{arch.replace(' ', '-')}_lr{lr:g}.png")
+        plot_runs([out for _, out in runs], path, labels=[name for name, _ in runs])
+        log(f"wrote {path}")
+    return dest
+
+
+# --------------------------------------------------------------------------
+# The table
+# --------------------------------------------------------------------------
+def _order(order, name):
+    return (order.index(name), name) if name in order else (len(order), name)
+
+
+def run_row(run_dir, sweep):
+    """What the table says of one published run, read from its files alone."""
+    cfg = read_json(os.path.join(run_dir, CONFIG), "run configuration")
+    table = read_metrics(os.path.join(run_dir, METRICS))
+    steps, wall = table["step"], table["wall_time"]
+    if len(steps) == 0:
+        raise ResultsError(f"{os.path.join(run_dir, METRICS)} has no rows")
+    elbo = table["train_elbo"].astype(np.float64)
+    final = os.path.join(run_dir, f"eval-test-{FINAL_SAMPLES}.json")
+    test_final = read_json(final, "evaluation") if os.path.exists(final) else None
+    if test_final is not None and test_final.get("step") != int(steps[-1]):
+        test_final = None          # a bound of an earlier checkpoint does not describe this row
+    arch, est = architecture_name(cfg), estimator_name(cfg)
+    return {"sweep": sweep, "run": os.path.basename(run_dir), "architecture": arch, "estimator": est,
+            "learning_rate": cfg["learning_rate"], "seed": cfg["seed"], "step": int(steps[-1]),
+            "steps": int(cfg["steps"]), "train_elbo": float(elbo[-1]),
+            "best_train_elbo": float(np.nanmax(elbo)),
+            "valid_bound": last_value(table, "valid_bound"), "test_bound": last_value(table, "test_bound"),
+            "test_final": test_final["bound"] if test_final else None,
+            "steps_per_s": float(steps[-1] / wall[-1]) if wall[-1] > 0 else None, "wall_time": float(wall[-1]),
+            "rebar_paper": REBAR_PAPER.get((arch, est)), "relax_paper": RELAX_PAPER.get((arch, est))}
+
+
+def collect(results_root):
+    """Rows of every published run under results_root/<sweep>/<run>/, in table order."""
+    if not os.path.isdir(results_root):
+        raise ResultsError(f"no results folder at {results_root}")
+    rows = []
+    for sweep in sorted(os.listdir(results_root)):
+        folder = os.path.join(results_root, sweep)
+        if not os.path.isdir(folder):
+            continue
+        for run in sorted(os.listdir(folder)):
+            run_dir = os.path.join(folder, run)
+            if os.path.exists(os.path.join(run_dir, CONFIG)) and os.path.exists(os.path.join(run_dir, METRICS)):
+                rows.append(run_row(run_dir, sweep))
+    rows.sort(key=lambda r: (r["sweep"], _order(ARCH_ORDER, r["architecture"]), r["learning_rate"],
+                             _order(ESTIMATOR_ORDER, r["estimator"]), r["seed"]))
+    return rows
+
+
+def _num(v, digits=2):
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+def _hours(seconds):
+    return f"{seconds / 3600:.1f} h" if seconds >= 360 else f"{seconds / 60:.0f} min"
+
+
+def format_table(rows):
+    """The Markdown table of results/README.md (and the README's results section)."""
+    head = ["architecture", "estimator", "lr", "step", "train ELBO, last epoch", "best epoch",
+            "valid (100)", "test (100)", f"test ({FINAL_SAMPLES})", "steps/s", "wall time",
+            "REBAR paper", "RELAX paper"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        step = f"{r['step']:,}" if r["step"] >= r["steps"] else f"{r['step']:,} of {r['steps']:,} (running)"
+        lines.append("| " + " | ".join([
+            r["architecture"].replace("_", " "), f"`{r['estimator']}`", f"{r['learning_rate']:g}", step,
+            _num(r["train_elbo"]), _num(r["best_train_elbo"]), _num(r["valid_bound"]), _num(r["test_bound"]),
+            _num(r["test_final"]), _num(r["steps_per_s"], 0), _hours(r["wall_time"]),
+            _num(r["rebar_paper"]), _num(r["relax_paper"])]) + " |")
+    return "\n".join(lines)
+
+
+def headline(rows):
+    """One row per (sweep, architecture, estimator): the paper's choice among learning rates, the best
+    train ELBO of the finished runs (of the runs so far while none has finished)."""
+    best = {}
+    for r in rows:
+        key = (r["sweep"], r["architecture"], r["estimator"])
+        rank = (r["step"] >= r["steps"], r["train_elbo"])
+        if key not in best or rank > best[key][0]:
+            best[key] = (rank, r)
+    return [r for r in rows if best[(r["sweep"], r["architecture"], r["estimator"])][1] is r]
+
+
+def format_headline(rows):
+    """The README's short table: the headline rows, with the final bound and the papers' numbers."""
+    head = ["architecture", "estimator", "lr", "step", "train ELBO, last epoch", "best epoch",
+            f"test ({FINAL_SAMPLES})", "REBAR paper", "RELAX paper"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in headline(rows):
+        step = f"{r['step']:,}" if r["step"] >= r["steps"] else f"{r['step']:,} of {r['steps']:,}"
+        lines.append("| " + " | ".join([
+            r["architecture"].replace("_", " "), f"`{r['estimator']}`", f"{r['learning_rate']:g}", step,
+            _num(r["train_elbo"]), _num(r["best_train_elbo"]), _num(r["test_final"]),
+            _num(r["rebar_paper"]), _num(r["relax_paper"])]) + " |")
+    return "\n".join(lines)
+
+
+def replace_block(text, table, where, begin=BEGIN, end=END):
+    """text with the part between the begin and end markers replaced by table."""
+    if begin not in text or end not in text:
+        raise ResultsError(f"{where} has no results table markers ({begin} ... {end})")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{begin}\n{table}\n{end}{tail}"
+
+
+def table_targets(results_root):
+    """(file, begin, end, formatter) of every marked block that holds a table: the full table in
+    results/README.md, and the headline in the repository's README.md when it has the markers."""
+    targets = [(os.path.join(results_root, "README.md"), BEGIN, END, format_table)]
+    readme = os.path.join(os.path.dirname(os.path.abspath(results_root)), "README.md")
+    if os.path.exists(readme):
+        with open(readme, encoding="utf-8") as fh:
+            if HEADLINE_BEGIN in fh.read():
+                targets.append((readme, HEADLINE_BEGIN, HEADLINE_END, format_headline))
+    return targets
+
+
+def update_tables(results_root, check=False):
+    """Rebuild the tables from results_root's files into every target; with check, write nothing and
+    return the targets whose table differs (an empty list: all up to date)."""
+    rows = collect(results_root)
+    stale = []
+    for path, begin, end, formatter in table_targets(results_root):
+        try:
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read()
+        except FileNotFoundError:
+            raise ResultsError(f"no {path}; it holds the table between {begin} and {end}") from None
+        new = replace_block(text, formatter(rows), path, begin, end)
+        if new != text:
+            stale.append(path)
+            if not check:
+                with open(path, "w", encoding="utf-8") as fh:
+                    fh.write(new)
+    return stale

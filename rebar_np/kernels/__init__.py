@@ -32,8 +32,6 @@ them there.
 
 Conventions (the same in every module, and in docs/math.md):
 
-Conventions (the same in every module, and in docs/math.md):
-
 - arrays are 2-D ``(B, n)`` batches, C-contiguous, float32 for training and
   float64 for checks; every kernel is generic in the dtype;
 - a ``*_forward`` returns its output (and whatever the backward needs is either

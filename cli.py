@@ -651,11 +651,15 @@ def results_table(results_dir, check):
                    "variance from --draws independent draws on one fixed batch, with a 95% interval.")
 @click.option("--draws", default=1000, show_default=True, type=int)
 @click.option("--output", default=None, type=click.Path(dir_okay=False), callback=not_empty,
-              help="Write the table as JSON here too.")
+              help="Write the table as JSON here too (while tracking: rewritten after every row, so a long "
+                   "comparison keeps what it has measured).")
+@click.option("--plot", "plot_path", default=None, type=click.Path(dir_okay=False), callback=not_empty,
+              help="While tracking: draw log variance against steps for every estimator to this PNG, redrawn "
+                   "after every row (needs matplotlib).")
 @click.option("--data-dir", default=None, type=click.Path(file_okay=False), callback=not_empty)
 @user_errors
 def variance(follow, estimators, task, n_layer, n_hidden, nonlinear, steps, batch_size, learning_rate, temperature,
-             relaxation, samples, relax_hidden, seed, report_every, run_dir, draws, output, data_dir):
+             relaxation, samples, relax_hidden, seed, report_every, run_dir, draws, output, plot_path, data_dir):
     """Compare estimators' gradient variance on one optimisation trajectory.
 
     Prints, per epoch, each estimator's log gradient variance around the common mean
@@ -671,6 +675,12 @@ def variance(follow, estimators, task, n_layer, n_hidden, nonlinear, steps, batc
     names = parse_estimators(estimators)
     E.get(follow)
     check_output_file(output)
+    if plot_path:
+        if run_dir:
+            raise ValueError("--plot draws the tracked comparison; --checkpoint measures one frozen model")
+        from rebar_np.experiments.plots import pyplot
+        check_output_file(plot_path, "--plot")
+        pyplot()                     # the missing-matplotlib message before any work
     # every setting checked before any work, in both modes (the frozen model's ones come from its checkpoint)
     cfg = TrainConfig(model=follow, task=task, n_layer=n_layer, n_hidden=n_hidden, nonlinear=nonlinear,
                       batch_size=batch_size, learning_rate=learning_rate, steps=steps, seed=seed,
@@ -703,14 +713,28 @@ def variance(follow, estimators, task, n_layer, n_hidden, nonlinear, steps, batc
         result = {"mode": "draws", "draws": draws, "step": ck["step"], "table": table}
     else:
         data = load_task(task, data_dir)
+        shown = list(dict.fromkeys([follow] + names))
+        title = (f"following {follow}; {task}, {n_layer} {'nonlinear' if nonlinear else 'linear'} layer(s) of "
+                 f"{n_hidden}, lr {learning_rate:g}, seed {seed}")
+
+        def keep(rows):              # what is measured so far, on disk after every row
+            if output:
+                write_json(output, {"mode": "track", "follow": follow, "rows": rows, "steps": steps,
+                                    "finished": rows[-1]["step"] == steps})
+            if plot_path:
+                from rebar_np.experiments.plots import plot_variance
+                plot_variance(rows, shown, plot_path, title)
         try:
-            rows = track_variance(cfg, data, names, follow, log=click.echo, report_every=report_every)
+            rows = track_variance(cfg, data, names, follow, log=click.echo, report_every=report_every,
+                                  on_row=keep if (output or plot_path) else None)
         except TrainingDiverged as err:
             fail(f"training diverged: {err}; try a smaller --learning-rate", EXIT_DIVERGED)
         click.echo(f"{'step':>8}" + "".join(f"{n:>15}" for n in dict.fromkeys([follow] + names)))
         for r in rows:
             click.echo(f"{r['step']:>8}" + "".join(f"{r[n]:>15.3f}" for n in dict.fromkeys([follow] + names)))
-        result = {"mode": "track", "follow": follow, "rows": rows}
+        result = {"mode": "track", "follow": follow, "rows": rows, "steps": steps, "finished": True}
+        if plot_path:
+            click.echo(f"wrote {plot_path}")
     if output:
         try:
             write_json(output, result)

@@ -5,6 +5,7 @@ consume noise the same way see the same u on every step, and the followed trajec
 depend on which estimators are tracked beside it.
 """
 import numpy as np
+import pytest
 
 from rebar_np import estimators as E
 from rebar_np.training.train import TrainConfig
@@ -47,3 +48,38 @@ def test_the_followed_trajectory_does_not_depend_on_the_tracked_estimators():
     tracked = track_variance(cfg, synthetic(), ["relax", "disarm"], "nvil", log=lambda s: None, report_every=10)
     assert [r["train_elbo"] for r in alone] == [r["train_elbo"] for r in tracked]
     assert [r["nvil"] for r in alone] != [r["nvil"] for r in tracked]      # measured around a pooled mean
+
+
+def test_a_tracked_comparison_keeps_its_rows_and_figure_on_disk_as_it_goes(tiny_data_dir, tmp_path):
+    """--output and --plot are rewritten after every row, so a long comparison that is stopped keeps
+    what it measured; the JSON says whether it finished."""
+    import json
+
+    from click.testing import CliRunner
+
+    import cli
+    from rebar_np.experiments import variance as VM
+    pytest.importorskip("matplotlib")
+    seen = []
+    real = VM.track_variance
+
+    def spy(*args, on_row=None, **kwargs):       # what is on disk after each row
+        def check(rows):
+            on_row(rows)
+            seen.append((len(rows), json.loads((tmp_path / "v.json").read_text()), (tmp_path / "v.png").exists()))
+        return real(*args, on_row=check, **kwargs)
+
+    args = ["variance", "--task", "omni", "--data-dir", tiny_data_dir, "--n-hidden", 8, "--steps", 12,
+            "--report-every", 4, "--estimators", "nvil,rebar", "--output", tmp_path / "v.json",
+            "--plot", tmp_path / "v.png"]
+    import unittest.mock
+    with unittest.mock.patch.object(VM, "track_variance", spy):
+        res = CliRunner().invoke(cli.main, [str(a) for a in args])
+    assert res.exit_code == 0, res.output
+    assert [(n, d["finished"], len(d["rows"]), png) for n, d, png in seen] == [
+        (1, False, 1, True), (2, False, 2, True), (3, True, 3, True)]
+    final = json.loads((tmp_path / "v.json").read_text())
+    assert final["finished"] and [r["step"] for r in final["rows"]] == [4, 8, 12]
+    assert set(final["rows"][0]) >= {"step", "train_elbo", "simple_muprop", "nvil", "rebar"}
+    res = CliRunner().invoke(cli.main, ["variance", "--checkpoint", str(tmp_path), "--plot", str(tmp_path / "x.png")])
+    assert res.exit_code == 2 and "--plot" in res.output and not (tmp_path / "x.png").exists()

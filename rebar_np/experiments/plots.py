@@ -141,3 +141,23 @@ def draw_samples(model, params, data_x, path, n=64, seed=0, title=""):
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def plot_variance(rows, names, path, title=""):
+    """rebar-np variance's comparison: every estimator's log gradient variance against the steps of
+    the one trajectory they are measured on (rows of experiments.variance.track_variance)."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    steps = [r["step"] for r in rows]
+    for n in names:
+        ax.plot(steps, [r[n] for r in rows], label=n)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("log gradient variance")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    if title:
+        ax.set_title(title, fontsize="medium")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

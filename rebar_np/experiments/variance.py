@@ -64,10 +64,12 @@ def target(tr):
     return f"bound{tr.options['samples']}" if "samples" in tr.options else "elbo"
 
 
-def track_variance(cfg, data, estimators, follow, log=print, report_every=0, decay=0.999):
+def track_variance(cfg, data, estimators, follow, log=print, report_every=0, decay=0.999, on_row=None):
     """Train cfg's model with `follow` and report every estimator's log gradient variance.
 
-    Returns a list of rows {"step", "train_elbo", name: log variance, ...}, one per report.
+    Returns a list of rows {"step", "train_elbo", name: log variance, ...}, one per report;
+    on_row(rows), when given, is called with the rows so far after each one (a long comparison
+    keeps what it has measured on disk).
     """
     cfg.validate()
     names = list(dict.fromkeys([follow] + list(estimators)))
@@ -121,6 +123,8 @@ def track_variance(cfg, data, estimators, follow, log=print, report_every=0, dec
                 log(f"Step {step}: train ELBO {row['train_elbo']:.2f} ({follow}), log variance "
                     + ", ".join(f"{t.name} {row[t.name]:.3f}" for t in tracked))
                 elbo_sum, elbo_n = 0.0, 0
+                if on_row is not None:
+                    on_row(rows)
     return rows
 
 

@@ -717,13 +717,19 @@ def variance(follow, estimators, task, n_layer, n_hidden, nonlinear, steps, batc
         title = (f"following {follow}; {task}, {n_layer} {'nonlinear' if nonlinear else 'linear'} layer(s) of "
                  f"{n_hidden}, lr {learning_rate:g}, seed {seed}")
 
-        def keep(rows):              # what is measured so far, on disk after every row
-            if output:
-                write_json(output, {"mode": "track", "follow": follow, "rows": rows, "steps": steps,
-                                    "finished": rows[-1]["step"] == steps})
-            if plot_path:
-                from rebar_np.experiments.plots import plot_variance
-                plot_variance(rows, shown, plot_path, title)
+        failed = {}
+
+        def keep(rows):              # what is measured so far, on disk after every row; a file that cannot be
+            from rebar_np.experiments.plots import plot_variance     # written never stops the measuring: it is
+            for path, write in ((output, lambda: write_json(output, {                 # reported at the end
+                    "mode": "track", "follow": follow, "rows": rows, "steps": steps,
+                    "finished": rows[-1]["step"] == steps})),
+                    (plot_path, lambda: plot_variance(rows, shown, plot_path, title))):
+                if path and path not in failed:
+                    try:
+                        write()
+                    except OSError as e:
+                        failed[path] = e
         try:
             rows = track_variance(cfg, data, names, follow, log=click.echo, report_every=report_every,
                                   on_row=keep if (output or plot_path) else None)
@@ -733,7 +739,7 @@ def variance(follow, estimators, task, n_layer, n_hidden, nonlinear, steps, batc
         for r in rows:
             click.echo(f"{r['step']:>8}" + "".join(f"{r[n]:>15.3f}" for n in dict.fromkeys([follow] + names)))
         result = {"mode": "track", "follow": follow, "rows": rows, "steps": steps, "finished": True}
-        if plot_path:
+        if plot_path and plot_path not in failed:
             click.echo(f"wrote {plot_path}")
     if output:
         try:
@@ -741,6 +747,9 @@ def variance(follow, estimators, task, n_layer, n_hidden, nonlinear, steps, batc
         except OSError as e:
             fail(f"could not write {output} ({e.strerror or one_line(e)}); the table is printed above")
         click.echo(f"wrote {output}")
+    if not run_dir and plot_path in failed:
+        e = failed[plot_path]
+        fail(f"could not write {plot_path} ({e.strerror or one_line(e)}); the table is printed above")
 
 
 def parse_estimators(text, option="--estimators"):

@@ -93,7 +93,7 @@ def test_publish_copies_small_files_computes_the_final_bound_and_tabulates(tiny_
     nvil = cells["`nvil`"]
     assert nvil[3] == "8" and nvil[4] == f"{m['train_elbo'][-1]:.2f}" and nvil[8] == f"{final['bound']:.2f}"
     assert nvil[11] == "-99.60"                                        # the paper's number beside ours
-    assert cells["`concrete(0.1)`"][3] == "4 of 8 (running)" and cells["`concrete(0.1)`"][8] == "–"
+    assert cells["`concrete(0.1)`"][3] == "4 of 8 (unfinished)" and cells["`concrete(0.1)`"][8] == "–"
 
     # the check passes on what publish wrote, and fails once a file says something else
     assert run("results", "table", "--results-dir", results, "--check").exit_code == 0

@@ -11,7 +11,7 @@
 
 and never a checkpoint. `rebar-np results table` rebuilds the table of results/README.md (and of
 the README's results section) from those files alone, so that the committed table is what the
-committed files say; `--check` only compares. A run still training appears with the step it
+committed files say; `--check` only compares. A run not yet finished appears with the step it
 reached, never with a number it has not produced.
 """
 import math
@@ -180,7 +180,7 @@ def format_table(rows):
             "REBAR paper", "RELAX paper"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        step = f"{r['step']:,}" if r["step"] >= r["steps"] else f"{r['step']:,} of {r['steps']:,} (running)"
+        step = f"{r['step']:,}" if r["step"] >= r["steps"] else f"{r['step']:,} of {r['steps']:,} (unfinished)"
         lines.append("| " + " | ".join([
             r["architecture"].replace("_", " "), f"`{r['estimator']}`", f"{r['learning_rate']:g}", step,
             _num(r["train_elbo"]), _num(r["best_train_elbo"]), _num(r["valid_bound"]), _num(r["test_bound"]),

@@ -957,7 +957,6 @@ def unbiased(model, task, n_layer, n_hidden, nonlinear, n_input, batch_size, dra
     wanted = {"temperature": temperature, "relaxation": relaxation, "joint": joint,
               "condition_above": condition_above, "samples": samples, "hidden": relax_hidden}
     options = {k: v for k, v in wanted.items() if k in est.DEFAULT_OPTIONS}
-    ctx = click.get_current_context()
     for name, key in (("--condition-above", "condition_above"), ("--joint", "joint")):
         if wanted[key] and key not in options:
             raise ValueError(f"{name} is an option of rebar and dynamic_rebar, not {model}")

@@ -16,13 +16,12 @@ reached, never with a number it has not produced.
 """
 import math
 import os
-import re
 import shutil
 
 import numpy as np
 
 from ..training.metrics import last_value, read_metrics
-from ..training.rundir import CONFIG, METRICS, read_json
+from ..training.rundir import CONFIG, FULL_EVAL, METRICS, read_json
 
 FINAL_SAMPLES = 5000
 BEGIN, END = "<!-- results table: begin (rebar-np results table) -->", "<!-- results table: end -->"
@@ -77,7 +76,7 @@ def estimator_name(cfg):
 def published_files(run_dir):
     """The small files of a run folder that go into results/: config, metrics, full-split evaluations."""
     names = [CONFIG, METRICS] if os.path.exists(os.path.join(run_dir, METRICS)) else []
-    names += sorted(n for n in os.listdir(run_dir) if re.fullmatch(r"eval-(valid|test)-\d+\.json", n))
+    names += sorted(n for n in os.listdir(run_dir) if FULL_EVAL.fullmatch(n))
     return names
 
 

@@ -54,8 +54,8 @@ import numpy as np
 from .. import estimators as E
 from ..training.metrics import last_value, read_metrics
 from ..training.resume import evaluation_pending
-from ..training.rundir import (CHECKPOINT, CONFIG, METRICS, RESUME_MAY_CHANGE, checkpoint_step, first_difference,
-                               read_json, write_json)
+from ..training.rundir import (CHECKPOINT, CONFIG, FULL_EVAL, METRICS, RESUME_MAY_CHANGE, checkpoint_step,
+                               first_difference, read_json, write_json)
 
 ARCHITECTURES = {"linear": {"n_layer": 1, "nonlinear": False},
                  "nonlinear": {"n_layer": 1, "nonlinear": True},
@@ -489,7 +489,7 @@ def run_result(spec):
     table = read_metrics(os.path.join(spec.dir, METRICS))
     evals = {}
     for name in os.listdir(spec.dir):
-        m = re.fullmatch(r"eval-(valid|test)-(\d+)\.json", name)
+        m = FULL_EVAL.fullmatch(name)
         if m:
             r = read_json(os.path.join(spec.dir, name), "evaluation")
             evals[(m.group(1), int(m.group(2)))] = r["bound"]

@@ -19,6 +19,7 @@ crash at any moment leaves each file either old or new, never half-written.
 import json
 import os
 import platform
+import re
 import socket
 import sys
 import time
@@ -32,6 +33,7 @@ from .checkpoint import CheckpointError, atomic_path, load_checkpoint, os_error_
 from .metrics import MetricsError, MetricsLog
 
 CONFIG, METRICS, CHECKPOINT, STATUS = "config.json", "metrics.h5", "checkpoint.h5", "status.json"
+FULL_EVAL = re.compile(r"eval-(valid|test)-(\d+)\.json")   # a bound of a whole split (not eval-...-firstN)
 METADATA_KEYS = ("version", "environment", "data")   # config.json entries that are not settings
 # settings a resume may change: they decide when things are logged, saved or stopped, never a parameter
 RESUME_MAY_CHANGE = ("steps", "eval_every", "eval_samples", "report_every", "checkpoint_every", "device")

@@ -57,8 +57,9 @@ class ResultsError(ValueError):
 # --------------------------------------------------------------------------
 def architecture_name(cfg):
     """The sweep's architecture names for its built-in shapes, else '<L>-layer (non)linear'."""
-    for name, shape in (("linear", (1, False)), ("two_layer", (2, False)), ("nonlinear", (1, True))):
-        if (cfg["n_layer"], bool(cfg["nonlinear"])) == shape:
+    from .sweep import ARCHITECTURES
+    for name, shape in ARCHITECTURES.items():
+        if shape == {"n_layer": cfg["n_layer"], "nonlinear": bool(cfg["nonlinear"])}:
             return name
     return f"{cfg['n_layer']}-layer {'nonlinear' if cfg['nonlinear'] else 'linear'}"
 
@@ -75,9 +76,7 @@ def estimator_name(cfg):
 # --------------------------------------------------------------------------
 def published_files(run_dir):
     """The small files of a run folder that go into results/: config, metrics, full-split evaluations."""
-    names = [CONFIG, METRICS] if os.path.exists(os.path.join(run_dir, METRICS)) else []
-    names += sorted(n for n in os.listdir(run_dir) if FULL_EVAL.fullmatch(n))
-    return names
+    return [CONFIG, METRICS] + sorted(n for n in os.listdir(run_dir) if FULL_EVAL.fullmatch(n))
 
 
 def publish(grid, specs, results_root, log=print, final_samples=FINAL_SAMPLES, progress=False):

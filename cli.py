@@ -7,7 +7,9 @@ diverges (NaN/inf) stops with exit code 3 and keeps its last good checkpoint.
 import functools
 import json
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
 
@@ -55,9 +57,20 @@ def user_errors(fn):
         except (ModelError, EstimatorError, DataError, CheckpointError, DeviceError, ValueError) as err:
             fail(one_line(err))
         except KeyboardInterrupt:
+            ignore_stop_signals()
             click.echo("Interrupted.", err=True)
             sys.exit(EXIT_INTERRUPTED)
     return wrapper
+
+
+def ignore_stop_signals():
+    """The command is exiting because it was stopped: from now on SIGINT, SIGTERM and SIGHUP are
+    ignored. Interpreter shutdown puts every Python-level handler back to the default one (an
+    ignored signal it leaves ignored), so a second Ctrl-C during the exit, which takes the better
+    part of a second, would otherwise end the process by SIGINT instead of exit status 130."""
+    if threading.current_thread() is threading.main_thread():
+        for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
 def reader_went_away():
@@ -81,6 +94,7 @@ class OneLineGroup(click.Group):
                 sys.exit(0)
             fail(one_line(e.format_message()))
         except click.exceptions.Abort:
+            ignore_stop_signals()
             click.echo("Aborted.", err=True)
             sys.exit(EXIT_INTERRUPTED)
         except click.exceptions.Exit as e:
@@ -292,6 +306,7 @@ def train(model, task, n_layer, n_hidden, nonlinear, batch_size, temperature, re
         result = run_training(cfg, data, log=click.echo, progress=progress, resume=ckpt, recorder=recorder,
                               stop=stop)
     except KeyboardInterrupt:
+        ignore_stop_signals()
         if rundir.checkpoint_step(cfg.output) is not None:
             click.echo(f"Continue it with: rebar-np train --resume {cfg.output}", err=True)
         sys.exit(EXIT_INTERRUPTED)

@@ -224,6 +224,28 @@ def test_two_quick_ctrl_cs_stop_cleanly_and_resume_exactly(tiny_data_dir, tmp_pa
         assert_same_metrics(full, out)
 
 
+def test_signals_that_keep_coming_while_a_stopped_run_exits_do_not_change_its_exit_status(tiny_data_dir, tmp_path):
+    # once the run has recorded its stop, the process still takes a while to exit; interpreter shutdown
+    # puts Python's handlers back to the default, so without care a Ctrl-C then ends it by SIGINT (-2)
+    out = tmp_path / "run"
+    proc = start(["train", *tiny(tiny_data_dir), "--steps", 100_000_000, "--report-every", 10, "--eval-every", 0,
+                  "--output", out])
+    try:
+        wait_for(out / "metrics.h5", proc, "report")
+        proc.send_signal(signal.SIGINT)
+        deadline = time.time() + 60
+        while status_of(out)["state"] != "interrupted" and time.time() < deadline:
+            time.sleep(0.002)
+        while proc.poll() is None and time.time() < deadline:     # the exit, under a stream of signals
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.005)
+    finally:
+        output = finish(proc)
+    assert proc.returncode == 130 and "Traceback" not in output, output
+    assert status_of(out)["state"] == "interrupted"
+    assert load_checkpoint(out / "checkpoint.h5")["step"] == status_of(out)["checkpoint_step"]
+
+
 # --------------------------------------------------------------------------
 # 3. SIGHUP (the terminal was closed) stops like SIGTERM: saved, recorded, no orphan
 # --------------------------------------------------------------------------

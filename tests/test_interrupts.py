@@ -271,6 +271,7 @@ def test_sighup_stops_after_the_step_and_saves(command, tiny_data_dir, tmp_path)
         assert_truthful_stop(out, output, "SIGHUP")
         return
     assert "Stopping (SIGHUP)" in output and "Interrupted (SIGHUP): stopping 1 run(s)" in output, output
+    assert "FAILED" not in output and "stopped (exit 130), continues when the sweep is run again" in output, output
     first = status_of(runs[0])
     assert first["state"] == "interrupted" and load_checkpoint(runs[0] / "checkpoint.h5")["step"] == first["step"]
     with pytest.raises(ProcessLookupError):

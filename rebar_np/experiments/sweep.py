@@ -418,7 +418,7 @@ def run_local(jobs, workers, log=print, poll=0.2):
                 job, fh = running.pop(proc)
                 fh.close()
                 codes[job.spec.name] = proc.returncode
-                say(f"{'done' if proc.returncode == 0 else f'FAILED (exit {proc.returncode})'}: {job.spec.name}")
+                say(f"{ended(proc.returncode)}: {job.spec.name}")
             if running:
                 time.sleep(poll)
     finally:
@@ -426,6 +426,16 @@ def run_local(jobs, workers, log=print, poll=0.2):
     if stop.requested:
         raise KeyboardInterrupt
     return {"codes": codes, "peak": peak}
+
+
+def ended(code):
+    """How a run's exit code reads in the sweep's log: a run stopped by a signal saved a checkpoint
+    and continues where it stopped when the sweep is started again; it did not fail."""
+    if code == 0:
+        return "done"
+    if code == EXIT_INTERRUPTED:
+        return f"stopped (exit {code}), continues when the sweep is run again"
+    return f"FAILED (exit {code})"
 
 
 def run_dask(jobs, workers, scheduler=None, log=print):
@@ -458,7 +468,7 @@ def run_dask(jobs, workers, scheduler=None, log=print):
             job = futures[fut]
             codes[job.spec.name] = fut.result()
             rc = codes[job.spec.name]
-            log(f"{'done' if rc == 0 else f'FAILED (exit {rc})'}: {job.spec.name}")
+            log(f"{ended(rc)}: {job.spec.name}")
     finally:
         client.close()
         if cluster is not None:

@@ -156,8 +156,9 @@ def rebar_np_setup(name, n_layer, nonlinear, H, data):
     from rebar_np import estimators as E
     from rebar_np.model.sbn import SBN, init_params
     model = SBN("sbn", n_layer, H, nonlinear, data.mean(axis=0, dtype=np.float64))
+    from rebar_np.model.packed import packed_copy
     est = E.get(name)
-    return est, model, init_params(model, 0, np.float32), est.init_aux(model, 1, np.float32)
+    return est, model, init_params(model, 0, np.float32), packed_copy(est.init_aux(model, 1, np.float32))
 
 
 def rebar_np_step(name, n_layer, nonlinear, B, H, data, device="cpu", estimate=None):

@@ -126,7 +126,9 @@ class JaxReference:
         m = np.clip(mean_x, 0.001, 0.999)
         self.mean_x, self.data_bias = mean_x, np.log(m) - np.log1p(-m)
         self.hard_elbo = jax.jit(self._hard_elbo)
-        self.estimate = jax.jit(self._estimate)
+        estimate = jax.jit(self._estimate)
+        # (rebar_np's parameter dicts may be a dict subclass, model/packed.py, which JAX does not take)
+        self.estimate = lambda params, aux, x, u: estimate(dict(params), dict(aux), x, u)
         self.step = jax.jit(self._step, donate_argnums=0)
 
     # ---- passes ----------------------------------------------------------

@@ -137,6 +137,54 @@ def test_update_with_adam_is_the_monitor_then_adam(dtype):
                 np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_packed_parameters_update_in_one_call_exactly_as_tensor_by_tensor(dtype):
+    """Parameters, gradients, Adam's moments and the monitor's averages in one buffer each
+    (model/packed.py) are updated by one call over the buffers: exactly the per-tensor updates, also
+    for tensors whose entries then fall elsewhere in a vector loop (Adam's and the monitor's
+    arithmetic is exact, so an entry's update depends on its values alone), and the first tensor with
+    a NaN or inf is still named. Replacing an array of a Packed dict detaches it from its buffer."""
+    from rebar_np.model.packed import Packed, flat_buffers, packed_copy, packed_zeros
+    rng = np.random.default_rng(4)
+    shapes = {"W": (300, 301), "c": (103,), "V": (5, 7), "prior": (13,)}
+    p = {k: rng.normal(size=s).astype(dtype) for k, s in shapes.items()}
+    g = [{k: (rng.normal(size=s) * 10.0 ** -i).astype(dtype) for k, s in shapes.items()} for i in range(4)]
+    cfg = AdamConfig(learning_rate=0.01)
+
+    def run(pack):
+        q = packed_copy(p) if pack else {k: v.copy() for k, v in p.items()}
+        a = packed_copy(p) if pack else {k: v.copy() for k, v in p.items()}
+        state, aux_state, mon = adam_init(q), adam_init(a), GradVariance(q, 0.9)
+        named = []
+        for i, gt in enumerate([*g, g[0]]):
+            gt = packed_copy(gt) if pack else {k: v.copy() for k, v in gt.items()}
+            if i == len(g):
+                gt["V"][1, 1], gt["prior"][0] = np.nan, np.inf
+            if pack:
+                assert flat_buffers(q, gt, state["m"], state["v"], mon.m1, mon.m2) is not None
+            named += [mon.update_with_adam(q, gt, state, cfg), adam_update(a, gt, aux_state, cfg, 10.0)]
+        return q, a, state, aux_state, mon, named
+
+    flat, per_tensor = run(True), run(False)
+    assert flat[-1] == per_tensor[-1] == [None] * 8 + ["V", "V"]
+    for k in shapes:
+        for got, want in zip((flat[0], flat[1], flat[2]["m"], flat[2]["v"], flat[3]["m"], flat[3]["v"],
+                              flat[4].m1, flat[4].m2),
+                             (per_tensor[0], per_tensor[1], per_tensor[2]["m"], per_tensor[2]["v"],
+                              per_tensor[3]["m"], per_tensor[3]["v"], per_tensor[4].m1, per_tensor[4].m2)):
+            np.testing.assert_array_equal(got[k], want[k])
+    d = packed_zeros(p)
+    assert isinstance(d, Packed) and all(np.shares_memory(v, d.flat) for v in d.values())
+    assert all(v.ctypes.data % 64 == 0 for v in d.values())         # each on a cache line
+    d["c"] += 1.0                                   # an in-place update stores the same array back
+    assert d.flat is not None and np.sum(d.flat) == 103
+    d["c"] = np.zeros(103, dtype)                   # a new array: the buffer no longer holds every entry
+    assert d.flat is None and flat_buffers(d, packed_zeros(p)) is None
+    d = packed_zeros(p)
+    d.update(W=np.ones((300, 301), dtype))
+    assert d.flat is None
+
+
 def test_step_cores_keeps_the_faster_and_measures_again():
     """StepCores times `probe` steps on one core and on two, twice, keeps the faster, and
     measures again after `every` steps or as soon as a window is `slack` times slower."""

@@ -38,6 +38,7 @@ import numpy as np
 
 from ..kernels.dispatch import K, contiguous, full, zeros
 from ..kernels.dispatch import empty_like as _empty_like, zeros_like as _zeros_like
+from .packed import Packed, packed_copy, packed_zeros
 
 TASKS = ("sbn", "omni", "sp")
 SUBLAYERS = ("1", "2", "3")  # the three dense layers of a nonlinear transform
@@ -166,16 +167,21 @@ def init_params(model, seed=0, dtype=np.float32):
             params[name] = (rng.standard_normal(shape) * np.sqrt(2.0 / shape[0])).astype(dtype)
         else:
             params[name] = np.zeros(shape, dtype=dtype)
-    return params
+    return packed_copy(params)
 
 
 def zeros_like(params):
-    """Zero arrays mirroring params (in the memory params live in)."""
+    """Zero arrays mirroring params (in the memory params live in; in one buffer, as params, when
+    params is a Packed dict, so that Adam updates the whole gradient in one call: model/packed.py)."""
+    if isinstance(params, Packed):
+        return packed_zeros(params)
     return {k: _zeros_like(v) for k, v in params.items()}
 
 
 def empty_like(params):
     """Uninitialised arrays mirroring params, for gradients whose every entry is then written."""
+    if isinstance(params, Packed):
+        return packed_zeros(params, fill=False)
     return {k: _empty_like(v) for k, v in params.items()}
 
 

@@ -22,8 +22,9 @@ from ..evaluation.bound import iw_bound
 from ..kernels.blocking import _half, _in_halves
 from ..kernels.dispatch import DEVICES, check_device, is_device, to_device, to_host, twin, zeros_like
 from ..kernels.jit import arith_kernel, kernel, split_kernel
+from ..model.packed import Packed, flat_buffers, packed_copy, packed_zeros
 from ..model.sbn import SBN, TASKS, init_params, check_params
-from .adam import AdamConfig, adam_entry, adam_init, adam_update, step_size
+from .adam import AdamConfig, adam_entry, adam_init, adam_update, first_non_finite, step_size
 from .checkpoint import save_checkpoint
 from .resume import LoopState, capture_state, restore_state
 from .rundir import checkpoint_step, recorder_for
@@ -320,9 +321,11 @@ class TrainResult:
 # --------------------------------------------------------------------------
 # Gradient-variance monitor (docs/math.md, section "The gradient-variance monitor")
 # --------------------------------------------------------------------------
-@arith_kernel
+@kernel
 def ema_entry(g, m1, m2, i, decay):
-    """Entry i of the monitor's fold (in place): m1 <- d m1 + (1 - d) g;  m2 <- d m2 + (1 - d) g^2."""
+    """Entry i of the monitor's fold (in place): m1 <- d m1 + (1 - d) g;  m2 <- d m2 + (1 - d) g^2.
+    Exact IEEE arithmetic, as adam.adam_entry, so that an entry's result does not depend on its
+    tensor's layout."""
     one = decay / decay
     gi = g[i]
     m1[i] = decay * m1[i] + (one - decay) * gi
@@ -412,8 +415,8 @@ class GradVariance:
 
     def __init__(self, params, decay):
         self.decay, self.t = decay, 0
-        self.m1 = {k: zeros_like(v) for k, v in params.items()}
-        self.m2 = {k: zeros_like(v) for k, v in params.items()}
+        self.m1, self.m2 = ((packed_zeros(params), packed_zeros(params)) if isinstance(params, Packed) else
+                            ({k: zeros_like(v) for k, v in params.items()} for _ in range(2)))
 
     def to_device(self):
         self.m1, self.m2 = to_device(self.m1), to_device(self.m2)
@@ -440,6 +443,13 @@ class GradVariance:
         its last good checkpoint is on disk)."""
         self.t += 1
         lr_t = step_size(opt, cfg)
+        flat = flat_buffers(params, grads, opt["m"], opt["v"], self.m1, self.m2)
+        if flat is not None:         # one call over the buffers: the same update of every entry
+            typed = flat[0].dtype.type
+            update = adam_and_moments_halves if _in_halves(flat[0]) else adam_and_moments
+            if not update(*flat, typed(lr_t), typed(cfg.beta1), typed(cfg.beta2), typed(cfg.eps), typed(self.decay)):
+                return None
+            return first_non_finite(grads)
         fused = twin(adam_and_moments, next(iter(grads.values()), None))
         first_bad = None
         for k, g in grads.items():
@@ -569,7 +579,7 @@ def build(cfg, train_x):
     dtype = DTYPES[cfg.dtype]
     model = SBN(cfg.task, cfg.n_layer, cfg.n_hidden, cfg.nonlinear, train_x.mean(axis=0, dtype=np.float64))
     params = init_params(model, cfg.seed, dtype)
-    aux = E.get(cfg.model).init_aux(model, cfg.seed + 1, dtype, cfg.estimator_options())
+    aux = packed_copy(E.get(cfg.model).init_aux(model, cfg.seed + 1, dtype, cfg.estimator_options()))
     return model, params, aux
 
 

@@ -11,7 +11,9 @@ float64 routes compute it (tests/test_kernels.py::test_loglik_rows_float32_agree
 tests/test_kernels.py::test_bernoulli_float32).
 """
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
 
 from .jit import arith_kernel
 
@@ -155,3 +157,274 @@ def _bernoulli_loglik_rows_f32(y, a):
         _exp_neg_abs_f32(a[i], e, exponent_bits)
         ll[i] = _bernoulli_loglik_row(y[i], a[i], e, sig[i])
     return ll, sig
+
+
+# --------------------------------------------------------------------------
+# float32 exp, log, log1p, softplus, sigmoid, tanh that LLVM vectorises
+# --------------------------------------------------------------------------
+# Scalar functions for jitted loops over float32 arrays. Numba calls libm's scalar expf/logf/
+# log1pf/tanhf per element (no SVML in this llvmlite), and a call stops the loop from vectorising.
+# These have no calls and no data-dependent exits: range reduction through the float's bits
+# (_f32_bits, _bits_f32: the same 32 bits read as the other type), short polynomials, and every
+# special case (edges, NaN) picked by a ternary that LLVM turns into a vector select. Both sides
+# of a ternary are computed, so each function costs the same for every input.
+#
+# Errors are in ulps of the float32 result against the correctly rounded float32 of the float64
+# value (tests/test_fastmath.py), compiled with arith_kernel's flags as in the kernels. The few
+# operations whose order carries the accuracy (the Cody-Waite reductions, log1p's rounding
+# correction) are _add/_sub/_mul: LLVM instructions without "reassoc", which would let LLVM fold
+# (1 + y) - 1 to y or n LN2_HI + n LN2_LO to n (LN2_HI + LN2_LO).
+F32 = types.float32
+
+
+@intrinsic
+def _f32_bits(typingctx, x):
+    """The 32 bits of a float32, as an int32."""
+    if x != F32:
+        return None
+    return types.int32(x), lambda context, builder, sig, args: builder.bitcast(args[0], ir.IntType(32))
+
+
+@intrinsic
+def _bits_f32(typingctx, i):
+    """The float32 whose bits are the low 32 bits of the integer i."""
+    if not isinstance(i, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        v = args[0]
+        if v.type.width > 32:
+            v = builder.trunc(v, ir.IntType(32))
+        elif v.type.width < 32:
+            v = builder.sext(v, ir.IntType(32))
+        return builder.bitcast(v, ir.FloatType())
+    return F32(i), codegen
+
+
+def _ordered(builder, op, args):
+    return op(args[0], args[1], flags=("contract",))
+
+
+@intrinsic
+def _add(typingctx, a, b):
+    """a + b in float32, never reassociated with its neighbours."""
+    if a == F32 and b == F32:
+        return F32(a, b), lambda context, builder, sig, args: _ordered(builder, builder.fadd, args)
+
+
+@intrinsic
+def _sub(typingctx, a, b):
+    """a - b in float32, never reassociated with its neighbours."""
+    if a == F32 and b == F32:
+        return F32(a, b), lambda context, builder, sig, args: _ordered(builder, builder.fsub, args)
+
+
+@intrinsic
+def _mul(typingctx, a, b):
+    """a b in float32, never reassociated with its neighbours."""
+    if a == F32 and b == F32:
+        return F32(a, b), lambda context, builder, sig, args: _ordered(builder, builder.fmul, args)
+
+
+
+f32_njit = njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract", "arcp", "nsz"}, inline="always")
+F32_INF = np.inf
+F32_TINY = 2.0 ** -126                  # the smallest normal float32
+
+# exp: x = n ln 2 + f, |f| <= ln(2)/2, e^x = 2^n e^f; e^f = 1 + f + f^2 P(f) with Cephes' expf
+# minimax coefficients; 2^n as 2^n1 2^n2 (n1 = floor(n/2)) so that both factors are normal
+# floats for every n in [-150, 128] (subnormal results and the last binade before overflow).
+EXP_P = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1)
+EXP_MIN, EXP_MAX = -104.0, 89.0          # exp(-104) < 2^-150 rounds to 0; exp(89) > 2^128 overflows
+INV_LN2 = 1.0 / np.log(2.0)
+
+
+@f32_njit
+def exp_f32(x):
+    """e^x for float32 x: e^x = 2^n e^f, n = rint(x / ln 2), f = x - n ln 2 by a Cody-Waite
+    reduction, e^f by a degree-7 polynomial. Max error 1 ulp over all float32 x
+    (tests/test_fastmath.py). Edges as expf's: +-0 and subnormal x give 1; subnormal results
+    below x = -87.34 (on the subnormal grid, same bound in its ulps), 0 below -103.97 and at -inf;
+    +inf above 88.72 and at +inf; NaN for NaN."""
+    lo, hi = np.float32(EXP_MIN), np.float32(EXP_MAX)
+    xc = x if x > lo else lo                    # NaN -> lo here, NaN again at the end
+    xc = xc if xc < hi else hi
+    n = np.rint(xc * np.float32(INV_LN2))
+    f = _sub(_sub(xc, _mul(n, np.float32(LN2_HI))), _mul(n, np.float32(LN2_LO)))
+    p = np.float32(EXP_P[0]) * f + np.float32(EXP_P[1])
+    p = p * f + np.float32(EXP_P[2])
+    p = p * f + np.float32(EXP_P[3])
+    p = p * f + np.float32(EXP_P[4])
+    p = p * f + np.float32(EXP_P[5])
+    y = _add(_add(p * (f * f), f), np.float32(1.0))
+    k = np.int32(n)
+    k1 = k >> 1
+    y = _mul(_mul(y, _bits_f32((k1 + 127) << 23)), _bits_f32((k - k1 + 127) << 23))   # (2^n1 2^n2 may overflow)
+    return y if x == x else x
+
+
+# log: x = 2^k (1 + f), 1 + f in [sqrt(1/2), sqrt(2)) (f exact), and with s = f / (2 + f),
+# log(1 + f) = 2 atanh(s) = f - f^2/2 + s (f^2/2 + R(s^2)), R with musl's logf coefficients.
+LOG_R = (0.66666662693, 0.40000972152, 0.28498786688, 0.24279078841)
+LOG_LN2_HI, LOG_LN2_LO = 6.9313812256e-01, 9.0580006145e-06     # LOG_LN2_HI has 16 significant bits
+SQRT_HALF_BITS = 0x3f3504f3                                      # float32 sqrt(1/2)
+LOG1P_SMALL = (0.70710677 - 1.0, 1.4142135 - 1.0)                # 1 + y in [sqrt(1/2), sqrt(2))
+
+
+@f32_njit
+def _log_reduce(x):
+    """(k, f) with x = 2^k (1 + f), 1 + f in [sqrt(1/2), sqrt(2)), for positive finite x (subnormal x
+    scaled by 2^23 first)."""
+    tiny = x < np.float32(F32_TINY)
+    xs = x * np.float32(2.0 ** 23) if tiny else x
+    ix = _f32_bits(xs) + np.int32(0x3f800000 - SQRT_HALF_BITS)
+    k = (ix >> 23) - 127 - (23 if tiny else 0)
+    f = _bits_f32((ix & 0x007fffff) + SQRT_HALF_BITS) - np.float32(1.0)
+    return k, f
+
+
+@f32_njit
+def _log_kf(k, f, c):
+    """k ln 2 + log(1 + f) + c for f in [sqrt(1/2) - 1, sqrt(2) - 1] and a correction c of order ulp(f)."""
+    s = f / (np.float32(2.0) + f)
+    z = s * s
+    w = z * z
+    r = z * (np.float32(LOG_R[0]) + w * np.float32(LOG_R[2])) + w * (np.float32(LOG_R[1]) + w * np.float32(LOG_R[3]))
+    hfsq = np.float32(0.5) * f * f
+    dk = np.float32(k)
+    tail = s * (hfsq + r) + (dk * np.float32(LOG_LN2_LO) + c)
+    return _add(_add(_sub(tail, hfsq), f), _mul(dk, np.float32(LOG_LN2_HI)))
+
+
+@f32_njit
+def log_f32(x):
+    """log(x) for float32 x (musl's logf): max error 1 ulp over all positive float32 x,
+    subnormal x included (tests/test_fastmath.py). log(+-0) = -inf, log(x < 0) = NaN (-inf too),
+    log(+inf) = +inf, NaN for NaN."""
+    k, f = _log_reduce(x)
+    y = _log_kf(k, f, np.float32(0.0))
+    y = y if x < np.float32(F32_INF) else x              # +inf and NaN
+    return y if x > 0 else (np.float32(-F32_INF) if x == 0 else np.float32(np.nan))
+
+
+@f32_njit
+def log1p_f32(x):
+    """log(1 + x) for float32 x: x itself is the reduced argument f when 1 + x is in [sqrt(1/2),
+    sqrt(2)) (so tiny x keep their relative precision: log1p(x) = x for |x| < 2^-24 and subnormal x),
+    otherwise t = 1 + x is reduced as in log_f32 and the rounding error of t added back
+    (c = x - (t - 1), or 1 - (t - x) when t >= 2 sqrt(2), over t). Max error 1 ulp over all
+    float32 x > -1 (tests/test_fastmath.py). -inf at -1, NaN below -1, +inf at +inf, NaN for NaN;
+    +-0 -> +-0."""
+    one = np.float32(1.0)
+    t = _add(x, one)
+    k, f = _log_reduce(t)
+    c = _sub(one, _sub(t, x)) if k >= 2 else _sub(x, _sub(t, one))
+    small = (x > np.float32(LOG1P_SMALL[0])) & (x < np.float32(LOG1P_SMALL[1]))
+    y = _log_kf(0 if small else k, x if small else f, np.float32(0.0) if small else c / t)
+    y = y if x < np.float32(F32_INF) else x              # +inf and NaN
+    return y if x > -one else (np.float32(-F32_INF) if x == -one else np.float32(np.nan))
+
+
+@f32_njit
+def softplus_f32(a):
+    """log(1 + e^a) = max(a, 0) + log1p(e^-|a|) for float32 a: never overflows; a << 0 gives
+    e^a with its relative precision (subnormal from a = -87.34, 0 below -103.97); a for a > 16.6
+    (to float32 resolution) and +inf at +inf; NaN for NaN. Max error 2 ulp
+    (tests/test_fastmath.py)."""
+    zero = np.float32(0.0)
+    return (a if a > zero else zero) + log1p_f32(exp_f32(-abs(a)))
+
+
+@f32_njit
+def sigmoid_f32(a):
+    """sigma(a) = 1 / (1 + e^-a) for float32 a, from e = e^-|a|: 1 / (1 + e) for a >= 0 and
+    e / (1 + e) for a < 0, neither of which overflows or cancels: a << 0 gives e^a with its
+    relative precision (subnormal from a = -87.34, 0 below -103.97), 1 above a = 16.6 and at
+    +inf, 0 at -inf, NaN for NaN. Max error 3 ulp (tests/test_fastmath.py)."""
+    e = exp_f32(-abs(a))
+    r = np.float32(1.0) / (np.float32(1.0) + e)
+    return r if a >= 0 else e * r
+
+
+# tanh: Cephes' tanhf, an odd polynomial x + x^3 P(x^2) below |x| = 0.625 (relative precision
+# down to subnormal x) and 1 - 2 / (1 + e^2|x|) = (1 - e) / (1 + e), e = e^-2|x|, above.
+TANH_P = (-5.70498872745e-3, 2.06390887954e-2, -5.37397155531e-2, 1.33314422036e-1, -3.33332819422e-1)
+TANH_SMALL = 0.625
+
+
+@f32_njit
+def tanh_f32(x):
+    """tanh(x) for float32 x: max error 1 ulp over all float32 x (relative, so small and
+    subnormal x keep their precision; tests/test_fastmath.py); +-1 from |x| = 9.01 and at +-inf;
+    +-0 -> +-0; NaN for NaN."""
+    z = x * x
+    p = np.float32(TANH_P[0]) * z + np.float32(TANH_P[1])
+    p = p * z + np.float32(TANH_P[2])
+    p = p * z + np.float32(TANH_P[3])
+    p = p * z + np.float32(TANH_P[4])
+    p = p * z * x + x
+    ax = abs(x)
+    e = exp_f32(np.float32(-2.0) * ax)
+    q = (np.float32(1.0) - e) / (np.float32(1.0) + e)
+    q = q if x >= 0 else -q
+    return p if ax < np.float32(TANH_SMALL) else q
+
+
+@arith_kernel
+def exp_f32_array(x):
+    """exp_f32 over a float32 array (one loop; for tests and benchmarks)."""
+    xf = x.reshape(-1)
+    out = np.empty_like(xf)
+    for i in range(xf.size):
+        out[i] = exp_f32(xf[i])
+    return out.reshape(x.shape)
+
+
+@arith_kernel
+def log_f32_array(x):
+    """log_f32 over a float32 array (one loop; for tests and benchmarks)."""
+    xf = x.reshape(-1)
+    out = np.empty_like(xf)
+    for i in range(xf.size):
+        out[i] = log_f32(xf[i])
+    return out.reshape(x.shape)
+
+
+@arith_kernel
+def log1p_f32_array(x):
+    """log1p_f32 over a float32 array (one loop; for tests and benchmarks)."""
+    xf = x.reshape(-1)
+    out = np.empty_like(xf)
+    for i in range(xf.size):
+        out[i] = log1p_f32(xf[i])
+    return out.reshape(x.shape)
+
+
+@arith_kernel
+def softplus_f32_array(x):
+    """softplus_f32 over a float32 array (one loop; for tests and benchmarks)."""
+    xf = x.reshape(-1)
+    out = np.empty_like(xf)
+    for i in range(xf.size):
+        out[i] = softplus_f32(xf[i])
+    return out.reshape(x.shape)
+
+
+@arith_kernel
+def sigmoid_f32_array(x):
+    """sigmoid_f32 over a float32 array (one loop; for tests and benchmarks)."""
+    xf = x.reshape(-1)
+    out = np.empty_like(xf)
+    for i in range(xf.size):
+        out[i] = sigmoid_f32(xf[i])
+    return out.reshape(x.shape)
+
+
+@arith_kernel
+def tanh_f32_array(x):
+    """tanh_f32 over a float32 array (one loop; for tests and benchmarks)."""
+    xf = x.reshape(-1)
+    out = np.empty_like(xf)
+    for i in range(xf.size):
+        out[i] = tanh_f32(xf[i])
+    return out.reshape(x.shape)

@@ -1,0 +1,122 @@
+"""The vectorisable float32 functions of kernels/fastmath.py (exp_f32, log_f32, log1p_f32, softplus_f32,
+sigmoid_f32, tanh_f32) against the correctly rounded float32 of NumPy's float64 value.
+
+The error of a result is its distance in ulps from that reference: the number of float32 values
+between them (so it is exact across binades and on the subnormal grid). Each function's docstring
+states "Max error N ulp"; the test reads N from there and checks it over a grid of every k-th float32
+of the function's range (about a million points, all binades alike), a uniform grid where the
+function bends, every float32 in narrow bands around its thresholds and branch points, and its edges.
+"""
+import re
+
+import numpy as np
+import pytest
+from scipy.special import expit
+
+from rebar_np.kernels import fastmath
+
+F32_MAX = float(np.finfo(np.float32).max)
+TINY = float(np.finfo(np.float32).tiny)              # smallest normal float32; subnormals below
+
+
+def ordinal(v):
+    """Position of each float32 on the number line (+0 and -0 both 0), as int64."""
+    i = np.asarray(v, np.float32).view(np.int32).astype(np.int64)
+    return np.where(i < 0, -(i & 0x7FFFFFFF), i)
+
+
+def from_ordinal(o):
+    o = np.asarray(o, np.int64)
+    return np.where(o < 0, (-o) | 0x80000000, o).astype(np.uint32).view(np.float32)
+
+
+def every_kth(lo, hi, points):
+    """About `points` float32 values evenly spaced by position between lo and hi (all binades alike)."""
+    a, b = int(ordinal(np.float32(lo))), int(ordinal(np.float32(hi)))
+    return from_ordinal(np.arange(a, b + 1, max(1, (b - a) // points), dtype=np.int64))
+
+
+def band(centre, width=20000):
+    """Every float32 within `width` positions of centre."""
+    c = int(ordinal(np.float32(centre)))
+    return from_ordinal(np.arange(c - width, c + width + 1, dtype=np.int64))
+
+
+def ulp_errors(got, want64):
+    """|got - float32(want64)| in ulps; 0 where both are NaN, inf where only one is."""
+    want = want64.astype(np.float32)
+    d = np.abs(ordinal(got) - ordinal(want)).astype(np.float64)
+    nan_got, nan_want = np.isnan(got), np.isnan(want)
+    d[nan_got & nan_want] = 0.0
+    d[nan_got ^ nan_want] = np.inf
+    return d
+
+
+def softplus64(x):
+    return np.logaddexp(0.0, x)
+
+
+# name: (float64 reference, every-k-th range, uniform range, band centres, edges {input: output})
+LN2 = float(np.log(2.0))
+CASES = {
+    "exp": (np.exp, (-104.0, 89.0), (-20.0, 20.0), [0.0, 1.0, -87.33655, -103.97208, 88.72284, LN2 / 2],
+            {0.0: 1.0, -0.0: 1.0, 1e-45: 1.0, -1e-45: 1.0, TINY: 1.0, 88.8: np.inf, F32_MAX: np.inf,
+             np.inf: np.inf, -104.0: 0.0, -F32_MAX: 0.0, -np.inf: 0.0, -100.0: 3.7200760e-44}),
+    "log": (np.log, (0.0, F32_MAX), (0.25, 4.0), [1.0, TINY, 0.70710677, 1.4142135, 2.0, F32_MAX],
+            {0.0: -np.inf, -0.0: -np.inf, 1.0: 0.0, -1e-45: np.nan, -1.0: np.nan, -np.inf: np.nan,
+             np.inf: np.inf, 1e-45: -103.27893, F32_MAX: 88.72284}),
+    "log1p": (np.log1p, (-1.0, F32_MAX), (-0.99, 4.0), [0.0, -0.29289323, 0.41421354, -1.0, 1.0, 1.8284271],
+              {0.0: 0.0, -0.0: 0.0, 1e-45: 1e-45, -1e-45: -1e-45, TINY: TINY, -1.0: -np.inf,
+               -1.0000001: np.nan, -np.inf: np.nan, np.inf: np.inf, F32_MAX: 88.72284}),
+    "softplus": (softplus64, (-110.0, F32_MAX), (-20.0, 20.0), [0.0, -0.8813736, 16.635532, -87.33655,
+                                                                 -103.97208],
+                 {0.0: LN2, -0.0: LN2, np.inf: np.inf, F32_MAX: F32_MAX, -np.inf: 0.0, -F32_MAX: 0.0,
+                  -110.0: 0.0, 1e-45: LN2}),
+    "sigmoid": (expit, (-110.0, F32_MAX), (-20.0, 20.0), [0.0, -87.33655, 16.635532, -103.97208],
+                {0.0: 0.5, -0.0: 0.5, 1e-45: 0.5, np.inf: 1.0, F32_MAX: 1.0, -np.inf: 0.0, -F32_MAX: 0.0,
+                 -110.0: 0.0}),
+    "tanh": (np.tanh, (-F32_MAX, F32_MAX), (-10.0, 10.0), [0.0, 0.625, -0.625, 9.010913, -9.010913],
+             {0.0: 0.0, 1e-45: 1e-45, -1e-45: -1e-45, TINY: TINY, np.inf: 1.0, -np.inf: -1.0,
+              F32_MAX: 1.0, -F32_MAX: -1.0, 20.0: 1.0}),
+}
+
+
+def stated_bound(fn):
+    """The "Max error N ulp" of fn's docstring."""
+    m = re.search(r"[Mm]ax error (\d+(?:\.\d+)?) ulp", fn.__doc__ or "")
+    assert m, f"{fn.__name__}'s docstring states no 'Max error N ulp'"
+    return float(m.group(1))
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_within_stated_ulps(name):
+    ref, (lo, hi), (ulo, uhi), centres, edges = CASES[name]
+    scalar, array = getattr(fastmath, f"{name}_f32"), getattr(fastmath, f"{name}_f32_array")
+    bound = stated_bound(scalar)
+    x = np.concatenate([every_kth(lo, hi, 1_000_000), np.linspace(ulo, uhi, 400_001, dtype=np.float32)]
+                       + [band(c) for c in centres])
+    x = x[(x >= np.float32(lo)) & (x <= np.float32(hi))]
+    with np.errstate(all="ignore"):
+        err = ulp_errors(array(x), ref(x.astype(np.float64)))
+    i = int(np.argmax(err))
+    assert err[i] <= bound, (f"{name}_f32 off by {err[i]:.0f} ulp at x = {x[i]!r} (docstring: {bound:g}); "
+                             f"{int(np.sum(err > bound))} of {x.size} points beyond")
+    print(f"{name}_f32: max {err[i]:.0f} ulp at x = {x[i]!r} over {x.size} points")
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_edges(name):
+    """Infinities, signed zeros, subnormal inputs and outputs, NaN: the values the docstrings state,
+    exactly where they are 0, +-1, 1/2, +-inf or NaN, within the stated bound elsewhere."""
+    edges = CASES[name][4]
+    scalar, array = getattr(fastmath, f"{name}_f32"), getattr(fastmath, f"{name}_f32_array")
+    x = np.array(list(edges) + [np.nan, -np.nan], dtype=np.float32)
+    want = np.array(list(edges.values()) + [np.nan, np.nan], dtype=np.float64)
+    with np.errstate(all="ignore"):
+        got = array(x)
+    err = ulp_errors(got, want)
+    exact = ~np.isfinite(want) | np.isin(np.abs(want), [0.0, 0.5, 1.0])
+    allowed = np.where(exact, 0.0, stated_bound(scalar))
+    bad = [(float(a), float(g), float(w)) for a, g, w, e, t in zip(x, got, want.astype(np.float32), err, allowed)
+           if e > t]
+    assert not bad, f"{name}_f32 (input, got, want): {bad}"

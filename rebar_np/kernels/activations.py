@@ -57,7 +57,7 @@ def tanh_backward_tangent(h, h_dot, dh, dh_dot):
 
 def sigmoid_forward(a):
     """s = sigma(a) = 1 / (1 + exp(-a)), computed as 1/2 + tanh(a/2)/2 so it never overflows;
-    float32 rows from e = exp(-|a|) inside one pass (_sigmoid_rows_f32)."""
+    float32 rows in one pass of the vectorised float32 sigma (fastmath.py:_sigmoid_rows_f32)."""
     if a.dtype == np.float32 and a.ndim == 2:
         return _sigmoid_rows_f32(a)
     s = np.multiply(a, 0.5)         # Python scalars keep a's dtype (NumPy >= 2)

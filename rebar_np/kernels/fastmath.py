@@ -1,14 +1,20 @@
-"""Performance internals of the pointwise kernels: float32 exponentials computed inside the
-row's pass, and a row's sum of log1p terms as the logarithm of a product.
+"""Performance internals of the pointwise kernels: float32 transcendentals that vectorise inside a
+jitted loop, the kernels' one-pass float32 routes built on them, and a row's sum of log1p terms as
+the logarithm of a product.
 
-What they compute is the readable formula of kernels/activations.py and kernels/likelihood.py:
-_exp_neg_abs_f32 is exp(-|a|) (within 5 ulp of the exact value;
-tests/test_kernels.py::test_float32_exponential_is_within_5_ulp), _sigmoid_rows_f32 is sigma(a)
-(tests/test_kernels.py::test_sigmoid_forward_float32_rows), _sum_log1p_row is sum_j log1p(e_j)
-(in float64 against NumPy's logaddexp: tests/test_kernels.py::test_bernoulli_loglik_forward_and_backward),
-and _bernoulli_loglik_rows_f32 and _loglik_rows_f32 are sum_j [y_j a_j - softplus(a_j)] as the
-float64 routes compute it (tests/test_kernels.py::test_loglik_rows_float32_agrees_with_float64,
-tests/test_kernels.py::test_bernoulli_float32).
+exp_f32, log_f32, log1p_f32, softplus_f32, sigmoid_f32, tanh_f32 and logistic_noise_f32 are float32
+scalar functions with no libm calls (each docstring states its measured error in ulps and its edges;
+tests/test_fastmath.py checks them; benchmarks/fastmath.py times them against libm and NumPy).
+What the kernels built on them compute is the readable formula of kernels/activations.py,
+kernels/likelihood.py and kernels/noise.py: _sigmoid_rows_f32 is sigma(a)
+(tests/test_kernels.py::test_sigmoid_forward_float32_rows), _relaxed_sample_rows_f32 is REBAR's relaxed
+sample, _logistic_noise_f32 is log u - log(1 - u) (tests/test_kernels.py::test_relaxed_sample_forward_backward,
+tests/test_kernels.py::test_logistic_noise_values_and_clipping), _exp_neg_abs_f32 is exp(-|a|) (within 5 ulp
+of the exact value; tests/test_kernels.py::test_float32_exponential_is_within_5_ulp), _sum_log1p_row is
+sum_j log1p(e_j) (in float64 against NumPy's logaddexp:
+tests/test_kernels.py::test_bernoulli_loglik_forward_and_backward), and _bernoulli_loglik_rows_f32 and
+_loglik_rows_f32 are sum_j [y_j a_j - softplus(a_j)] as the float64 routes compute it
+(tests/test_kernels.py::test_loglik_rows_float32_agrees_with_float64, tests/test_kernels.py::test_bernoulli_float32).
 """
 import numpy as np
 from llvmlite import ir
@@ -306,12 +312,16 @@ def log1p_f32(x):
 
 @f32_njit
 def softplus_f32(a):
-    """log(1 + e^a) = max(a, 0) + log1p(e^-|a|) for float32 a: never overflows; a << 0 gives
-    e^a with its relative precision (subnormal from a = -87.34, 0 below -103.97); a for a > 16.6
-    (to float32 resolution) and +inf at +inf; NaN for NaN. Max error 2 ulp
-    (tests/test_fastmath.py)."""
-    zero = np.float32(0.0)
-    return (a if a > zero else zero) + log1p_f32(exp_f32(-abs(a)))
+    """log(1 + e^a) = max(a, 0) + log1p(e), e = e^-|a| in [0, 1], for float32 a. log1p(e) without
+    forming 1 + e: e itself is the reduced argument below sqrt(2) - 1, and above it
+    1 + e = 2 (1 + f) with f = e/2 - 1/2, exact. Never overflows; a << 0 gives e^a with its
+    relative precision (subnormal from a = -87.34, 0 below -103.97); a for a > 16.6 (to float32
+    resolution) and +inf at +inf; NaN for NaN. Max error 2 ulp (tests/test_fastmath.py)."""
+    zero, half = np.float32(0.0), np.float32(0.5)
+    e = exp_f32(-abs(a))
+    big = e > np.float32(LOG1P_SMALL[1])
+    f = _sub(_mul(e, half), half) if big else e
+    return (a if a > zero else zero) + _log_kf(1 if big else 0, f, zero)
 
 
 @f32_njit

@@ -8,12 +8,16 @@ of the function's range (about a million points, all binades alike), a uniform g
 function bends, every float32 in narrow bands around its thresholds and branch points, and its edges.
 """
 import re
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy.special import expit
 
-from rebar_np.kernels import fastmath
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import fastmath as bench  # noqa: E402
+from rebar_np.kernels import fastmath  # noqa: E402
 
 F32_MAX = float(np.finfo(np.float32).max)
 TINY = float(np.finfo(np.float32).tiny)              # smallest normal float32; subnormals below
@@ -139,3 +143,19 @@ def test_logistic_noise_within_4_ulp():
     i = int(np.argmax(err))
     assert err[i] <= 4, f"logistic_noise_f32 off by {err[i]:.0f} ulp at u = {u[i]!r}"
     print(f"logistic_noise_f32: max {err[i]:.0f} ulp at u = {u[i]!r} over {u.size} points")
+
+
+@pytest.mark.parametrize("name", list(bench.FUNCTIONS))
+def test_benchmark_compares_the_same_function(name):
+    """benchmarks/fastmath.py times, for each function, a libm loop and a NumPy route that compute the
+    same values as the fastmath function on the benchmark's inputs (the NumPy sigma to 1e-6 absolute:
+    its tanh form loses relative precision in the tail)."""
+    libm, numpy_route, draw = bench.FUNCTIONS[name]
+    x = draw(np.random.default_rng(1), 4800).astype(np.float32)
+    fast = getattr(fastmath, f"{name}_f32_array")(x)
+    for route, fn in (("libm", libm), ("numpy", numpy_route)):
+        out = np.empty_like(x)
+        fn(x, out)
+        tol = 1e-6 if name == "sigmoid" else 2e-6 * np.abs(fast)
+        bad = np.abs(out - fast) > tol
+        assert not np.any(bad), f"{name}: the {route} route differs at x = {x[bad][:3]}"

@@ -226,11 +226,11 @@ INV_LN2 = 1.0 / np.log(2.0)
 
 @f32_njit
 def exp_f32(x):
-    """e^x for float32 x: e^x = 2^n e^f, n = rint(x / ln 2), f = x - n ln 2 by a Cody-Waite
-    reduction, e^f by a degree-7 polynomial. Max error 1 ulp (measured on every 7th float32 of
-    [-104, 89] and every float32 near the thresholds; tests/test_fastmath.py). Edges as expf's: +-0 and subnormal x give 1; subnormal results
-    below x = -87.34 (on the subnormal grid, same bound in its ulps), 0 below -103.97 and at -inf;
-    +inf above 88.72 and at +inf; NaN for NaN."""
+    """e^x for float32 x: e^x = 2^n e^f, n = rint(x / ln 2), f = x - n ln 2 by a Cody-Waite reduction, e^f by a
+    degree-7 polynomial. Max error 1 ulp (measured on every 7th float32 of [-104, 89] and every float32 near
+    the thresholds; tests/test_fastmath.py). Edges as expf's: +-0 and subnormal x give 1; subnormal results
+    below x = -87.34 (on the subnormal grid, same bound in its ulps), 0 below -103.97 and at -inf; +inf above
+    88.72 and at +inf; NaN for NaN."""
     lo, hi = np.float32(EXP_MIN), np.float32(EXP_MAX)
     xc = x if x > lo else lo                    # NaN -> lo here, NaN again at the end
     xc = xc if xc < hi else hi
@@ -283,9 +283,9 @@ def _log_kf(k, f, c):
 
 @f32_njit
 def log_f32(x):
-    """log(x) for float32 x (musl's logf): max error 1 ulp over positive float32 x,
-    subnormal x included (measured on every 7th one; tests/test_fastmath.py). log(+-0) = -inf, log(x < 0) = NaN (-inf too),
-    log(+inf) = +inf, NaN for NaN."""
+    """log(x) for float32 x (musl's logf): max error 1 ulp over positive float32 x, subnormal x included (measured on
+    every 7th one; tests/test_fastmath.py). log(+-0) = -inf, log(x < 0) = NaN (-inf too), log(+inf) = +inf,
+    NaN for NaN."""
     k, f = _log_reduce(x)
     y = _log_kf(k, f, np.float32(0.0))
     y = y if x < np.float32(F32_INF) else x              # +inf and NaN
@@ -432,13 +432,12 @@ LOGIT_U_MIN = 1e-8              # noise.U_MIN: u and 1 - u are clipped below at 
 
 @f32_njit
 def logistic_noise_f32(u):
-    """log(v / w) for float32 u, v = min(max(u, 1e-8), 1), w = max(1 - v, 1e-8) (logistic_noise's
-    clipping: float32 cannot hold 1 - 1e-8, so the upper clip is made on 1 - u; NaN is read as 0). One logarithm: of the ratio
-    r = v / w, or, where r is in [sqrt(1/2), sqrt(2)) (u within 0.086 of 1/2), log1p of
-    q = (2 v - 1) / w, whose numerator is exact, so z0 keeps its relative precision near u = 1/2.
-    1 - u is exact for u >= 1/2 and within half an ulp below, so r and q are within 2 ulp and
-    z0 within 4 ulp of the correctly rounded float32 of log(u) - log(1 - u) (measured on every 3rd
-    float32 of [0, 1]; tests/test_fastmath.py)."""
+    """log(v / w) for float32 u, v = min(max(u, 1e-8), 1), w = max(1 - v, 1e-8) (logistic_noise's clipping: float32
+    cannot hold 1 - 1e-8, so the upper clip is made on 1 - u; NaN is read as 0). One logarithm: of the ratio r
+    = v / w, or, where r is in [sqrt(1/2), sqrt(2)) (u within 0.086 of 1/2), log1p of q = (2 v - 1) / w, whose
+    numerator is exact, so z0 keeps its relative precision near u = 1/2. 1 - u is exact for u >= 1/2 and
+    within half an ulp below, so r and q are within 2 ulp and z0 within 4 ulp of the correctly rounded float32
+    of log(u) - log(1 - u) (measured on every 3rd float32 of [0, 1]; tests/test_fastmath.py)."""
     one, lo = np.float32(1.0), np.float32(LOGIT_U_MIN)
     v = u if u > lo else lo                     # (NaN -> lo)
     v = v if v < one else one

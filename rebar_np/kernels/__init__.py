@@ -19,7 +19,8 @@ Performance internals, each module saying which readable computation it equals a
 holds them equal:
 
     blocking.py     BLAS's ?gemm called directly; the step's products in halves and blocks
-    fastmath.py     float32 exponentials inside a row's pass; sums of log1p as logs of products
+    fastmath.py     float32 exp, log, log1p, softplus, sigma, tanh that vectorise in jitted loops, and the
+                    kernels' one-pass float32 routes on them; sums of log1p as logs of products
     jit.py          the Numba decorators
 
 The GPU and the dispatch:

@@ -5,6 +5,7 @@ samples with their backward and tangent passes, REBAR's conditional-sample deriv
 import numpy as np
 
 from .activations import sigmoid_forward
+from .fastmath import _logistic_noise_f32, _relaxed_sample_rows_f32
 from .jit import arith_kernel, kernel
 
 # Clipping bounds of u (docs/math.md, section "Noise and samples"), applied in float64 before the logs.
@@ -23,7 +24,11 @@ def logistic_noise(u):
     One logarithm, of the ratio u / (1 - u) (_odds): 1 - u is exact for u >= 1/2 and within
     half an ulp of 1 below, so the ratio is within 2 ulp and z0 within 5e-16 of
     log u - log1p(-u) (24 x 200: 7.4 against 16.4 us).
+    float32 u take one float32 pass instead (fastmath.logistic_noise_f32: within 4 ulp of the
+    float32 of the float64 value, 1.6x faster than this float64 route).
     """
+    if u.dtype == np.float32 and u.flags.c_contiguous:
+        return _logistic_noise_f32(u)
     z0 = _odds(u, np.empty(u.shape, dtype=np.float64))
     np.log(z0, out=z0)
     return z0.astype(u.dtype)
@@ -55,8 +60,12 @@ def relaxed_sample_forward(a, z0, lam, improved):
 
     plain:     s = sigma(z / lam)
     improved:  s = sigma(z / lam + a lam / (lam + 1))   (the paper's "MuProp" relaxation)
+
+    float32 rows compute t and sigma(t) in one pass (fastmath._relaxed_sample_rows_f32).
     """
     shift = lam / (lam + 1.0) if improved else 0.0
+    if a.dtype == np.float32 and z0.dtype == np.float32 and a.ndim == 2:
+        return _relaxed_sample_rows_f32(a, z0, 1.0 / lam, shift)
     return sigmoid_forward(_relaxed_logit(a, z0, 1.0 / lam, shift))
 
 

@@ -48,6 +48,15 @@ def markdown_table(path):
              f"{(meta.get('git_commit') or '?')[:7]}, {meta.get('started', '')[:10]}; "
              f"`python -m benchmarks {_command(meta.get('argv', []))}`"
              + (f"; NumPy's 24x784x200 product: {probe:.0f} GFLOP/s" if probe else ""), ""]
+    if run.get("bound"):
+        lines += ["| arch | samples | examples | threads | MMAC/sample | samples/s | s per 10,000 examples | frac |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {r['arch']} | {r['samples']} | {r['examples']} | {r['workers']} | "
+                  f"{r['macs_per_sample'] / 1e6:.3f} | {r['samples_per_s']:.0f} | {r['s_per_10000_examples']:.0f} | "
+                  f"{r['fraction_of_matmul']:.2f} |" for r in run["bound"]]
+        if not run.get("rows"):
+            return "\n".join(lines)
+        lines.append("")
     head = ["estimator", "arch", "MMAC", "steps/s", "frac"] + (["JAX steps/s", "rebar_np / JAX"] if jax else [])
     lines += ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
     for r in run.get("rows", []):

@@ -6,7 +6,7 @@
     python -m benchmarks --scaling [--estimators dynamic_rebar,nvil] [--arch linear2]
                          [--batches 24,64,256,1024] [--widths 200,500,1000] [--jax]
     python -m benchmarks --device cuda --estimators dynamic_rebar,nvil --arch linear2 --batches 24,256,4096
-    python -m benchmarks --bound [--arch linear2] [--samples 5000] [--examples 160] [--threads N]
+    python -m benchmarks --bound [--arch linear2 | --run RUN] [--samples 5000] [--examples 160] [--threads N]
     python -m benchmarks --markdown RUN.json | --update-docs docs/performance.md [--check]
 
 For each estimator and architecture it times `rebar_np.training.train.train_step` (the exact
@@ -34,7 +34,9 @@ threads as `rebar-np eval` uses, or --threads), interleaved with NumPy float32 n
 in the same chunks on the same threads, the products it stands for (benchmarks/macs.py:
 bound_products: per example q_0, per sample the transforms fed by samples), as if every one were
 a matrix product; frac = the products' time / the bound's time (above 1 where its table sums
-beat the matrix products). One call takes seconds, so each window is one call.
+beat the matrix products). One call takes seconds, so each window is one call. With --run RUN it
+evaluates that run's checkpoint on the first --examples test images of its data: a trained
+model's samples select table rows unlike an untrained one's, and the time depends on it.
 
 Columns: MMAC = million multiply-adds of the step's matrix products; steps/s = median
 wall-clock rate; cpu/s = steps per CPU-second of this process (with --threads 1, the
@@ -109,6 +111,9 @@ def parse_args(argv):
     ap.add_argument("--samples", type=int, default=5000, help="--bound: samples per example (default 5000)")
     ap.add_argument("--examples", type=int, default=160,
                     help="--bound: examples per timed call (default 160: eight chunks of 20 at 5000 samples)")
+    ap.add_argument("--run", default=None, metavar="RUN",
+                    help="--bound: a run folder of rebar-np train, whose checkpoint and test split are "
+                         "evaluated (default: untrained parameters on random data)")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                     help="cuda: time rebar_np's step on the GPU against its CPU step at each of --batches "
                          "(examples per second and their ratio; needs a CUDA GPU)")
@@ -127,6 +132,10 @@ def parse_args(argv):
         raise UsageError(f"unknown architecture(s) {','.join(bad)}; choose from {','.join(ARCHS)}")
     if args.bound and (args.scaling or args.device != "cpu"):
         raise UsageError("--bound times the CPU bound; it cannot be combined with --scaling or --device")
+    if args.run is not None and not args.bound:
+        raise UsageError("--run goes with --bound")
+    if args.run is not None and not os.path.exists(os.path.join(args.run, "checkpoint.h5")):
+        raise UsageError(f"--run: no checkpoint.h5 in {args.run}")
     for name in ("batch", "width", "repeats", "samples", "examples"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name} must be at least 1")
@@ -342,11 +351,16 @@ def measure_bound(arch, args):
     from rebar_np.training.train import eval_chunking, evaluate
     from . import macs as M
     from . import timing as T
-    n_layer, nonlinear = ARCHS[arch]
-    H, N, S = args.width, args.examples, args.samples
-    x = make_data(N, n_batches=1)
-    model = SBN("sbn", n_layer, H, nonlinear, x.mean(axis=0, dtype=np.float64))
-    params = init_params(model, 0, np.float32)
+    if args.run is None:
+        n_layer, nonlinear = ARCHS[arch]
+        H, N, S = args.width, args.examples, args.samples
+        x = make_data(N, n_batches=1)
+        model = SBN("sbn", n_layer, H, nonlinear, x.mean(axis=0, dtype=np.float64))
+        params = init_params(model, 0, np.float32)
+    else:
+        model, params, x = run_model(args.run, args.examples)
+        n_layer, nonlinear, H, N, S = model.n_layer, model.nonlinear, model.n_hidden, x.shape[0], args.samples
+        arch = f"{'nonlinear' if nonlinear else 'linear'}{n_layer}"
     workers, per = eval_chunking(N, S, args.threads)
     chunks = [M.bound_products(n_layer, nonlinear, min(per, N - start), S, D, H) for start in range(0, N, per)]
     macs = sum(p.macs for c in chunks for p in c)
@@ -363,6 +377,8 @@ def measure_bound(arch, args):
     rate, mm_rate = T.median(rates["bound"]), T.median(rates["matmul"])
     per_call = N * S
     return {"mode": "bound", "arch": arch, "width": H, "examples": N, "samples": S, "workers": workers,
+            "model": "untrained (init_params seed 0), random data" if args.run is None else
+            f"{os.path.basename(os.path.normpath(args.run))} at step {params_step(args.run)}, test images",
             "examples_per_chunk": per, "samples_per_s": rate * per_call,
             "samples_per_s_windows": [r * per_call for r in rates["bound"]],
             "samples_per_cpu_s": T.median(cpu_rates["bound"]) * per_call,
@@ -375,13 +391,29 @@ def measure_bound(arch, args):
             "fraction_of_matmul_cpu": T.paired_ratio(cpu_rates["bound"], cpu_rates["matmul"]), "load": load}
 
 
+def run_model(run, examples):
+    """(model, float32 parameters, first `examples` test images) of a run folder."""
+    import numpy as np
+    from rebar_np.evaluation.final import load_run
+    model, ckpt, data = load_run(run)
+    if model.task != "sbn":
+        raise ValueError(f"--run: {run} is a {model.task} run; the bound's products are counted for sbn")
+    params = {k: v.astype(np.float32) for k, v in ckpt["params"].items()}
+    return model, params, np.ascontiguousarray(data["test"][:examples], dtype=np.float32)
+
+
+def params_step(run):
+    from rebar_np.training.checkpoint import load_checkpoint
+    return load_checkpoint(os.path.join(run, "checkpoint.h5"))["step"]
+
+
 def run_bound(args, results):
     print(f"{'arch':<11}{'samples':>8}{'examples':>9}{'workers':>8}{'MMAC/sample':>12}{'samples/s':>11}"
           f"{'GFLOP/s':>9}{'matmul':>8}{'frac':>6}{'others':>7}")
-    for arch in args.arch:
+    for arch in ([None] if args.run else args.arch):
         row = measure_bound(arch, args)
         results["bound"].append(row)
-        print(f"{arch:<11}{row['samples']:>8}{row['examples']:>9}{row['workers']:>8}"
+        print(f"{row['arch']:<11}{row['samples']:>8}{row['examples']:>9}{row['workers']:>8}"
               f"{row['macs_per_sample'] / 1e6:>12.3f}{row['samples_per_s']:>11.0f}{row['gflops']:>9.1f}"
               f"{row['matmul_gflops']:>8.1f}{row['fraction_of_matmul']:>6.2f}"
               f"{fmt(row['load']['other_cores'], '.2f'):>7}", flush=True)
@@ -592,7 +624,11 @@ def main(argv=None):
             print(f"python -m benchmarks: error: {e}", file=sys.stderr)
             return 2
     elif args.bound:
-        run_bound(args, results)
+        try:
+            run_bound(args, results)
+        except (OSError, ValueError, KeyError) as e:        # a run folder that cannot be read
+            print(f"python -m benchmarks: error: --run: {e}", file=sys.stderr)
+            return 2
     elif args.scaling:
         run_scaling(args, results)
     else:

@@ -196,7 +196,8 @@ def test_jax_flag_without_jax_is_one_line_and_exit_2(tmp_path):
 
 @pytest.mark.parametrize("args", [["--estimators", "nope"], ["--arch", "linear9"], ["--repeats", "0"],
                                   ["--scaling", "--batches", "0"], ["--bound", "--samples", "0"],
-                                  ["--bound", "--examples", "0"], ["--bound", "--scaling"]])
+                                  ["--bound", "--examples", "0"], ["--bound", "--scaling"],
+                                  ["--bound", "--run", "/nonexistent/run"], ["--run", "."]])
 def test_bad_options_are_one_line_and_exit_2(args):
     r = run_benchmarks(*args)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr

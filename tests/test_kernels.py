@@ -674,6 +674,29 @@ def test_tables_pay_only_while_they_fit_the_caches():
     assert not K.binary_product_pays(np.zeros((1000, 1000), np.float32))    # 25.6 MB
 
 
+@pytest.mark.parametrize("H", [200, 13, 1])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sample_rows_is_its_composition(dtype, H):
+    """The bound's step through a layer (kernels.sample_rows; float32: one pass, fastmath._sample_rows_f32)
+    gives the samples and codes of threshold_samples at sigma(-a) and group_codes bit for bit, and
+    their loglik_rows up to the order of a float64 sum, for logits far past float32's exponential's
+    range, at 0 and -0, and for noise at both ends of its range."""
+    from rebar_np.evaluation.bound import uniform_bits
+    r = rng_for(23)
+    a = (r.normal(size=(40, H)) * 6).astype(dtype)
+    a[0, :] = 0.0
+    a[1, :] = -0.0
+    a[2, ::2], a[2, 1::2] = 95.0, -95.0
+    bits = uniform_bits(r, (40, H))
+    bits[3, :], bits[4, :] = 0, 2 ** 32 - 1
+    G = K.binary_product_groups(H)
+    b, codes, ll = K.sample_rows(bits, a, G)
+    want_b = K.threshold_samples(bits, K.sigmoid_forward(-a), 1)
+    assert b.dtype == dtype and np.array_equal(b, want_b) and 0 < want_b.sum() < want_b.size
+    assert np.array_equal(codes, K.group_codes(want_b, G))
+    assert_close("sample_rows' log-likelihood", ll, K.loglik_rows(want_b, a, 1), 1e-13)
+
+
 def test_group_codes_read_each_unit_into_its_bit():
     b = np.zeros((2, 12))
     b[0, [0, 4, 5, 11]] = 1.0                              # groups of 5: bits 0 and 4 of group 0, 0 of 1, 1 of 2

@@ -44,7 +44,8 @@ def iw_bound(model, params, x, n_samples, rng, chunk=100, stop=None):
       the logits of q(b_0 | x) (the first, widest product), sum_j softplus of them,
       and for sp the prior's logits; the data bias is folded into T_p0's output bias;
     - log B(y; a) = y.a - sum_j softplus(a_j) (kernels.loglik_rows), with one SIMD
-      exponential per unit;
+      exponential per unit; below the first layer, that exponential also gives the sample's
+      threshold sigma(-a), in one pass with the sample's table codes (kernels.sample_rows);
     - the products whose left factor is a sample, (2 b - 1) W + c, are sums of table rows
       (kernels.binary_product, the tables of the W's built once per call) where the tables
       fit the caches: on the CPU about 2x faster than the matrix products at width 200.
@@ -110,12 +111,12 @@ def _iw_chunk_elbo(model, per_example, sample_logits, target, B, k, rng):
         if l == 0:
             b = K.threshold_samples(u, thr0, k)
             logq = (K.per_example_dot(b, a0, k).reshape(B, k) - sp0[:, None]).reshape(R)
-        else:
-            a = sample_logits(f"q{l}", samples[-1], codes[-1])
-            b = K.threshold_samples(u, K.sigmoid_forward(-a), 1)
-            logq += K.loglik_rows(b, a, 1)
+            code = K.group_codes(b, G)
+        else:                                                 # b, its codes and log q(b | b_{l-1})
+            b, code, ll = K.sample_rows(u, sample_logits(f"q{l}", samples[-1], codes[-1]), G)
+            logq += ll
         samples.append(b)
-        codes.append(K.group_codes(b, G))
+        codes.append(code)
     prior, sp_prior = per_example["prior"]
     if prior.shape[0] == 1:                                   # sbn, omni: one prior for all
         logp = K.per_example_dot(samples[-1], prior, R) - float(sp_prior[0])

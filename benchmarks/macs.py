@@ -601,8 +601,9 @@ def counted_rows(products):
 
 def traced_bound_products(n_layer, nonlinear, examples, samples, D=D_MNIST, H=200, chunk=100, seed=0):
     """The products iw_bound really runs (task sbn, float32) on `examples` random examples, as
-    sorted ((kind, n_in, n_out, rows), count): every dense_forward, and every binary_product, the
-    table sum standing for the product (2 b - 1) W + c of the W its table was built from. The check
+    sorted ((kind, n_in, n_out, rows), count): every dense_forward, and every binary_product (or
+    binary_product_loglik), the table sum standing for the product (2 b - 1) W + c of the W its table
+    was built from. The check
     on bound_products."""
     from collections import Counter
 
@@ -613,7 +614,8 @@ def traced_bound_products(n_layer, nonlinear, examples, samples, D=D_MNIST, H=20
     from rebar_np.model.sbn import SBN, init_params
 
     seen, table_of = Counter(), {}
-    orig = {k: getattr(kernels, k) for k in ("dense_forward", "binary_product_table", "binary_product")}
+    orig = {k: getattr(kernels, k) for k in ("dense_forward", "binary_product_table", "binary_product",
+                                             "binary_product_loglik")}
 
     def dense_forward(h, W, c):
         seen["fwd", W.shape[0], W.shape[1], h.shape[0]] += 1
@@ -629,12 +631,17 @@ def traced_bound_products(n_layer, nonlinear, examples, samples, D=D_MNIST, H=20
         seen["fwd", n_in, n_out, codes.shape[0]] += 1
         return orig["binary_product"](codes, T, c)
 
+    def binary_product_loglik(codes, T, c, y, k):         # the product, scored in the same pass
+        (n_in, n_out), _ = table_of[id(T)]
+        seen["fwd", n_in, n_out, codes.shape[0]] += 1
+        return orig["binary_product_loglik"](codes, T, c, y, k)
+
     rng = np.random.default_rng(seed)
     x = (rng.random((examples, D)) < 0.3).astype(np.float32)
     model = SBN("sbn", n_layer, H, nonlinear, np.full(D, 0.3))
     params = init_params(model, seed, np.float32)
     wrappers = {"dense_forward": dense_forward, "binary_product_table": binary_product_table,
-                "binary_product": binary_product}
+                "binary_product": binary_product, "binary_product_loglik": binary_product_loglik}
     try:
         for k, f in wrappers.items():
             setattr(kernels, k, f)

@@ -668,6 +668,24 @@ def test_binary_product_equals_the_matrix_product(n_in, n_out):
     assert_close("binary_product (float32)", got32, want, 1e-5)
 
 
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("n_in, n_out", [(200, 784), (13, 7)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_binary_product_loglik_is_its_composition(dtype, n_in, n_out, k):
+    """The table product scored in the same pass (float32: fastmath._binary_product_loglik_f32) is
+    loglik_rows of binary_product, up to the order of a float64 sum; logits past float32's
+    exponential's range included."""
+    r = rng_for(24)
+    W, c = (r.normal(size=(n_in, n_out)) * 3).astype(dtype), (r.normal(size=n_out) * 40).astype(dtype)
+    b = (r.random((12, n_in)) < 0.5).astype(dtype)
+    y = (r.random((12 // k, n_out)) < 0.5).astype(dtype)
+    G = K.binary_product_groups(n_in)
+    codes, T = K.group_codes(b, G), K.binary_product_table(W)
+    got = K.binary_product_loglik(codes, T, c, y, k)
+    assert got.dtype == np.float64
+    assert_close("binary_product_loglik", got, K.loglik_rows(y, K.binary_product(codes, T, c), k), 1e-13)
+
+
 def test_tables_pay_only_while_they_fit_the_caches():
     assert K.binary_product_pays(np.zeros((200, 784), np.float32))          # 4 MB
     assert K.binary_product_pays(np.zeros((500, 500), np.float32))          # 6.7 MB

@@ -9,13 +9,15 @@ tests/test_kernels.py::test_float32_exponential_is_within_5_ulp), _sigmoid_rows_
 and _bernoulli_loglik_rows_f32 and _loglik_rows_f32 are sum_j [y_j a_j - softplus(a_j)] as the
 float64 routes compute it (tests/test_kernels.py::test_loglik_rows_float32_agrees_with_float64,
 tests/test_kernels.py::test_bernoulli_float32). _sample_rows_f32 is kernels/noise.py:sample_rows's
-composition in one pass (tests/test_kernels.py::test_sample_rows_is_its_composition).
+composition in one pass (tests/test_kernels.py::test_sample_rows_is_its_composition), and
+_binary_product_loglik_f32 is kernels/tables.py:binary_product_loglik's
+(tests/test_kernels.py::test_binary_product_loglik_is_its_composition).
 """
 import numpy as np
 from numba import njit
 
 from .jit import arith_kernel
-from .tables import GROUP_BITS
+from .tables import GROUP_BITS, _table_row
 
 
 # exp(-|a|) for float32 a, inside a jitted loop. Numba calls libm's scalar expf per element here
@@ -193,3 +195,24 @@ def _sample_rows_f32(bits, a, G):
                     code |= 1 << i
             cr[g] = code
     return b, codes, ll
+
+
+@arith_kernel
+def _binary_product_loglik_f32(codes, T, c, y, k):
+    """tables.binary_product_loglik for float32 tables: row r of the product summed into one
+    buffer (tables._table_row), then scored there as _loglik_rows_f32 scores a row."""
+    R = codes.shape[0]
+    m = T.shape[2]
+    out = np.empty(R, dtype=np.float64)
+    ar = np.empty(m, dtype=np.float32)
+    e = np.empty(m, dtype=np.float32)
+    exponent_bits = np.empty(m, dtype=np.int32)
+    for r in range(R):
+        _table_row(codes[r], T, c, ar)
+        yr = y[r // k]
+        acc = 0.0
+        for j in range(m):
+            acc += yr[j] * ar[j] - max(ar[j], np.float32(0.0))
+        _exp_neg_abs_f32(ar, e, exponent_bits)
+        out[r] = acc - _sum_log1p_row(e)
+    return out

@@ -576,17 +576,23 @@ def meta(args, argv):
     return m
 
 
-def probe(results):
-    """This machine's matrix-product rate on the issue's two reference shapes, for the record."""
+def probe(results, one_blas_thread=False):
+    """This machine's matrix-product rate on the issue's two reference shapes, for the record
+    (one_blas_thread: on one BLAS thread, as each of the bound's workers multiplies)."""
+    import contextlib
     import numpy as np
+    from threadpoolctl import threadpool_limits
     from . import timing as T
     rng = np.random.default_rng(0)
     out = {}
     for label, (m, k, n) in {"24x784x200": (24, 784, 200), "1024x1024x1024": (1024, 1024, 1024)}.items():
         a, b = rng.random((m, k), dtype=np.float32), rng.random((k, n), dtype=np.float32)
         c = np.empty((m, n), np.float32)
-        rates, _, load = T.interleaved({"mm": lambda: np.matmul(a, b, out=c)}, 3, 0.3)
+        with threadpool_limits(limits=1, user_api="blas") if one_blas_thread else contextlib.nullcontext():
+            rates, _, load = T.interleaved({"mm": lambda: np.matmul(a, b, out=c)}, 3, 0.3)
         out[label] = {"gflops": 2 * m * k * n * T.median(rates["mm"]) / 1e9, "load": load}
+        if one_blas_thread:
+            out[label]["blas_threads"] = 1
     results["matmul_probe"] = out
     print("matmul probe: " + ", ".join(f"{k} {v['gflops']:.1f} GFLOP/s" for k, v in out.items())
           + f" (other processes' cores: {out['24x784x200']['load']['other_cores']})")
@@ -611,9 +617,9 @@ def main(argv=None):
                   "(pip install -e '.[bench]' or pip install jax)", file=sys.stderr)
             return 2
     results = {"meta": meta(args, argv), "rows": [], "scaling": [], "device": [], "bound": []}
-    probe(results)
+    probe(results, one_blas_thread=args.bound)
     others = results["matmul_probe"]["24x784x200"]["load"]["other_cores"]
-    if args.threads != 1 and others is not None and others > 0.5:
+    if args.threads != 1 and not args.bound and others is not None and others > 0.5:
         print(f"note: other processes are using {others:.1f} cores; multi-threaded BLAS slows down badly "
               "when it competes for cores (try --threads 1)", file=sys.stderr)
     if args.device == "cuda":

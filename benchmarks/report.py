@@ -51,9 +51,9 @@ def markdown_table(path):
              + (f"; NumPy's 24x784x200 product: {probe:.0f} GFLOP/s" if probe else "")
              + (" on one BLAS thread" if probe and one_thread else ""), ""]
     if run.get("bound"):
-        lines += ["| arch | samples | examples | threads | MMAC/sample | samples/s | s per 10,000 examples | frac |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
-        lines += [f"| {r['arch']} | {r['samples']} | {r['examples']} | {r['workers']} | "
+        lines += ["| model | arch | samples | examples | threads | MMAC/sample | samples/s | s per 10,000 examples "
+                  "| frac |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {r.get('model', '-')} | {r['arch']} | {r['samples']} | {r['examples']} | {r['workers']} | "
                   f"{r['macs_per_sample'] / 1e6:.3f} | {r['samples_per_s']:.0f} | {r['s_per_10000_examples']:.0f} | "
                   f"{r['fraction_of_matmul']:.2f} |" for r in run["bound"]]
         if not run.get("rows"):

@@ -231,6 +231,7 @@ def test_a_small_bound_run_writes_json_and_its_table(tmp_path):
     table = run_benchmarks("--markdown", str(out))
     per_sample = f"{M.bound_macs(2, False, 4, 30) / (4 * 30) / 1e6:.3f}"      # q_0's share included
     assert table.returncode == 0 and f"| linear2 | 30 | 4 | 2 | {per_sample} |" in table.stdout, table.stdout
+    assert "| untrained" in table.stdout, table.stdout
 
 
 def test_scaling_prints_a_markdown_table():

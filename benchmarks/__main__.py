@@ -6,6 +6,7 @@
     python -m benchmarks --scaling [--estimators dynamic_rebar,nvil] [--arch linear2]
                          [--batches 24,64,256,1024] [--widths 200,500,1000] [--jax]
     python -m benchmarks --device cuda --estimators dynamic_rebar,nvil --arch linear2 --batches 24,256,4096
+    python -m benchmarks --bound [--arch linear2 | --run RUN] [--samples 5000] [--examples 160] [--threads N]
     python -m benchmarks --markdown RUN.json | --update-docs docs/performance.md [--check]
 
 For each estimator and architecture it times `rebar_np.training.train.train_step` (the exact
@@ -26,6 +27,16 @@ to JAX is the median of the per-round ratios. Every row records the load: the CP
 cores other processes used while it was measured. --scaling prints a markdown table
 of step time against batch size and layer width instead. --device cuda times the
 step with everything in GPU memory against the CPU step at each batch size instead.
+
+--bound times the importance-weighted bound instead (`rebar-np eval RUN --samples S`:
+rebar_np.training.train.evaluate on --examples random examples of MNIST's size, on as many
+threads as `rebar-np eval` uses, or --threads), interleaved with NumPy float32 np.matmul running,
+in the same chunks on the same threads, the products it stands for (benchmarks/macs.py:
+bound_products: per example q_0, per sample the transforms fed by samples), as if every one were
+a matrix product; frac = the products' time / the bound's time (above 1 where its table sums
+beat the matrix products). One call takes seconds, so each window is one call. With --run RUN it
+evaluates that run's checkpoint on the first --examples test images of its data: a trained
+model's samples select table rows unlike an untrained one's, and the time depends on it.
 
 Columns: MMAC = million multiply-adds of the step's matrix products; steps/s = median
 wall-clock rate; cpu/s = steps per CPU-second of this process (with --threads 1, the
@@ -94,6 +105,15 @@ def parse_args(argv):
                     help="with --threads: cores rebar-np's step may use (NUMBA_NUM_THREADS), e.g. "
                          "--threads 1 --step-cores 2: one BLAS and XLA thread, the step's products in "
                          "two blocks on two cores (what rebar-np train picks on a quiet machine)")
+    ap.add_argument("--bound", action="store_true",
+                    help="time the importance-weighted bound (rebar-np eval) against its products (default "
+                         "--arch linear2)")
+    ap.add_argument("--samples", type=int, default=5000, help="--bound: samples per example (default 5000)")
+    ap.add_argument("--examples", type=int, default=160,
+                    help="--bound: examples per timed call (default 160: eight chunks of 20 at 5000 samples)")
+    ap.add_argument("--run", default=None, metavar="RUN",
+                    help="--bound: a run folder of rebar-np train, whose checkpoint and test split are "
+                         "evaluated (default: untrained parameters on random data)")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                     help="cuda: time rebar_np's step on the GPU against its CPU step at each of --batches "
                          "(examples per second and their ratio; needs a CUDA GPU)")
@@ -101,7 +121,7 @@ def parse_args(argv):
     ap.add_argument("--compare", default=None, metavar="PATH", help="a previous --json file: print new/old rates")
     args = ap.parse_args(argv)
     default_est = "dynamic_rebar,nvil" if args.scaling else ",".join(ALL_ESTIMATORS)
-    default_arch = "linear2" if args.scaling else "linear1,linear2,nonlinear1"
+    default_arch = "linear2" if args.scaling or args.bound else "linear1,linear2,nonlinear1"
     args.estimators = [e for e in (args.estimators or default_est).split(",") if e]
     args.arch = [a for a in (args.arch or default_arch).split(",") if a]
     bad = [e for e in args.estimators if e not in ALL_ESTIMATORS]
@@ -110,7 +130,13 @@ def parse_args(argv):
     bad = [a for a in args.arch if a not in ARCHS]
     if bad:
         raise UsageError(f"unknown architecture(s) {','.join(bad)}; choose from {','.join(ARCHS)}")
-    for name in ("batch", "width", "repeats"):
+    if args.bound and (args.scaling or args.device != "cpu"):
+        raise UsageError("--bound times the CPU bound; it cannot be combined with --scaling or --device")
+    if args.run is not None and not args.bound:
+        raise UsageError("--run goes with --bound")
+    if args.run is not None and not os.path.exists(os.path.join(args.run, "checkpoint.h5")):
+        raise UsageError(f"--run: no checkpoint.h5 in {args.run}")
+    for name in ("batch", "width", "repeats", "samples", "examples"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name} must be at least 1")
     if args.window <= 0:
@@ -319,6 +345,81 @@ def run_steps(args, results):
             print(line, flush=True)
 
 
+def measure_bound(arch, args):
+    """One row of --bound: evaluate (what `rebar-np eval` runs) against np.matmul on its products."""
+    import numpy as np
+    from rebar_np.model.sbn import SBN, init_params
+    from rebar_np.training.train import eval_chunking, evaluate
+    from . import macs as M
+    from . import timing as T
+    if args.run is None:
+        n_layer, nonlinear = ARCHS[arch]
+        H, N, S = args.width, args.examples, args.samples
+        x = make_data(N, n_batches=1)
+        model = SBN("sbn", n_layer, H, nonlinear, x.mean(axis=0, dtype=np.float64))
+        params = init_params(model, 0, np.float32)
+    else:
+        model, params, x = run_model(args.run, args.examples)
+        n_layer, nonlinear, H, N, S = model.n_layer, model.nonlinear, model.n_hidden, x.shape[0], args.samples
+        arch = f"{'nonlinear' if nonlinear else 'linear'}{n_layer}"
+    workers, per = eval_chunking(N, S, args.threads)
+    chunks = [M.bound_products(n_layer, nonlinear, min(per, N - start), S, D, H) for start in range(0, N, per)]
+    macs = sum(p.macs for c in chunks for p in c)
+    count_ok = M.traced_bound_products(n_layer, nonlinear, 3, 250, D, H) == \
+        M.counted_rows(M.bound_products(n_layer, nonlinear, 3, 250, D, H))
+    if not count_ok:
+        print(f"warning: benchmarks/macs.py's count of the bound ({arch}) no longer matches the products "
+              "iw_bound runs; update bound_products", file=sys.stderr)
+    evaluate(model, params, x[:2], min(S, 100), workers=1)          # compile the kernels first
+    candidates = {"bound": lambda: evaluate(model, params, x, S, seed=0, workers=args.threads),
+                  "matmul": T.bound_matmul_replay(chunks, workers)}
+    rates, cpu_rates, load = T.interleaved(candidates, args.repeats, args.window, min_calls=1, warmup=0,
+                                           warmup_calls=1)
+    rate, mm_rate = T.median(rates["bound"]), T.median(rates["matmul"])
+    per_call = N * S
+    return {"mode": "bound", "arch": arch, "width": H, "examples": N, "samples": S, "workers": workers,
+            "model": "untrained (init_params seed 0), random data" if args.run is None else
+            f"{os.path.basename(os.path.normpath(args.run))} at step {params_step(args.run)}, test images",
+            "examples_per_chunk": per, "samples_per_s": rate * per_call,
+            "samples_per_s_windows": [r * per_call for r in rates["bound"]],
+            "samples_per_cpu_s": T.median(cpu_rates["bound"]) * per_call,
+            "s_per_10000_examples": 1e4 / (rate * N),
+            "macs": macs, "macs_per_sample": macs / per_call, "macs_count_matches_trace": count_ok,
+            "macs_by_stage": M.macs_by_stage([p for c in chunks for p in c]),
+            "gflops": rate * 2 * macs / 1e9, "matmul_gflops": mm_rate * 2 * macs / 1e9,
+            "matmul_samples_per_s": mm_rate * per_call, "fraction_of_matmul": rate / mm_rate,
+            "fraction_of_matmul_paired": T.paired_ratio(rates["bound"], rates["matmul"]),
+            "fraction_of_matmul_cpu": T.paired_ratio(cpu_rates["bound"], cpu_rates["matmul"]), "load": load}
+
+
+def run_model(run, examples):
+    """(model, float32 parameters, first `examples` test images) of a run folder."""
+    import numpy as np
+    from rebar_np.evaluation.final import load_run
+    model, ckpt, data = load_run(run)
+    if model.task != "sbn":
+        raise ValueError(f"--run: {run} is a {model.task} run; the bound's products are counted for sbn")
+    params = {k: v.astype(np.float32) for k, v in ckpt["params"].items()}
+    return model, params, np.ascontiguousarray(data["test"][:examples], dtype=np.float32)
+
+
+def params_step(run):
+    from rebar_np.training.checkpoint import load_checkpoint
+    return load_checkpoint(os.path.join(run, "checkpoint.h5"))["step"]
+
+
+def run_bound(args, results):
+    print(f"{'arch':<11}{'samples':>8}{'examples':>9}{'workers':>8}{'MMAC/sample':>12}{'samples/s':>11}"
+          f"{'GFLOP/s':>9}{'matmul':>8}{'frac':>6}{'others':>7}")
+    for arch in ([None] if args.run else args.arch):
+        row = measure_bound(arch, args)
+        results["bound"].append(row)
+        print(f"{row['arch']:<11}{row['samples']:>8}{row['examples']:>9}{row['workers']:>8}"
+              f"{row['macs_per_sample'] / 1e6:>12.3f}{row['samples_per_s']:>11.0f}{row['gflops']:>9.1f}"
+              f"{row['matmul_gflops']:>8.1f}{row['fraction_of_matmul']:>6.2f}"
+              f"{fmt(row['load']['other_cores'], '.2f'):>7}", flush=True)
+
+
 def run_device(args, results):
     """rebar_np's step on the GPU against its step on the CPU, same estimator, architecture and
     batch, timed interleaved in this process: steps/s, examples/s, and GPU/CPU ratio."""
@@ -395,7 +496,14 @@ def compare(old_path, results):
         old = json.load(fh)
     key = lambda r: (r["estimator"], r["arch"], r["batch"], r.get("width", 200))
     before = {key(r): r for r in old.get("rows", []) + old.get("scaling", [])}
-    print(f"\ncompared with {old_path}: steps/s new / old")
+    print(f"\ncompared with {old_path}: steps/s (bound: samples/s) new / old")
+    bound = {(r["arch"], r["samples"], r["width"]): r for r in old.get("bound", [])}
+    for r in results.get("bound", []):
+        o = bound.get((r["arch"], r["samples"], r["width"]))
+        if o:
+            print(f"  bound {r['arch']:<11}S={r['samples']:<6}H={r['width']:<5}{o['samples_per_s']:>8.0f} -> "
+                  f"{r['samples_per_s']:<8.0f}x{r['samples_per_s'] / o['samples_per_s']:.2f}   frac "
+                  f"{o['fraction_of_matmul']:.2f} -> {r['fraction_of_matmul']:.2f}")
     for r in results["rows"] + results["scaling"]:
         o = before.get(key(r))
         if o:
@@ -469,17 +577,23 @@ def meta(args, argv):
     return m
 
 
-def probe(results):
-    """This machine's matrix-product rate on the issue's two reference shapes, for the record."""
+def probe(results, one_blas_thread=False):
+    """This machine's matrix-product rate on the issue's two reference shapes, for the record
+    (one_blas_thread: on one BLAS thread, as each of the bound's workers multiplies)."""
+    import contextlib
     import numpy as np
+    from threadpoolctl import threadpool_limits
     from . import timing as T
     rng = np.random.default_rng(0)
     out = {}
     for label, (m, k, n) in {"24x784x200": (24, 784, 200), "1024x1024x1024": (1024, 1024, 1024)}.items():
         a, b = rng.random((m, k), dtype=np.float32), rng.random((k, n), dtype=np.float32)
         c = np.empty((m, n), np.float32)
-        rates, _, load = T.interleaved({"mm": lambda: np.matmul(a, b, out=c)}, 3, 0.3)
+        with threadpool_limits(limits=1, user_api="blas") if one_blas_thread else contextlib.nullcontext():
+            rates, _, load = T.interleaved({"mm": lambda: np.matmul(a, b, out=c)}, 3, 0.3)
         out[label] = {"gflops": 2 * m * k * n * T.median(rates["mm"]) / 1e9, "load": load}
+        if one_blas_thread:
+            out[label]["blas_threads"] = 1
     results["matmul_probe"] = out
     print("matmul probe: " + ", ".join(f"{k} {v['gflops']:.1f} GFLOP/s" for k, v in out.items())
           + f" (other processes' cores: {out['24x784x200']['load']['other_cores']})")
@@ -503,10 +617,10 @@ def main(argv=None):
             print("python -m benchmarks: error: --jax needs JAX, which is not installed "
                   "(pip install -e '.[bench]' or pip install jax)", file=sys.stderr)
             return 2
-    results = {"meta": meta(args, argv), "rows": [], "scaling": [], "device": []}
-    probe(results)
+    results = {"meta": meta(args, argv), "rows": [], "scaling": [], "device": [], "bound": []}
+    probe(results, one_blas_thread=args.bound)
     others = results["matmul_probe"]["24x784x200"]["load"]["other_cores"]
-    if args.threads != 1 and others is not None and others > 0.5:
+    if args.threads != 1 and not args.bound and others is not None and others > 0.5:
         print(f"note: other processes are using {others:.1f} cores; multi-threaded BLAS slows down badly "
               "when it competes for cores (try --threads 1)", file=sys.stderr)
     if args.device == "cuda":
@@ -515,6 +629,12 @@ def main(argv=None):
             run_device(args, results)
         except DeviceError as e:
             print(f"python -m benchmarks: error: {e}", file=sys.stderr)
+            return 2
+    elif args.bound:
+        try:
+            run_bound(args, results)
+        except (OSError, ValueError, KeyError) as e:        # a run folder that cannot be read
+            print(f"python -m benchmarks: error: --run: {e}", file=sys.stderr)
             return 2
     elif args.scaling:
         run_scaling(args, results)

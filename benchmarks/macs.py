@@ -86,6 +86,13 @@ they change the products: "samples" (vimco, reinforce_loo: the rows are B K, so 
 Product of theirs has B = B K), "hidden" and "context" (relax); REBAR's joint variant
 is not counted (step_products refuses it).
 
+The importance-weighted bound (rebar_np/evaluation/bound.py:iw_bound, task sbn) is counted
+beside the step (bound_products): as if each of its products were a matmul, per example the
+forward of q_0 (x -> logits of b_0, computed once per example), and per sample the forward of
+every transform fed by a sample, q_l (l > 0) and p_l; with samples drawn at most `chunk` (100)
+per example at a time, a pass over E examples at k samples runs them on E k rows. (Where iw_bound
+sums table rows instead, kernels.binary_product, the count is of the product it stands for.)
+
 tests/test_benchmarks.py checks these counts against what rebar_np runs
 (traced_products): every call of the four dense kernels, recorded as (kind, n_in,
 n_out), and every plain `@` of rebar_np/model/control_net.py, recorded as ("@", m, k, n),
@@ -556,3 +563,90 @@ def counted(products):
     dense kernel's product and ("@", m, k, n) for a plain `@` (Product.mkn)."""
     from collections import Counter
     return sorted(Counter(("@",) + p.mkn if p.plain else (p.kind, p.n_in, p.n_out) for p in products).items())
+
+
+# --------------------------------------------------------------------------
+# The importance-weighted bound (rebar_np/evaluation/bound.py:iw_bound)
+# --------------------------------------------------------------------------
+def bound_products(n_layer, nonlinear, examples, samples, D=D_MNIST, H=200, chunk=100):
+    """[Product] the k-sample bound of `examples` examples stands for (task sbn; see the module
+    docstring): q_0 once on the examples' rows ("per example"), then per pass of k = min(chunk,
+    samples left) samples the transforms fed by samples on examples k rows ("per sample")."""
+    s = _Step(n_layer, nonlinear, examples, D, H)
+    s.stage = "per example"
+    s.forward("q0")
+    s.stage = "per sample"
+    done = 0
+    while done < samples:
+        k = min(chunk, samples - done)
+        s.B = examples * k
+        for l in range(1, n_layer):
+            s.forward(f"q{l}")
+        for l in range(n_layer):
+            s.forward(f"p{l}")
+        done += k
+    return s.products
+
+
+def bound_macs(n_layer, nonlinear, examples, samples, D=D_MNIST, H=200, chunk=100):
+    """Multiply-adds of bound_products."""
+    return sum(p.macs for p in bound_products(n_layer, nonlinear, examples, samples, D, H, chunk))
+
+
+def counted_rows(products):
+    """bound_products in traced_bound_products' form: sorted ((kind, n_in, n_out, rows), count)."""
+    from collections import Counter
+    return sorted(Counter((p.kind, p.n_in, p.n_out, p.B) for p in products).items())
+
+
+def traced_bound_products(n_layer, nonlinear, examples, samples, D=D_MNIST, H=200, chunk=100, seed=0):
+    """The products iw_bound really runs (task sbn, float32) on `examples` random examples, as
+    sorted ((kind, n_in, n_out, rows), count): every dense_forward, and every binary_product (or
+    binary_product_loglik), the table sum standing for the product (2 b - 1) W + c of the W its table
+    was built from. The check
+    on bound_products."""
+    from collections import Counter
+
+    import numpy as np
+
+    from rebar_np import kernels
+    from rebar_np.evaluation.bound import iw_bound
+    from rebar_np.model.sbn import SBN, init_params
+
+    seen, table_of = Counter(), {}
+    orig = {k: getattr(kernels, k) for k in ("dense_forward", "binary_product_table", "binary_product",
+                                             "binary_product_loglik")}
+
+    def dense_forward(h, W, c):
+        seen["fwd", W.shape[0], W.shape[1], h.shape[0]] += 1
+        return orig["dense_forward"](h, W, c)
+
+    def binary_product_table(W):
+        T = orig["binary_product_table"](W)
+        table_of[id(T)] = (W.shape, T)          # T kept alive: its id stays its own
+        return T
+
+    def binary_product(codes, T, c):
+        (n_in, n_out), _ = table_of[id(T)]
+        seen["fwd", n_in, n_out, codes.shape[0]] += 1
+        return orig["binary_product"](codes, T, c)
+
+    def binary_product_loglik(codes, T, c, y, k):         # the product, scored in the same pass
+        (n_in, n_out), _ = table_of[id(T)]
+        seen["fwd", n_in, n_out, codes.shape[0]] += 1
+        return orig["binary_product_loglik"](codes, T, c, y, k)
+
+    rng = np.random.default_rng(seed)
+    x = (rng.random((examples, D)) < 0.3).astype(np.float32)
+    model = SBN("sbn", n_layer, H, nonlinear, np.full(D, 0.3))
+    params = init_params(model, seed, np.float32)
+    wrappers = {"dense_forward": dense_forward, "binary_product_table": binary_product_table,
+                "binary_product": binary_product, "binary_product_loglik": binary_product_loglik}
+    try:
+        for k, f in wrappers.items():
+            setattr(kernels, k, f)
+        iw_bound(model, params, x, samples, rng, chunk=chunk)
+    finally:
+        for k, f in orig.items():
+            setattr(kernels, k, f)
+    return sorted(seen.items())

@@ -42,12 +42,23 @@ def markdown_table(path):
     with open(path) as fh:
         run = json.load(fh)
     meta = run.get("meta", {})
-    probe = run.get("matmul_probe", {}).get("24x784x200", {}).get("gflops")
+    probed = run.get("matmul_probe", {}).get("24x784x200", {})
+    probe, one_thread = probed.get("gflops"), probed.get("blas_threads") == 1
     jax = any("jax" in r for r in run.get("rows", []))
     lines = [f"{meta.get('cpu_model') or 'unknown CPU'}, {meta.get('cpu_count')} cores; commit "
              f"{(meta.get('git_commit') or '?')[:7]}, {meta.get('started', '')[:10]}; "
              f"`python -m benchmarks {_command(meta.get('argv', []))}`"
-             + (f"; NumPy's 24x784x200 product: {probe:.0f} GFLOP/s" if probe else ""), ""]
+             + (f"; NumPy's 24x784x200 product: {probe:.0f} GFLOP/s" if probe else "")
+             + (" on one BLAS thread" if probe and one_thread else ""), ""]
+    if run.get("bound"):
+        lines += ["| model | arch | samples | examples | threads | MMAC/sample | samples/s | s per 10,000 examples "
+                  "| frac |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {r.get('model', '-')} | {r['arch']} | {r['samples']} | {r['examples']} | {r['workers']} | "
+                  f"{r['macs_per_sample'] / 1e6:.3f} | {r['samples_per_s']:.0f} | {r['s_per_10000_examples']:.0f} | "
+                  f"{r['fraction_of_matmul']:.2f} |" for r in run["bound"]]
+        if not run.get("rows"):
+            return "\n".join(lines)
+        lines.append("")
     head = ["estimator", "arch", "MMAC", "steps/s", "frac"] + (["JAX steps/s", "rebar_np / JAX"] if jax else [])
     lines += ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
     for r in run.get("rows", []):

@@ -78,12 +78,12 @@ def warm_up(fn, seconds=0.5, min_calls=3):
         n += 1
 
 
-def interleaved(candidates, repeats, window, min_calls=2, warmup=0.5):
+def interleaved(candidates, repeats, window, min_calls=2, warmup=0.5, warmup_calls=3):
     """{name: [wall-clock rate per round]} and {name: [CPU-time rate per round]} for the
     callables in `candidates`, timed in interleaved rounds (see the module docstring), and
     the LoadMeter record of the whole measurement."""
     for fn in candidates.values():
-        warm_up(fn, warmup)
+        warm_up(fn, warmup, warmup_calls)
     meter = LoadMeter().start()
     rates = {name: [] for name in candidates}
     cpu_rates = {name: [] for name in candidates}
@@ -131,4 +131,38 @@ def matmul_replay(products, seed=0):
     def run():
         for a, b, out in ops:
             np.matmul(a, b, out=out)
+    return run
+
+
+def bound_matmul_replay(chunks, workers):
+    """A callable running, with np.matmul on float32, the products of the importance-weighted bound
+    as rebar_np.training.train.evaluate runs the bound: `chunks` (one list of benchmarks.macs.Product
+    per chunk of examples, bound_products) shared among `workers` threads, one BLAS thread each
+    (with workers > 1). A thread's operands are allocated on its first use of a shape and kept,
+    as evaluate's freed arrays stay in the heap (train.keep_freed_memory)."""
+    from concurrent.futures import ThreadPoolExecutor
+    import threading
+
+    from threadpoolctl import threadpool_limits
+    local = threading.local()
+
+    def operands(B, i, o):
+        cache = local.__dict__.setdefault("cache", {})
+        if (B, i, o) not in cache:
+            rng = np.random.default_rng(B * 7919 + i * 31 + o)
+            cache[B, i, o] = (rng.standard_normal((B, i), dtype=np.float32),
+                              rng.standard_normal((i, o), dtype=np.float32), np.empty((B, o), np.float32))
+        return cache[B, i, o]
+
+    def chunk(products):
+        for p in products:
+            a, b, out = operands(p.B, p.n_in, p.n_out)
+            np.matmul(a, b, out=out)
+
+    pool = ThreadPoolExecutor(max_workers=workers)
+
+    def run():
+        with threadpool_limits(limits=1 if workers > 1 else None, user_api="blas"):
+            for f in [pool.submit(chunk, products) for products in chunks]:
+                f.result()
     return run

@@ -106,6 +106,22 @@ def test_mac_count_of_the_issue_set_up():
     assert M.step_macs("relax", 2, False, B) == 67_660_320
 
 
+@pytest.mark.parametrize("products", ["tables", "matrix"])
+@pytest.mark.parametrize("n_layer, nonlinear", [(1, False), (2, False), (3, True)])
+def test_bound_mac_count_is_what_iw_bound_runs(n_layer, nonlinear, products, monkeypatch):
+    """The bound's count (per example q_0, per sample the transforms fed by samples, in passes of
+    at most 100 samples) is the products iw_bound computes, as table sums or as matrix products."""
+    from rebar_np.kernels import tables
+    if products == "matrix":
+        monkeypatch.setattr(tables, "TABLE_MAX_BYTES", 0)
+    want = M.counted_rows(M.bound_products(n_layer, nonlinear, 3, 250, D=12, H=7))
+    got = M.traced_bound_products(n_layer, nonlinear, 3, 250, D=12, H=7)
+    assert got == want, f"L={n_layer} nonlinear={nonlinear}: iw_bound runs {got}, benchmarks/macs.py counts {want}"
+    per_sample = 7 * 7 * (n_layer - 1) + 7 * 7 * (n_layer - 1) + 7 * 12 if not nonlinear else None
+    if per_sample:                              # by hand: q_l, p_l for l > 0 are H x H, p_0 is H x D
+        assert M.bound_macs(n_layer, nonlinear, 3, 250, D=12, H=7) == 3 * 12 * 7 + 3 * 250 * per_sample
+
+
 def small_instance(n_layer, nonlinear, seed=0, D=20, H=6, B=5):
     rng = np.random.default_rng(seed)
     mean_x = rng.uniform(0.1, 0.9, D)
@@ -179,7 +195,9 @@ def test_jax_flag_without_jax_is_one_line_and_exit_2(tmp_path):
 
 
 @pytest.mark.parametrize("args", [["--estimators", "nope"], ["--arch", "linear9"], ["--repeats", "0"],
-                                  ["--scaling", "--batches", "0"]])
+                                  ["--scaling", "--batches", "0"], ["--bound", "--samples", "0"],
+                                  ["--bound", "--examples", "0"], ["--bound", "--scaling"],
+                                  ["--bound", "--run", "/nonexistent/run"], ["--run", "."]])
 def test_bad_options_are_one_line_and_exit_2(args):
     r = run_benchmarks(*args)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
@@ -198,6 +216,22 @@ def test_a_small_run_writes_json(tmp_path):
     for row in rows:
         assert row["macs"] == M.step_macs(row["estimator"], 1, False, 24) and row["macs_count_matches_trace"]
         assert row["steps_per_s"] > 0 and 0 < row["fraction_of_matmul"]
+
+
+def test_a_small_bound_run_writes_json_and_its_table(tmp_path):
+    import json
+    out = tmp_path / "b.json"
+    r = run_benchmarks("--bound", "--samples", "30", "--examples", "4", "--repeats", "1", "--window", "0.01",
+                       "--threads", "2", "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    (row,) = json.loads(out.read_text())["bound"]
+    assert (row["arch"], row["samples"], row["examples"], row["workers"]) == ("linear2", 30, 4, 2)
+    assert row["macs"] == M.bound_macs(2, False, 4, 30) and row["macs_count_matches_trace"]
+    assert row["samples_per_s"] > 0 and row["fraction_of_matmul"] > 0
+    table = run_benchmarks("--markdown", str(out))
+    per_sample = f"{M.bound_macs(2, False, 4, 30) / (4 * 30) / 1e6:.3f}"      # q_0's share included
+    assert table.returncode == 0 and f"| linear2 | 30 | 4 | 2 | {per_sample} |" in table.stdout, table.stdout
+    assert "| untrained" in table.stdout, table.stdout
 
 
 def test_scaling_prints_a_markdown_table():

@@ -317,6 +317,10 @@ CASES = [
     ("logmeanexp_rows", lambda r, t: (_lme_rows(r, t),)),
     ("binary_product_table", lambda r, t: (_u(r, t, shape=(12, 5)),)),
     ("group_codes", lambda r, t: ((r.random((6, 12)) < 0.5).astype(t), 8)),
+    ("sample_rows", lambda r, t: (uniform_bits(r, (6, 12)), _u(r, t, -4, 4, shape=(6, 12)), 8)),
+    ("binary_product_loglik", lambda r, t: (K.group_codes((r.random((6, 12)) < 0.5).astype(t), 8),
+                                            K.binary_product_table(_u(r, t, shape=(12, 5))), _u(r, t, shape=(5,)),
+                                            (r.random((3, 5)) < 0.5).astype(t), 2)),
     ("binary_product", lambda r, t: (K.group_codes((r.random((6, 12)) < 0.5).astype(t), 8),
                                      K.binary_product_table(_u(r, t, shape=(12, 5))), _u(r, t, shape=(5,)))),
 ]

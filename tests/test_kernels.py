@@ -668,10 +668,51 @@ def test_binary_product_equals_the_matrix_product(n_in, n_out):
     assert_close("binary_product (float32)", got32, want, 1e-5)
 
 
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("n_in, n_out", [(200, 784), (13, 7)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_binary_product_loglik_is_its_composition(dtype, n_in, n_out, k):
+    """The table product scored in the same pass (float32: fastmath._binary_product_loglik_f32) is
+    loglik_rows of binary_product, up to the order of a float64 sum; logits past float32's
+    exponential's range included."""
+    r = rng_for(24)
+    W, c = (r.normal(size=(n_in, n_out)) * 3).astype(dtype), (r.normal(size=n_out) * 40).astype(dtype)
+    b = (r.random((12, n_in)) < 0.5).astype(dtype)
+    y = (r.random((12 // k, n_out)) < 0.5).astype(dtype)
+    G = K.binary_product_groups(n_in)
+    codes, T = K.group_codes(b, G), K.binary_product_table(W)
+    got = K.binary_product_loglik(codes, T, c, y, k)
+    assert got.dtype == np.float64
+    assert_close("binary_product_loglik", got, K.loglik_rows(y, K.binary_product(codes, T, c), k), 1e-13)
+
+
 def test_tables_pay_only_while_they_fit_the_caches():
     assert K.binary_product_pays(np.zeros((200, 784), np.float32))          # 4 MB
     assert K.binary_product_pays(np.zeros((500, 500), np.float32))          # 6.7 MB
     assert not K.binary_product_pays(np.zeros((1000, 1000), np.float32))    # 25.6 MB
+
+
+@pytest.mark.parametrize("H", [200, 13, 1])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sample_rows_is_its_composition(dtype, H):
+    """The bound's step through a layer (kernels.sample_rows; float32: one pass, fastmath._sample_rows_f32)
+    gives the samples and codes of threshold_samples at sigma(-a) and group_codes bit for bit, and
+    their loglik_rows up to the order of a float64 sum, for logits far past float32's exponential's
+    range, at 0 and -0, and for noise at both ends of its range."""
+    from rebar_np.evaluation.bound import uniform_bits
+    r = rng_for(23)
+    a = (r.normal(size=(40, H)) * 6).astype(dtype)
+    a[0, :] = 0.0
+    a[1, :] = -0.0
+    a[2, ::2], a[2, 1::2] = 95.0, -95.0
+    bits = uniform_bits(r, (40, H))
+    bits[3, :], bits[4, :] = 0, 2 ** 32 - 1
+    G = K.binary_product_groups(H)
+    b, codes, ll = K.sample_rows(bits, a, G)
+    want_b = K.threshold_samples(bits, K.sigmoid_forward(-a), 1)
+    assert b.dtype == dtype and np.array_equal(b, want_b) and 0 < want_b.sum() < want_b.size
+    assert np.array_equal(codes, K.group_codes(want_b, G))
+    assert_close("sample_rows' log-likelihood", ll, K.loglik_rows(want_b, a, 1), 1e-13)
 
 
 def test_group_codes_read_each_unit_into_its_bit():

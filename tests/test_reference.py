@@ -157,18 +157,19 @@ def test_iw_bound_between_elbo_and_log_marginal():
     assert np.all(5 * sd < 0.5 * (logpx - elbo)), "the convergence check would not tell log p(x) from the ELBO"
 
 
+@pytest.mark.parametrize("nonlinear", [True, False])
 @pytest.mark.parametrize("products", ["tables", "matrix"])
 @pytest.mark.parametrize("chunk", [1, 7, 100, 250])
-def test_iw_bound_matches_reference_at_the_same_noise(chunk, products, monkeypatch):
+def test_iw_bound_matches_reference_at_the_same_noise(chunk, products, nonlinear, monkeypatch):
     """iw_bound draws, chunk by chunk, 32 random bits per unit, uniform_bits(rng, (B * k_chunk, H))
     per layer, standing for u = (bits + 1/2) 2^-32, with rows n * k_chunk .. (n + 1) * k_chunk - 1
     for example n; at that noise it must equal log mean exp of the reference ELBOs, however the
     samples are chunked, with the samples' products done by tables or (tables too large to
-    pay) by matrix products."""
+    pay) by matrix products, and (linear transforms) the table products scored in the same pass."""
     from rebar_np.kernels import tables
     if products == "matrix":
         monkeypatch.setattr(tables, "TABLE_MAX_BYTES", 0)
-    model, params, x, _, _ = instance("sp", 2, True, seed=5, batch_size=3)
+    model, params, x, _, _ = instance("sp", 2, nonlinear, seed=5, batch_size=3)
     B, k = x.shape[0], 250
     got = iw_bound(model, params, x, k, np.random.default_rng(3), chunk=chunk)
     rng = np.random.default_rng(3)
@@ -181,6 +182,17 @@ def test_iw_bound_matches_reference_at_the_same_noise(chunk, products, monkeypat
         done += kc
     want = logsumexp(np.concatenate(fs, axis=1), axis=1) - np.log(k)
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("nonlinear", [False, True])
+def test_iw_bound_float32_agrees_with_float64(nonlinear):
+    """The float32 bound (its one-pass kernels: kernels.sample_rows, kernels.binary_product_loglik)
+    against the float64 one at the same noise, on a model wide enough for whole table groups."""
+    model, params, x, _, _ = instance("sbn", 2, nonlinear, seed=8, n_input=40, n_hidden=23, batch_size=4)
+    want = iw_bound(model, params, x, 230, np.random.default_rng(4))
+    got = iw_bound(model, {k: v.astype(np.float32) for k, v in params.items()}, x.astype(np.float32), 230,
+                   np.random.default_rng(4))
+    np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
 def test_reference_is_independent_of_model_helpers():

@@ -44,7 +44,8 @@ def iw_bound(model, params, x, n_samples, rng, chunk=100, stop=None):
       the logits of q(b_0 | x) (the first, widest product), sum_j softplus of them,
       and for sp the prior's logits; the data bias is folded into T_p0's output bias;
     - log B(y; a) = y.a - sum_j softplus(a_j) (kernels.loglik_rows), with one SIMD
-      exponential per unit;
+      exponential per unit; below the first layer, that exponential also gives the sample's
+      threshold sigma(-a), in one pass with the sample's table codes (kernels.sample_rows);
     - the products whose left factor is a sample, (2 b - 1) W + c, are sums of table rows
       (kernels.binary_product, the tables of the W's built once per call) where the tables
       fit the caches: on the CPU about 2x faster than the matrix products at width 200.
@@ -62,24 +63,26 @@ def iw_bound(model, params, x, n_samples, rng, chunk=100, stop=None):
     target = model.target(x).astype(dtype)
     out_bias = "p0.c3" if nl else "p0.c"                       # p(x | b_0)'s logits: T_p0(h) + data bias
     params = {**params, out_bias: params[out_bias] + model.data_bias(dtype)}
-    sample_logits = _sample_logits(model, params)
+    sample_terms = _sample_terms(model, params)
     running = np.full(B, -np.inf)
     done = 0
     while done < n_samples:
         if stop is not None and stop.requested:          # Ctrl-C waits for one pass, not all of them
             return None
         k = min(chunk, n_samples - done)
-        f = _iw_chunk_elbo(model, per_example, sample_logits, target, B, k, rng)
+        f = _iw_chunk_elbo(model, per_example, sample_terms, target, B, k, rng)
         running = np.logaddexp(running, to_host(K.logmeanexp_rows(f)) + np.log(k))   # log sum_i exp f here
         done += k
     return running - np.log(n_samples)
 
 
-def _sample_logits(model, params):
-    """logits(name, b, codes) = T_name(2 b - 1) for a hard sample b with its group codes
-    (kernels.group_codes), forward only. The first dense layer of every T fed by a sample is a
-    table product (kernels.binary_product, the tables built here, once per call) where the
-    table fits the caches (kernels.binary_product_pays), else a matrix product."""
+def _sample_terms(model, params):
+    """(logits, loglik): logits(name, b, codes) = T_name(2 b - 1) for a hard sample b with its group
+    codes (kernels.group_codes), and loglik(name, b, codes, y, k) = log B(y; T_name(2 b - 1)) per
+    row, y holding one row per k rows; forward only. The first dense layer of every T fed by a
+    sample is a table product (kernels.binary_product, the tables built here, once per call) where
+    the table fits the caches (kernels.binary_product_pays), else a matrix product; a linear T
+    that is one table product is scored in the same pass (kernels.binary_product_loglik)."""
     nl = model.nonlinear
     fed_by_samples = [f"q{l}" for l in range(1, model.n_layer)] + [f"p{l}" for l in range(model.n_layer)]
     weights = {name: params[first_layer(name, nl)[0]] for name in fed_by_samples}
@@ -92,12 +95,18 @@ def _sample_logits(model, params):
         else:
             a1 = K.dense_forward(2.0 * b - 1.0, weights[name], c)
         return transform_forward_after_first(params, name, a1, None, nl)[0]
-    return logits
+
+    def loglik(name, b, codes, y, k):
+        if name in tables and not nl:
+            return K.binary_product_loglik(codes, tables[name], params[first_layer(name, nl)[1]], y, k)
+        return K.loglik_rows(y, logits(name, b, codes), k)
+    return logits, loglik
 
 
-def _iw_chunk_elbo(model, per_example, sample_logits, target, B, k, rng):
+def _iw_chunk_elbo(model, per_example, sample_terms, target, B, k, rng):
     """f(b) = log p(x, b) - log q(b | x) for k fresh samples of each example, (B, k) float64.
-    The parameters are sample_logits's (where p0's output bias already holds the data bias)."""
+    The parameters are sample_terms's (where p0's output bias already holds the data bias)."""
+    sample_logits, sample_loglik = sample_terms
     H, L = model.n_hidden, model.n_layer
     G = K.binary_product_groups(H)
     R = B * k
@@ -110,18 +119,18 @@ def _iw_chunk_elbo(model, per_example, sample_logits, target, B, k, rng):
         if l == 0:
             b = K.threshold_samples(u, thr0, k)
             logq = (K.per_example_dot(b, a0, k).reshape(B, k) - sp0[:, None]).reshape(R)
-        else:
-            a = sample_logits(f"q{l}", samples[-1], codes[-1])
-            b = K.threshold_samples(u, K.sigmoid_forward(-a), 1)
-            logq += K.loglik_rows(b, a, 1)
+            code = K.group_codes(b, G)
+        else:                                                 # b, its codes and log q(b | b_{l-1})
+            b, code, ll = K.sample_rows(u, sample_logits(f"q{l}", samples[-1], codes[-1]), G)
+            logq += ll
         samples.append(b)
-        codes.append(K.group_codes(b, G))
+        codes.append(code)
     prior, sp_prior = per_example["prior"]
     if prior.shape[0] == 1:                                   # sbn, omni: one prior for all
         logp = K.per_example_dot(samples[-1], prior, R) - float(sp_prior[0])
     else:                                                     # sp: the prior sees x_top
         logp = (K.per_example_dot(samples[-1], prior, k).reshape(B, k) - sp_prior[:, None]).reshape(R)
     for l in range(L - 1, -1, -1):
-        a = sample_logits(f"p{l}", samples[l], codes[l])
-        logp += K.loglik_rows(target, a, k) if l == 0 else K.loglik_rows(samples[l - 1], a, 1)
+        y, rows_per_y = (target, k) if l == 0 else (samples[l - 1], 1)
+        logp += sample_loglik(f"p{l}", samples[l], codes[l], y, rows_per_y)
     return (logp - logq).reshape(B, k)

@@ -51,10 +51,11 @@ from .activations import (sigmoid_backward, sigmoid_backward_tangent, sigmoid_fo
 from .dense import (dense_backward, dense_backward_input, dense_backward_single, dense_forward, dense_forward_single,
                     dense_tangent, gram_tangent)
 from .likelihood import (bernoulli_loglik_backward, bernoulli_loglik_backward_sample, bernoulli_loglik_backward_tangent,
-                         bernoulli_loglik_forward, loglik_rows, softplus_rows)
+                         bernoulli_loglik_forward, binary_product_loglik, loglik_rows, softplus_rows)
 from .noise import (BITS_TO_UNIFORM, U_MAX, U_MIN, dz_cond_dlogits, hard_sample_forward, logistic_noise,
                     mean_sample_forward, relaxed_logits_backward, relaxed_logits_backward_tangent,
-                    relaxed_sample_backward, relaxed_sample_forward, relaxed_sample_tangent, threshold_samples)
+                    relaxed_sample_backward, relaxed_sample_forward, relaxed_sample_tangent, sample_rows,
+                    threshold_samples)
 from .reductions import dot, leave_one_out_center, logmeanexp_rows, per_example_dot, subtract_scaled, sum_squares
 from .tables import (GROUP_BITS, GROUP_BLOCK, binary_product, binary_product_groups, binary_product_pays,
                      binary_product_table, group_codes)

@@ -696,6 +696,18 @@ def group_codes(b, G):
     return _run(_group_codes, codes, b.d, codes.d)
 
 
+def binary_product_loglik(codes, T, c, y, k):
+    """loglik_rows(y, binary_product(codes, T, c), k), float64 (R,) (the CPU's one pass as two kernels)."""
+    return loglik_rows(y, binary_product(codes, T, c), k)
+
+
+def sample_rows(bits, a, G):
+    """(b, codes, ll): hard samples b = 1[u > sigma(-a)] at noise bits, their group codes and
+    log B(b; a) per row, float64 (R,) (the CPU's one pass as its three kernels)."""
+    b = threshold_samples(bits, sigmoid_forward(-a), 1)
+    return b, group_codes(b, G), loglik_rows(b, a, 1)
+
+
 @cuda.jit
 def _binary_product(codes, T, c, a):
     i = cuda.grid(1)

@@ -5,8 +5,10 @@ samples with their backward and tangent passes, REBAR's conditional-sample deriv
 import numpy as np
 
 from .activations import sigmoid_forward
-from .fastmath import _logistic_noise_f32, _relaxed_sample_rows_f32
+from .fastmath import _logistic_noise_f32, _relaxed_sample_rows_f32, _sample_rows_f32
 from .jit import arith_kernel, kernel
+from .likelihood import loglik_rows
+from .tables import group_codes
 
 # Clipping bounds of u (docs/math.md, section "Noise and samples"), applied in float64 before the logs.
 U_MIN = 1e-8
@@ -218,3 +220,15 @@ def threshold_samples(bits, thr, k):
         for j in range(H):
             b[r, j] = 1.0 if (np.float64(bits[r, j]) + 0.5) * BITS_TO_UNIFORM > t[j] else 0.0
     return b
+
+
+def sample_rows(bits, a, G):
+    """The bound's step through a stochastic layer of logits a (R, H) at noise bits (R, H) uint32:
+    (b, codes, ll) with b = threshold_samples(bits, sigma(-a), 1) the hard samples,
+    codes = group_codes(b, G) their table codes (kernels/tables.py) and ll = loglik_rows(b, a, 1)
+    their log-likelihood log B(b; a) per row, float64 (R,). Float32 a: the same in one pass
+    (fastmath._sample_rows_f32)."""
+    if a.dtype == np.float32:
+        return _sample_rows_f32(bits, a, int(G))
+    b = threshold_samples(bits, sigmoid_forward(-a), 1)
+    return b, group_codes(b, G), loglik_rows(b, a, 1)

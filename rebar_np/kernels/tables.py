@@ -7,6 +7,7 @@ binary_product(group_codes(b, G), binary_product_table(W), c) is the matrix prod
 tables: tests/test_reference.py::test_iw_bound_matches_reference_at_the_same_noise).
 """
 import numpy as np
+from numba import njit
 
 from .jit import arith_kernel, kernel
 
@@ -94,18 +95,23 @@ def group_codes(b, G):
 @arith_kernel
 def binary_product(codes, T, c):
     """a = (2 b - 1) W + c  (R, n_out), from b's group codes (group_codes) and W's table
-    (binary_product_table): each row is c plus the table rows its codes select, summed
-    GROUP_BLOCK groups at a time so that the output row is read and written once per block."""
+    (binary_product_table): each row is c plus the table rows its codes select (_table_row)."""
     R, G = codes.shape
-    n_out = T.shape[2]
-    a = np.empty((R, n_out), dtype=T.dtype)
+    a = np.empty((R, T.shape[2]), dtype=T.dtype)
     for r in range(R):
-        ar, cr = a[r], codes[r]
-        for j in range(n_out):
-            ar[j] = c[j]
-        for g in range(0, G, GROUP_BLOCK):
-            t0, t1, t2, t3 = T[g, cr[g]], T[g + 1, cr[g + 1]], T[g + 2, cr[g + 2]], T[g + 3, cr[g + 3]]
-            t4, t5, t6, t7 = T[g + 4, cr[g + 4]], T[g + 5, cr[g + 5]], T[g + 6, cr[g + 6]], T[g + 7, cr[g + 7]]
-            for j in range(n_out):
-                ar[j] += ((t0[j] + t1[j]) + (t2[j] + t3[j])) + ((t4[j] + t5[j]) + (t6[j] + t7[j]))
+        _table_row(codes[r], T, c, a[r])
     return a
+
+
+@njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract", "arcp", "nsz"}, inline="always")
+def _table_row(cr, T, c, ar):
+    """ar = c + sum_g T[g, cr[g]]: one row of binary_product, summed GROUP_BLOCK groups at a time so
+    that the output row is read and written once per block."""
+    G, n_out = cr.shape[0], T.shape[2]
+    for j in range(n_out):
+        ar[j] = c[j]
+    for g in range(0, G, GROUP_BLOCK):
+        t0, t1, t2, t3 = T[g, cr[g]], T[g + 1, cr[g + 1]], T[g + 2, cr[g + 2]], T[g + 3, cr[g + 3]]
+        t4, t5, t6, t7 = T[g + 4, cr[g + 4]], T[g + 5, cr[g + 5]], T[g + 6, cr[g + 6]], T[g + 7, cr[g + 7]]
+        for j in range(n_out):
+            ar[j] += ((t0[j] + t1[j]) + (t2[j] + t3[j])) + ((t4[j] + t5[j]) + (t6[j] + t7[j]))

@@ -484,6 +484,16 @@ class GradVariance:
 CPU_CHUNK_ROWS = 2_000        # (example, sample) rows per pass of an evaluation thread (see evaluate)
 
 
+def eval_chunking(n_examples, n_samples, workers=None, examples_per_chunk=None, on_device=False):
+    """(workers, examples per chunk) of evaluate (see there); benchmarks/__main__.py replays its chunks."""
+    k_chunk = min(n_samples, 100)
+    if on_device:
+        return 1, examples_per_chunk or max(1, (1 << 17) // k_chunk)
+    workers = workers or len(os.sched_getaffinity(0))
+    per = examples_per_chunk or max(1, CPU_CHUNK_ROWS // k_chunk)
+    return workers, min(per, -(-n_examples // workers))    # a few examples still keep every worker busy
+
+
 def evaluate(model, params, x, n_samples, seed=0, examples_per_chunk=None, progress=False, desc="eval",
              workers=None, out=None, stop=None):
     """Mean over the examples of the n_samples-sample importance-weighted bound.
@@ -512,13 +522,7 @@ def evaluate(model, params, x, n_samples, seed=0, examples_per_chunk=None, progr
     on_device = is_device(next(iter(params.values())))
     keep_freed_memory()
     k_chunk = min(n_samples, 100)
-    if on_device:
-        workers = 1
-        per = examples_per_chunk or max(1, (1 << 17) // k_chunk)
-    else:
-        workers = workers or len(os.sched_getaffinity(0))
-        per = examples_per_chunk or max(1, CPU_CHUNK_ROWS // k_chunk)
-        per = min(per, -(-x.shape[0] // workers))          # a few examples still keep every worker busy
+    workers, per = eval_chunking(x.shape[0], n_samples, workers, examples_per_chunk, on_device)
     dtype = next(iter(params.values())).dtype
     starts = list(range(0, x.shape[0], per))
     seeds = np.random.SeedSequence(seed).spawn(len(starts))

@@ -17,7 +17,7 @@ from ..data import load_task
 from ..kernels.dispatch import check_device, device_name, to_device
 from ..model.sbn import SBN, check_params
 from ..training.checkpoint import load_checkpoint
-from ..training.rundir import CHECKPOINT, CONFIG, check_data, read_config, write_json
+from ..training.rundir import CHECKPOINT, CONFIG, check_data, read_config, whole_split_path, write_json
 from ..training.train import evaluate
 
 SPLITS = ("train", "valid", "test")
@@ -45,8 +45,9 @@ def eval_path(run_dir, split, samples, examples, split_examples):
     """RUN_DIR/eval-<split>-<k>.json for the whole split; eval-<split>-<k>-first<n>.json for its first n
     examples, so that a partial evaluation never replaces a full one (the sweep's report reads only
     the full ones)."""
-    part = f"-first{examples}" if examples < split_examples else ""
-    return os.path.join(run_dir, f"eval-{split}-{samples}{part}.json")
+    if examples >= split_examples:
+        return whole_split_path(run_dir, split, samples)
+    return os.path.join(run_dir, f"eval-{split}-{samples}-first{examples}.json")
 
 
 def final_bound(run_dir, split="test", samples=5000, seed=0, limit=0, data_dir=None, chunk_rows=None,

@@ -21,7 +21,7 @@ import shutil
 import numpy as np
 
 from ..training.metrics import last_value, read_metrics
-from ..training.rundir import CONFIG, FULL_EVAL, METRICS, read_json
+from ..training.rundir import CONFIG, FULL_EVAL, METRICS, read_json, whole_split_path
 
 FINAL_SAMPLES = 5000
 BEGIN, END = "<!-- results table: begin (rebar-np results table) -->", "<!-- results table: end -->"
@@ -92,7 +92,7 @@ def publish(grid, specs, results_root, log=print, final_samples=FINAL_SAMPLES, p
         if not os.path.exists(os.path.join(spec.dir, METRICS)):
             continue
         state, step = run_state(spec)
-        final = os.path.join(spec.dir, f"eval-test-{final_samples}.json")
+        final = whole_split_path(spec.dir, "test", final_samples)
         if state == "finished" and final_samples and not os.path.exists(final):
             log(f"{spec.name}: the {final_samples}-sample test bound (a few minutes)")
             r, _ = final_bound(spec.dir, "test", final_samples, progress=progress)
@@ -130,7 +130,7 @@ def run_row(run_dir, sweep):
     if len(steps) == 0:
         raise ResultsError(f"{os.path.join(run_dir, METRICS)} has no rows")
     elbo = table["train_elbo"].astype(np.float64)
-    final = os.path.join(run_dir, f"eval-test-{FINAL_SAMPLES}.json")
+    final = whole_split_path(run_dir, "test", FINAL_SAMPLES)
     test_final = read_json(final, "evaluation") if os.path.exists(final) else None
     if test_final is not None and test_final.get("step") != int(steps[-1]):
         test_final = None          # a bound of an earlier checkpoint does not describe this row

@@ -34,6 +34,11 @@ from .metrics import MetricsError, MetricsLog
 
 CONFIG, METRICS, CHECKPOINT, STATUS = "config.json", "metrics.h5", "checkpoint.h5", "status.json"
 FULL_EVAL = re.compile(r"eval-(valid|test)-(\d+)\.json")   # a bound of a whole split (not eval-...-firstN)
+
+
+def whole_split_path(run_dir, split, samples):
+    """RUN_DIR/eval-<split>-<k>.json: the file of the k-sample bound of a whole split (FULL_EVAL)."""
+    return os.path.join(run_dir, f"eval-{split}-{samples}.json")
 METADATA_KEYS = ("version", "environment", "data")   # config.json entries that are not settings
 # settings a resume may change: they decide when things are logged, saved or stopped, never a parameter
 RESUME_MAY_CHANGE = ("steps", "eval_every", "eval_samples", "report_every", "checkpoint_every", "device")

@@ -122,6 +122,15 @@ def test_run_folder_contents(tiny_data_dir, tmp_path):
     assert ckpt["step"] == 12 and ckpt["train_state"]["ema_t"] == 12
     assert json.loads(ckpt["train_state"]["rng_noise"])["bit_generator"] == "PCG64"
     assert not [p for p in os.listdir(out) if p.startswith(".tmp-")]
+    repo = Path(__file__).resolve().parent.parent             # the code's commit, from a git checkout
+    head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode == 0:
+        assert config["environment"]["rebar_np_commit"].split("+")[0] == head.stdout.strip()
+        record = {**config, "environment": {**config["environment"], "rebar_np_commit": "0" * 40}}
+        (out / "config.json").write_text(json.dumps(record))   # as if the run had started at another commit
+        res = run("train", "--resume", out, "--steps", 13, "--no-progress")
+        assert res.exit_code == 0 and f"Warning: rebar_np_commit {'0' * 40} -> " in res.output, res.output
+
 
 
 def test_dynamic_binarization_resumes_exactly(tmp_path, monkeypatch):

@@ -90,10 +90,31 @@ def data_fingerprint(data):
 
 
 def environment():
+    """The library versions a run used and, when rebar-np runs from a git checkout, its commit."""
     import h5py
     import numba
-    return {"python": platform.python_version(), "numpy": np.__version__, "numba": numba.__version__,
-            "h5py": h5py.__version__}
+    env = {"python": platform.python_version(), "numpy": np.__version__, "numba": numba.__version__,
+           "h5py": h5py.__version__}
+    commit = source_commit()
+    return {**env, "rebar_np_commit": commit} if commit else env
+
+
+def source_commit():
+    """The git commit of the code rebar-np runs from, with "+changes" when its tracked files differ from
+    it, or None when that is not a git checkout (an installed package) or git cannot say."""
+    import subprocess
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        def git(*args):
+            return subprocess.run(["git", "-C", root, *args], capture_output=True, text=True, timeout=10,
+                                  check=True).stdout.strip()
+        if os.path.realpath(git("rev-parse", "--show-toplevel")) != os.path.realpath(root):
+            return None             # the package lies inside some other repository
+        commit = git("rev-parse", "HEAD")
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", "rebar_np", "cli.py")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("+changes" if changed else "")
 
 
 def config_record(cfg, data, data_dir=None):

@@ -44,6 +44,23 @@ def test_plot_one_and_several_runs(two_runs, tmp_path):
     assert_readable_png(tmp_path / "both.png")
 
 
+def test_a_run_keeps_its_colour_in_every_panel(two_runs, tmp_path, monkeypatch):
+    """nvil has no temperature: dynamic_rebar's temperature line must keep dynamic_rebar's colour."""
+    import matplotlib.colors
+    import matplotlib.pyplot as plt
+    from rebar_np.experiments.plots import plot_runs
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    plot_runs([str(d) for d in two_runs], str(tmp_path / "both.png"))
+    colours = {}
+    for ax in figures[0].axes:
+        for line in ax.get_lines():
+            colours.setdefault(line.get_label(), set()).add(matplotlib.colors.to_hex(line.get_color()))
+    monkeypatch.undo()
+    plt.close(figures[0])
+    assert len(colours) == 2 and all(len(c) == 1 for c in colours.values()), colours
+
+
 def test_samples_grid(two_runs, tmp_path):
     res = run("samples", two_runs[1], "--n", 16, "--output", tmp_path / "s.png")
     assert res.exit_code == 0, res.output

@@ -67,14 +67,16 @@ def plot_runs(run_dirs, path, labels=None):
     fig, axes = plt.subplots(len(PANELS), 2, figsize=(12, 3.0 * len(PANELS)), squeeze=False)
     for r, (column, title) in enumerate(PANELS):
         drawn = False
-        for table, label in zip(tables, labels):
+        for i, (table, label) in enumerate(zip(tables, labels)):
             y = table.get(column)
             if y is None:
                 continue
             ok = ~np.isnan(y)
             if not ok.any():
                 continue
-            style = {"marker": "o", "markersize": 3} if column == "valid_bound" else {}
+            style = {"color": f"C{i % 10}"}        # a run keeps its colour in panels it is missing from
+            if column == "valid_bound":
+                style.update(marker="o", markersize=3)
             axes[r, 0].plot(table["step"][ok], y[ok], label=label, **style)
             axes[r, 1].plot(table["wall_time"][ok] / scale, y[ok], label=label, **style)
             drawn = True

@@ -13,7 +13,6 @@ The three are timed in interleaved rounds in one process (benchmarks.timing.inte
 the machine's load hits them alike; the ratios are medians of the per-round ratios.
 """
 import argparse
-import platform
 
 import numpy as np
 
@@ -21,6 +20,7 @@ from rebar_np.kernels import fastmath as F
 from rebar_np.kernels.jit import arith_kernel
 
 from . import timing as T
+from .__main__ import cpu_model
 
 
 @arith_kernel
@@ -78,17 +78,6 @@ FUNCTIONS = {
     "sigmoid": (_libm_sigmoid, _numpy_sigmoid, lambda r, n: r.normal(0.0, 4.0, n)),
     "tanh": (_libm_tanh, lambda x, out: np.tanh(x, out=out), lambda r, n: r.normal(0.0, 2.0, n)),
 }
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def measure(name, shape, repeats, window, seed=0):

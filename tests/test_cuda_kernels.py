@@ -297,7 +297,7 @@ CASES = [
     ("relaxed_sample_forward[improved]", lambda r, t: (_u(r, t), _u(r, t), LAM, True)),
     ("relaxed_sample_backward[plain]", lambda r, t: (_prob(r, t), LAM, False, _u(r, t), _u(r, t))),
     ("relaxed_sample_backward[improved]", lambda r, t: (_prob(r, t), LAM, True, _u(r, t), _u(r, t))),
-    ("relaxed_logits_backward", lambda r, t: (_u(r, t), _prob(r, t), _prob(r, t), 1.3)),
+    ("relaxed_logits_backward", lambda r, t: (_u(r, t), _prob(r, t), _prob(r, t), 1.3, -0.7)),
     ("relaxed_logits_backward_tangent",
      lambda r, t: (_u(r, t), _u(r, t), _u(r, t), _prob(r, t), _u(r, t), 1.3, -0.4)),
     ("relaxed_sample_tangent[plain]", lambda r, t: (_prob(r, t), _u(r, t), _u(r, t), _u(r, t), LAM, False)),

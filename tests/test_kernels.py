@@ -564,17 +564,23 @@ def test_relaxed_logits_backward_and_tangent():
     # F(a) = sum(dt * t(a)) - sum log B(s; a) with t = (a + z0)/lam + c a, s held fixed
     F = lambda: float(np.sum(dt * ((a + z0) / lam + a * lam / (lam + 1)))
                       - np.sum(K.bernoulli_loglik_forward(s, a)[0]))
-    da = K.relaxed_logits_backward(dt, s, expit(a), k1(lam))
+    da = K.relaxed_logits_backward(dt, s, expit(a), k1(lam), 1.0)
     assert_close("relaxed_logits_backward", da, fd(F, a))
+    # with a weight w on the f term (dL/df = w: the -log B term's derivative scales, dt is given)
+    w = -0.37
+    Fw = lambda: float(np.sum(dt * ((a + z0) / lam + a * lam / (lam + 1)))
+                       - w * np.sum(K.bernoulli_loglik_forward(s, a)[0]))
+    assert_close("relaxed_logits_backward (weighted)", K.relaxed_logits_backward(dt, s, expit(a), k1(lam), w),
+                 fd(Fw, a))
     # tangent in tau = log lam, with dt, s and a moving along straight lines
     dt_dot, s_dot, a_dot = r.normal(size=a.shape), r.normal(size=a.shape), r.normal(size=a.shape)
     tau = np.log(lam)
     dk1 = -1 / lam + lam / (lam + 1) ** 2          # d k1 / d tau
     line = lambda t: K.relaxed_logits_backward(dt + t * dt_dot, s + t * s_dot, expit(a + t * a_dot),
-                                               k1(np.exp(tau + t)))
+                                               k1(np.exp(tau + t)), 1.0)
     got = K.relaxed_logits_backward_tangent(dt, dt_dot, s_dot, expit(a), a_dot, k1(lam), dk1)
     assert_close("relaxed_logits_backward_tangent", got, fd_line(line))
-    assert_float32_agrees("relaxed_logits_backward", K.relaxed_logits_backward, dt, s, expit(a), k1(lam))
+    assert_float32_agrees("relaxed_logits_backward", K.relaxed_logits_backward, dt, s, expit(a), k1(lam), w)
     assert_float32_agrees("relaxed_logits_backward_tangent", K.relaxed_logits_backward_tangent,
                           dt, dt_dot, s_dot, expit(a), a_dot, k1(lam), dk1)
 

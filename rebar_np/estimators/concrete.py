@@ -31,12 +31,10 @@ def estimate(model, params, aux, x, u=None, rng=None, options=None):
     u = prepare_noise(model, x, u, rng)
     z0 = [K.logistic_noise(ul) for ul in u]
     hp = hard_pass(model, params, x, z0)                 # the hard ELBO is what training reports
-    grads = empty_like(params)           # the relaxed pass from layer 0 writes every tensor once
-    rp = relaxed_pass(model, params, x, hp, z0, 0, options["temperature"],
-                      options["relaxation"] == "muprop", False, grads=grads, dlogits_l=True, accumulate=False)
-    B = x.shape[0]
-    for g in grads.values():      # sum_n d f_0 / d theta  ->  -(1/B) of it, in place
-        g /= -B
+    grads = empty_like(params)           # the relaxed pass from layer 0 writes every tensor once,
+    rp = relaxed_pass(model, params, x, hp, z0, 0, options["temperature"],   # of -(1/B) sum_n f_0(s_n)
+                      options["relaxation"] == "muprop", False, grads=grads, dlogits_l=True, accumulate=False,
+                      weight=-1.0 / x.shape[0])
     return Estimate(grads, {}, hp.f, frozen={"b": hp.b, "z0": z0},
                     stats={"relaxed_elbo": lambda: float(np.mean(rp.f))})
 

@@ -556,17 +556,17 @@ def relaxed_sample_backward(s, lam, improved, ds, dz_da):
 
 
 @cuda.jit
-def _relaxed_logits_backward(dt, s, sig, k1, da):
+def _relaxed_logits_backward(dt, s, sig, k1, w, da):
     i = cuda.grid(1)
     while i < da.size:
-        da[i] = dt[i] * k1 - (s[i] - sig[i])
+        da[i] = dt[i] * k1 - w * (s[i] - sig[i])
         i += cuda.gridsize(1)
 
 
-def relaxed_logits_backward(dt, s, sig, k1):
-    """da = dt k1 - (s - sigma(a)): through t (dt/da = k1) and through -log B(s; a)."""
+def relaxed_logits_backward(dt, s, sig, k1, w):
+    """da = dt k1 - w (s - sigma(a)): through t (dt/da = k1) and through w times -log B(s; a)."""
     da = _like(dt)
-    return _run(_relaxed_logits_backward, da, dt.flat(), s.flat(), sig.flat(), float(k1), da.flat())
+    return _run(_relaxed_logits_backward, da, dt.flat(), s.flat(), sig.flat(), float(k1), float(w), da.flat())
 
 
 @cuda.jit

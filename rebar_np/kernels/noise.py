@@ -101,15 +101,16 @@ def relaxed_sample_backward(s, lam, improved, ds, dz_da):
 
 
 @kernel
-def relaxed_logits_backward(dt, s, sig, k1):
-    """dL/da of a relaxed layer's logits inside f = ... - log B(s; a), with t = (a + z0)/lam + c a:
-    through t (dt/da = 1/lam + c = k1) and through the -log B(s; a) term (-(s - sigma(a))):
-      da = dt k1 - (s - sigma(a))."""
+def relaxed_logits_backward(dt, s, sig, k1, w):
+    """dL/da of a relaxed layer's logits for L = w f, f = ... - log B(s; a), t = (a + z0)/lam + c a,
+    given dt = dL/dt: through t (dt/da = 1/lam + c = k1) and through the -log B(s; a) term
+    (d/da = -(s - sigma(a)), weighted by dL/df = w):
+      da = dt k1 - w (s - sigma(a))."""
     da = np.empty_like(dt)
     n, m = dt.shape
     for i in range(n):
         for j in range(m):
-            da[i, j] = dt[i, j] * k1 - (s[i, j] - sig[i, j])
+            da[i, j] = dt[i, j] * k1 - w * (s[i, j] - sig[i, j])
     return da
 
 

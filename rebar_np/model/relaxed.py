@@ -63,7 +63,8 @@ class RelaxedPass:
     g_z_dot: list = None         # d g_z[k] / d tau
 
 
-def relaxed_pass(model, params, x, hp, z0, l, lam, improved, tangent, grads=None, dlogits_l=None, accumulate=True):
+def relaxed_pass(model, params, x, hp, z0, l, lam, improved, tangent, grads=None, dlogits_l=None, accumulate=True,
+                 weight=1.0):
     """f_l, g_z and, when tangent, their temperature derivatives, for switch layer l.
 
     hp: the hard pass (its samples, logits and per-term log-likelihoods are reused
@@ -75,12 +76,17 @@ def relaxed_pass(model, params, x, hp, z0, l, lam, improved, tangent, grads=None
     accumulate=False writes that gradient instead (grads may arrive uninitialised); only for
     l = 0 with dlogits_l, where it covers every parameter.
     The terms below the switch layer are hard and not differentiated.
+    weight: the reverse pass differentiates weight * f_l (every example alike; no tangents): with
+    weight = -1/B the gradient written is the loss gradient -(1/B) sum_n d f_l / d theta itself, and
+    no pass over it is needed to scale it; g_z is then d(weight f_l)/dz too.
     """
+    if tangent and weight != 1.0:
+        raise ValueError("relaxed_pass weighs f_l (weight != 1) only without tangents")
     if not accumulate and not (l == 0 and dlogits_l and grads is not None):
         raise ValueError("relaxed_pass writes its gradient (accumulate=False) only from layer 0 with dlogits_l")
     L, nl = model.n_layer, model.nonlinear
     B = x.shape[0]
-    ones = full(B, 1.0, hp.f.dtype, like=hp.f)
+    ones = full(B, weight, hp.f.dtype, like=hp.f)           # dL/df_l per example
     # ---- forward: relaxed from layer l up ------------------------------------
     layers, samples, logq = [None] * L, list(hp.b), [None] * L
     for k in range(l, L):
@@ -136,7 +142,7 @@ def relaxed_pass(model, params, x, hp, z0, l, lam, improved, tangent, grads=None
     g_z, g_z_dot = [None] * L, [None] * L
     for k in range(L - 1, l - 1, -1):
         q = layers[k]
-        ds[k] -= q.a                                              # -log B(s_k; a_k), d/ds_k = -a_k
+        ds[k] -= q.a if weight == 1.0 else weight * q.a          # -log B(s_k; a_k), d/ds_k = -a_k
         dt = K.sigmoid_backward(q.s, ds[k])                       # dt_k = ds_k s_k (1 - s_k)
         g_z[k] = dt * inv_lam                                     # dt/dz = 1/lam
         if tangent:
@@ -146,7 +152,7 @@ def relaxed_pass(model, params, x, hp, z0, l, lam, improved, tangent, grads=None
             f_dot += K.per_example_dot(dt, t_exp[k], 1)
             g_z_dot[k] = (dt_dot - dt) * inv_lam                  # d(1/lam)/dtau = -1/lam
         if k > l:
-            da = K.relaxed_logits_backward(dt, q.s, q.sig, inv_lam + c)
+            da = K.relaxed_logits_backward(dt, q.s, q.sig, inv_lam + c, weight)
             if tangent:
                 da_dot = K.relaxed_logits_backward_tangent(dt, dt_dot, s_dot[k], q.sig, a_dot[k],
                                                            inv_lam + c, -inv_lam + dc_dtau)
@@ -158,7 +164,7 @@ def relaxed_pass(model, params, x, hp, z0, l, lam, improved, tangent, grads=None
                 dh = transform_backward_input(params, f"q{k}", q.cache, da, nl)
             ds[k - 1] += 2.0 * dh
         elif grads is not None and dlogits_l:   # the switch layer's logits (input hard, not differentiated)
-            da = K.relaxed_logits_backward(dt, q.s, q.sig, inv_lam + c)
+            da = K.relaxed_logits_backward(dt, q.s, q.sig, inv_lam + c, weight)
             transform_backward(params, grads, f"q{k}", q.cache, da, nl, False, accumulate)
     return RelaxedPass(l, layers, f, g_z, f_dot.astype(f.dtype) if tangent else None,
                        g_z_dot if tangent else None)

@@ -28,8 +28,8 @@ branch per layer, each recomputed only from layer l up). No trained parameters.
 import numpy as np
 
 from ..kernels.dispatch import K
-from ..model.sbn import (generative_backward, generative_forward, hard_pass, hard_pass_at, transform_backward,
-                         transform_forward, zeros_like)
+from ..model.sbn import (empty_like, generative_backward, generative_forward, hard_pass, hard_pass_at,
+                         transform_backward, transform_forward)
 from . import bernoulli as bern
 from . import Estimate, merge_options, prepare_noise
 
@@ -72,15 +72,16 @@ def antithetic_estimate(model, params, x, u, rng, logit_gradient):
     B, nl = x.shape[0], model.nonlinear
     z0 = [K.logistic_noise(ul) for ul in u]
     hp = hard_pass(model, params, x, z0)
-    grads = zeros_like(params)
-    generative_backward(model, params, grads, x, hp.b, hp.pp, np.full(B, -1.0 / B, dtype=hp.f.dtype), False)
+    grads = empty_like(params)       # every tensor receives exactly one product below, written
+    generative_backward(model, params, grads, x, hp.b, hp.pp, np.full(B, -1.0 / B, dtype=hp.f.dtype), False,
+                        accumulate=False)
     g_a, f_diffs = [], []
     for l in range(model.n_layer):
         q = hp.layers[l]
         f_anti, b_anti = antithetic_pass(model, params, x, hp, z0, l)
         f_diff = hp.f - f_anti
         g = np.ascontiguousarray(logit_gradient(f_diff, u[l], q.a, q.s, b_anti), dtype=q.a.dtype)
-        transform_backward(params, grads, f"q{l}", q.cache, g * (-1.0 / B), nl, False)
+        transform_backward(params, grads, f"q{l}", q.cache, g * (-1.0 / B), nl, False, accumulate=False)
         g_a.append(g)
         f_diffs.append(f_diff)
     stats = {"rms_f_diff": lambda: float(np.sqrt(np.mean(np.concatenate(f_diffs).astype(np.float64) ** 2)))}

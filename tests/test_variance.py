@@ -83,3 +83,21 @@ def test_a_tracked_comparison_keeps_its_rows_and_figure_on_disk_as_it_goes(tiny_
     assert set(final["rows"][0]) >= {"step", "train_elbo", "simple_muprop", "nvil", "rebar"}
     res = CliRunner().invoke(cli.main, ["variance", "--checkpoint", str(tmp_path), "--plot", str(tmp_path / "x.png")])
     assert res.exit_code == 2 and "--plot" in res.output and not (tmp_path / "x.png").exists()
+
+
+def test_the_comparison_runs_its_steps_in_the_training_step_setting(monkeypatch):
+    """track_variance's steps run as rebar-np train's do (train.step_setting: one BLAS thread at small
+    batches, the cores chosen by timing each step); without it, on a loaded 2-core machine every
+    product waited for the busy second core (about 1 s a step instead of 0.1)."""
+    import contextlib
+    from rebar_np.experiments import variance
+    entered, timed = [], []
+
+    @contextlib.contextmanager
+    def setting(batch_size, on_device=False):
+        entered.append(batch_size)
+        yield type("Cores", (), {"record": lambda self, seconds: timed.append(seconds)})()
+    monkeypatch.setattr(variance, "step_setting", setting)
+    cfg = TrainConfig(n_layer=1, n_hidden=5, batch_size=8, steps=7, relax_hidden=4)
+    track_variance(cfg, synthetic(), ["disarm"], "nvil", log=lambda s: None)
+    assert entered == [8] and len(timed) == 7 and all(t > 0 for t in timed)

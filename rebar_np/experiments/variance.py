@@ -31,13 +31,16 @@ measure_variance: freeze a model and estimate each estimator's per-entry varianc
 from K independent draws on one fixed batch, with a confidence interval for the
 mean over entries (an interval that shrinks as 1/sqrt(K)).
 """
+import sys
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
+from tqdm import tqdm
 
 from .. import estimators as E
 from ..training.adam import AdamConfig, adam_init, adam_update
-from ..training.train import DTYPES, TrainConfig, TrainingDiverged, _check_finite, build, ema_moments
+from ..training.train import DTYPES, TrainConfig, TrainingDiverged, _check_finite, build, ema_moments, step_setting
 
 BIASED = {"concrete"}
 
@@ -94,37 +97,44 @@ def track_variance(cfg, data, estimators, follow, log=print, report_every=0, dec
     steps_per_epoch = -(-N // B)
     report_every = report_every or steps_per_epoch
     rows, step, elbo_sum, elbo_n = [], 0, 0.0, 0
-    while step < cfg.steps:
-        order = rng_data.permutation(N)
-        for start in range(0, N, B):
-            if step >= cfg.steps:
-                break
-            x = train_x[order[start:start + B]]
-            step += 1
-            for t in tracked:
-                res = E.get(t.name).estimate(model, params, t.aux, x, rng=t.rng, options=t.options)
-                bad = None
-                for k, g in res.grads.items():
-                    if ema_moments(g, t.m1[k], t.m2[k], decay) and bad is None:
-                        bad = k
-                bad_aux = adam_update(t.aux, res.aux_grads, t.opt, adam_cfg, cfg.aux_lr_scale) if t.aux else None
-                try:
-                    _check_finite(step, res, bad, bad_aux)
-                except TrainingDiverged as err:     # say whose gradient it was
-                    raise TrainingDiverged(f"{t.name}{' (followed)' if t.name == follow else ''}: {err}") from None
-                if t.name == follow:
-                    followed = res
-            adam_update(params, followed.grads, opt, adam_cfg)
-            elbo_sum += float(np.sum(followed.elbo, dtype=np.float64))
-            elbo_n += followed.elbo.shape[0]
-            if step % report_every == 0 or step == cfg.steps:
-                row = {"step": step, "train_elbo": elbo_sum / elbo_n, **log_variances(tracked, step, decay)}
-                rows.append(row)
-                log(f"Step {step}: train ELBO {row['train_elbo']:.2f} ({follow}), log variance "
-                    + ", ".join(f"{t.name} {row[t.name]:.3f}" for t in tracked))
-                elbo_sum, elbo_n = 0.0, 0
-                if on_row is not None:
-                    on_row(rows)
+    with step_setting(B) as cores, tqdm(total=cfg.steps, unit="step", file=sys.stderr, disable=None,
+                                        mininterval=1.0, dynamic_ncols=True) as bar:
+        while step < cfg.steps:
+            order = rng_data.permutation(N)
+            for start in range(0, N, B):
+                if step >= cfg.steps:
+                    break
+                x = train_x[order[start:start + B]]
+                step += 1
+                t_step = time.perf_counter()
+                for t in tracked:
+                    res = E.get(t.name).estimate(model, params, t.aux, x, rng=t.rng, options=t.options)
+                    bad = None
+                    for k, g in res.grads.items():
+                        if ema_moments(g, t.m1[k], t.m2[k], decay) and bad is None:
+                            bad = k
+                    bad_aux = (adam_update(t.aux, res.aux_grads, t.opt, adam_cfg, cfg.aux_lr_scale)
+                               if t.aux else None)
+                    try:
+                        _check_finite(step, res, bad, bad_aux)
+                    except TrainingDiverged as err:     # say whose gradient it was
+                        whose = f"{t.name}{' (followed)' if t.name == follow else ''}"
+                        raise TrainingDiverged(f"{whose}: {err}") from None
+                    if t.name == follow:
+                        followed = res
+                adam_update(params, followed.grads, opt, adam_cfg)
+                cores.record(time.perf_counter() - t_step)
+                bar.update(1)
+                elbo_sum += float(np.sum(followed.elbo, dtype=np.float64))
+                elbo_n += followed.elbo.shape[0]
+                if step % report_every == 0 or step == cfg.steps:
+                    row = {"step": step, "train_elbo": elbo_sum / elbo_n, **log_variances(tracked, step, decay)}
+                    rows.append(row)
+                    log(f"Step {step}: train ELBO {row['train_elbo']:.2f} ({follow}), log variance "
+                        + ", ".join(f"{t.name} {row[t.name]:.3f}" for t in tracked))
+                    elbo_sum, elbo_n = 0.0, 0
+                    if on_row is not None:
+                        on_row(rows)
     return rows
 
 
@@ -158,9 +168,10 @@ def measure_variance(model, params, auxes, x, draws, estimators, options=None, s
         est = E.get(name)
         rng = np.random.default_rng([seed, i])
         opts = (options or {}).get(name)
-        samples = np.stack([np.concatenate([g.ravel() for g in
-                                            est.estimate(model, params, auxes[name], x, rng=rng, options=opts)
-                                            .grads.values()]).astype(np.float64) for _ in range(draws)])
+        with step_setting(x.shape[0]):
+            samples = np.stack([np.concatenate([g.ravel() for g in
+                                                est.estimate(model, params, auxes[name], x, rng=rng, options=opts)
+                                                .grads.values()]).astype(np.float64) for _ in range(draws)])
         mean = samples.mean(axis=0)
         dev2 = ((samples - mean) ** 2).mean(axis=1) * draws / (draws - 1)   # per draw, mean over entries
         v = float(dev2.mean())

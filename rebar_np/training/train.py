@@ -2,6 +2,7 @@
 10x Adam for the estimator's own parameters, the EMA gradient-variance monitor,
 per-epoch report lines, periodic importance-weighted evaluation, checkpoints.
 """
+import contextlib
 import itertools
 import math
 import numbers
@@ -710,6 +711,24 @@ class StepCores:
         numba.set_num_threads(self.restore)
 
 
+@contextlib.contextmanager
+def step_setting(batch_size, on_device=False):
+    """The setting in which training steps run, for every loop of them (train, the variance
+    comparison): freed arrays kept in the heap (keep_freed_memory), one BLAS thread at small
+    batches (step_blas_threads) and the cores chosen by timing (StepCores: call its
+    record(seconds) after every step). Without it a loop of steps on a loaded 2-core machine
+    waited for the busy second core in every product: the variance comparison took about 1 s a
+    step there instead of 0.1."""
+    keep_freed_memory()           # the step's fresh arrays come from the heap, whatever was loaded
+    blas = step_blas_threads(batch_size)
+    cores = StepCores(1 if on_device else numba.get_num_threads())
+    try:
+        yield cores
+    finally:
+        blas.restore_original_limits()
+        cores.close()
+
+
 def train(cfg, data, log=print, progress=None, resume=None, recorder=None, stop=None):
     """Train cfg.model on data = {"train", "valid", "test"} arrays (N, D).
 
@@ -802,9 +821,8 @@ def train(cfg, data, log=print, progress=None, resume=None, recorder=None, stop=
     step, t_report, last_report = loop.step, time.perf_counter(), loop.step
     t_start = t_report - loop.wall_time
     epoch_x = train_x
-    keep_freed_memory()           # the step's fresh arrays come from the heap, whatever was loaded
-    blas = step_blas_threads(B)
-    cores = StepCores(1 if on_device else numba.get_num_threads())
+    setting = step_setting(B, on_device)
+    cores = setting.__enter__()
     own_stop = stop is None
     stop = stop or StopFlag()
 
@@ -916,8 +934,7 @@ def train(cfg, data, log=print, progress=None, resume=None, recorder=None, stop=
         if on_device:
             result.params, result.aux = to_host(params), to_host(aux)
         np.seterr(**numpy_errors)
-        blas.restore_original_limits()
-        cores.close()
+        setting.__exit__(None, None, None)
         bar.close()
         recorder.close()
         stop.on_abandon = None

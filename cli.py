@@ -422,6 +422,14 @@ def check_output_file(path, option="--output"):
     check_writable_folder(folder, f"{option} {path}")
 
 
+def check_figure_file(path, option="--output"):
+    """check_output_file for a figure, whose extension must also name a format it can be drawn in."""
+    from rebar_np.experiments.plots import figure_format
+    if path is not None:
+        figure_format(path, option)
+    check_output_file(path, option)
+
+
 def check_output_folder(path, option="--output"):
     """A folder that this command can create or write in: not empty, not a file, and its nearest
     existing ancestor writable (the folder itself is created only when the work starts)."""
@@ -491,7 +499,7 @@ def plot(run_dirs, output):
     against training steps and wall-clock time, to a PNG (needs matplotlib: pip install 'rebar-np[plot]').
     Works while the runs are still training."""
     from rebar_np.experiments.plots import plot_runs
-    check_output_file(output)
+    check_figure_file(output)
     output = output or (os.path.join(run_dirs[0], "metrics.png") if len(run_dirs) == 1 else "plot.png")
     if os.path.isdir(os.path.dirname(os.path.abspath(output))):   # else plot_runs says what is missing
         check_output_file(output, "the plot")
@@ -518,7 +526,7 @@ def samples(run_dir, n_images, split, seed, output, data_dir):
         raise ValueError(f"unknown split {split!r}; choose train, valid or test")
     if not MIN_IMAGES <= n_images <= MAX_IMAGES:
         raise ValueError(f"--n must be between {MIN_IMAGES} and {MAX_IMAGES} (a readable grid), got {n_images}")
-    check_output_file(output)
+    check_figure_file(output)
     pyplot()   # the missing-matplotlib message before any work
     model, ckpt, data = load_run(run_dir, data_dir)
     if output is None:
@@ -694,7 +702,9 @@ def variance(follow, estimators, task, n_layer, n_hidden, nonlinear, steps, batc
         if run_dir:
             raise ValueError("--plot draws the tracked comparison; --checkpoint measures one frozen model")
         from rebar_np.experiments.plots import pyplot
-        check_output_file(plot_path, "--plot")
+        check_figure_file(plot_path, "--plot")
+        if output and os.path.abspath(output) == os.path.abspath(plot_path):
+            raise ValueError(f"--output and --plot both name {output}; the table and the figure need a file each")
         pyplot()                     # the missing-matplotlib message before any work
     # every setting checked before any work, in both modes (the frozen model's ones come from its checkpoint)
     cfg = TrainConfig(model=follow, task=task, n_layer=n_layer, n_hidden=n_hidden, nonlinear=nonlinear,

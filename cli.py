@@ -631,6 +631,7 @@ def results_publish(grid, only, results_dir, progress):
     from rebar_np.experiments.publish import publish, update_tables
     g = S.load_grid(grid)
     specs = S.select(g, S.expand(g), only) if only else S.expand(g)
+    check_output_folder(results_dir, "--results-dir")
     show = sys.stderr.isatty() if progress is None else progress
     click.echo(f"wrote {publish(g, specs, results_dir, log=click.echo, progress=show)}")
     for path in update_tables(results_dir):

@@ -732,7 +732,13 @@ def variance(follow, estimators, task, n_layer, n_hidden, nonlinear, steps, batc
                     if k in E.get(n).DEFAULT_OPTIONS} for n in names}
         auxes = {n: (ck["aux"] if n == c["model"] else E.get(n).init_aux(model, seed, x.dtype, opts[n]))
                  for n in names}
-        table = measure_variance(model, ck["params"], auxes, x, draws, names, opts, seed)
+        stop = variance_stop("finishing the current draw, then stopping (nothing is written)")
+        table = measure_variance(model, ck["params"], auxes, x, draws, names, opts, seed, stop=stop)
+        if table is None:
+            ignore_stop_signals()
+            fail(f"interrupted ({stop.signal_name}) before the {draws} draws were done; nothing was written",
+                 EXIT_INTERRUPTED)
+        stop.restore()
         click.echo(f"{'estimator':<16}{'log variance':>14}{'95% interval':>24}   ({draws} draws, step {ck['step']})")
         for n, r in table.items():
             click.echo(f"{n:<16}{r['log_variance']:>14.3f}   [{r['ci'][0]:8.3f}, {r['ci'][1]:8.3f}]")
@@ -756,18 +762,25 @@ def variance(follow, estimators, task, n_layer, n_hidden, nonlinear, steps, batc
                         write()
                     except OSError as e:
                         failed[path] = e
+        kept = " and ".join(p for p in (output, plot_path) if p)
+        stop = variance_stop("finishing the current step, then stopping" + (
+            f"; the rows measured so far are kept in {kept}" if kept else ""))
         try:
             rows = track_variance(cfg, data, names, follow, log=click.echo, report_every=report_every,
-                                  on_row=keep if (output or plot_path) else None)
+                                  on_row=keep if (output or plot_path) else None, stop=stop)
         except TrainingDiverged as err:
+            stop.restore()
             fail(f"training diverged: {err}; try a smaller --learning-rate", EXIT_DIVERGED)
+        if not stop.requested:
+            stop.restore()
         click.echo(f"{'step':>8}" + "".join(f"{n:>15}" for n in dict.fromkeys([follow] + names)))
         for r in rows:
             click.echo(f"{r['step']:>8}" + "".join(f"{r[n]:>15.3f}" for n in dict.fromkeys([follow] + names)))
-        result = {"mode": "track", "follow": follow, "rows": rows, "steps": steps, "finished": True}
-        if plot_path and plot_path not in failed:
+        finished = bool(rows) and rows[-1]["step"] == steps
+        result = {"mode": "track", "follow": follow, "rows": rows, "steps": steps, "finished": finished}
+        if plot_path and plot_path not in failed and rows:
             click.echo(f"wrote {plot_path}")
-    if output:
+    if output and (run_dir or rows):
         try:
             write_json(output, result)
         except OSError as e:
@@ -776,6 +789,21 @@ def variance(follow, estimators, task, n_layer, n_hidden, nonlinear, steps, batc
     if not run_dir and plot_path in failed:
         e = failed[plot_path]
         fail(f"could not write {plot_path} ({e.strerror or one_line(e)}); the table is printed above")
+    if not run_dir and not finished:       # stopped by a signal: what was measured is kept, and said where
+        ignore_stop_signals()
+        where = f"kept in {kept}" if kept else "printed above (give --output to keep them in a file)"
+        fail(f"interrupted ({stop.signal_name}): the {len(rows)} row(s) measured so far "
+             f"(to step {rows[-1]['step'] if rows else 0} of {steps}) are {where}" if rows else
+             f"interrupted ({stop.signal_name}) before the first row was measured; nothing was written",
+             EXIT_INTERRUPTED)
+
+
+def variance_stop(plan):
+    """rebar-np variance's StopFlag: Ctrl-C, SIGTERM and SIGHUP stop it between two steps (or draws)
+    instead of raising inside a compiled kernel, which printed "SystemError: ... returned a result
+    with an exception set"; the third quits at once (every file it writes is whole: write and rename)."""
+    from rebar_np.training.train import StopFlag
+    return StopFlag(plan=plan, again="at most a step away", exit_code=EXIT_INTERRUPTED)
 
 
 def parse_estimators(text, option="--estimators"):

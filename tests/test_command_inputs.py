@@ -92,6 +92,8 @@ BAD = [
     # eval
     (lambda t: ["eval", t.run, "--limit", -1], ["limit"]),
     pytest.param(lambda t: ["eval", _read_only_copy(t)], ["cannot write"], marks=root),
+    (lambda t: ["eval", t.run, "--samples", 2 ** 63], ["samples", "2^63 - 1"]),
+    (lambda t: ["eval", t.run, "--seed", -1], ["seed", "-1"]),
     # gradcheck
     (lambda t: ["gradcheck", "--eps", 0], ["--eps"]),
     (lambda t: ["gradcheck", "--eps", "nan"], ["--eps"]),

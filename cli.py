@@ -422,6 +422,14 @@ def check_output_file(path, option="--output"):
     check_writable_folder(folder, f"{option} {path}")
 
 
+def check_figure_file(path, option="--output"):
+    """check_output_file for a figure, whose extension must also name a format it can be drawn in."""
+    from rebar_np.experiments.plots import figure_format
+    if path is not None:
+        figure_format(path, option)
+    check_output_file(path, option)
+
+
 def check_output_folder(path, option="--output"):
     """A folder that this command can create or write in: not empty, not a file, and its nearest
     existing ancestor writable (the folder itself is created only when the work starts)."""
@@ -491,7 +499,7 @@ def plot(run_dirs, output):
     against training steps and wall-clock time, to a PNG (needs matplotlib: pip install 'rebar-np[plot]').
     Works while the runs are still training."""
     from rebar_np.experiments.plots import plot_runs
-    check_output_file(output)
+    check_figure_file(output)
     output = output or (os.path.join(run_dirs[0], "metrics.png") if len(run_dirs) == 1 else "plot.png")
     if os.path.isdir(os.path.dirname(os.path.abspath(output))):   # else plot_runs says what is missing
         check_output_file(output, "the plot")
@@ -518,7 +526,7 @@ def samples(run_dir, n_images, split, seed, output, data_dir):
         raise ValueError(f"unknown split {split!r}; choose train, valid or test")
     if not MIN_IMAGES <= n_images <= MAX_IMAGES:
         raise ValueError(f"--n must be between {MIN_IMAGES} and {MAX_IMAGES} (a readable grid), got {n_images}")
-    check_output_file(output)
+    check_figure_file(output)
     pyplot()   # the missing-matplotlib message before any work
     model, ckpt, data = load_run(run_dir, data_dir)
     if output is None:
@@ -623,6 +631,7 @@ def results_publish(grid, only, results_dir, progress):
     from rebar_np.experiments.publish import publish, update_tables
     g = S.load_grid(grid)
     specs = S.select(g, S.expand(g), only) if only else S.expand(g)
+    check_output_folder(results_dir, "--results-dir")
     show = sys.stderr.isatty() if progress is None else progress
     click.echo(f"wrote {publish(g, specs, results_dir, log=click.echo, progress=show)}")
     for path in update_tables(results_dir):
@@ -694,7 +703,9 @@ def variance(follow, estimators, task, n_layer, n_hidden, nonlinear, steps, batc
         if run_dir:
             raise ValueError("--plot draws the tracked comparison; --checkpoint measures one frozen model")
         from rebar_np.experiments.plots import pyplot
-        check_output_file(plot_path, "--plot")
+        check_figure_file(plot_path, "--plot")
+        if output and os.path.abspath(output) == os.path.abspath(plot_path):
+            raise ValueError(f"--output and --plot both name {output}; the table and the figure need a file each")
         pyplot()                     # the missing-matplotlib message before any work
     # every setting checked before any work, in both modes (the frozen model's ones come from its checkpoint)
     cfg = TrainConfig(model=follow, task=task, n_layer=n_layer, n_hidden=n_hidden, nonlinear=nonlinear,
@@ -721,7 +732,13 @@ def variance(follow, estimators, task, n_layer, n_hidden, nonlinear, steps, batc
                     if k in E.get(n).DEFAULT_OPTIONS} for n in names}
         auxes = {n: (ck["aux"] if n == c["model"] else E.get(n).init_aux(model, seed, x.dtype, opts[n]))
                  for n in names}
-        table = measure_variance(model, ck["params"], auxes, x, draws, names, opts, seed)
+        stop = variance_stop("finishing the current draw, then stopping (nothing is written)")
+        table = measure_variance(model, ck["params"], auxes, x, draws, names, opts, seed, stop=stop)
+        if table is None:
+            ignore_stop_signals()
+            fail(f"interrupted ({stop.signal_name}) before the {draws} draws were done; nothing was written",
+                 EXIT_INTERRUPTED)
+        stop.restore()
         click.echo(f"{'estimator':<16}{'log variance':>14}{'95% interval':>24}   ({draws} draws, step {ck['step']})")
         for n, r in table.items():
             click.echo(f"{n:<16}{r['log_variance']:>14.3f}   [{r['ci'][0]:8.3f}, {r['ci'][1]:8.3f}]")
@@ -745,18 +762,25 @@ def variance(follow, estimators, task, n_layer, n_hidden, nonlinear, steps, batc
                         write()
                     except OSError as e:
                         failed[path] = e
+        kept = " and ".join(p for p in (output, plot_path) if p)
+        stop = variance_stop("finishing the current step, then stopping" + (
+            f"; the rows measured so far are kept in {kept}" if kept else ""))
         try:
             rows = track_variance(cfg, data, names, follow, log=click.echo, report_every=report_every,
-                                  on_row=keep if (output or plot_path) else None)
+                                  on_row=keep if (output or plot_path) else None, stop=stop)
         except TrainingDiverged as err:
+            stop.restore()
             fail(f"training diverged: {err}; try a smaller --learning-rate", EXIT_DIVERGED)
+        if not stop.requested:
+            stop.restore()
         click.echo(f"{'step':>8}" + "".join(f"{n:>15}" for n in dict.fromkeys([follow] + names)))
         for r in rows:
             click.echo(f"{r['step']:>8}" + "".join(f"{r[n]:>15.3f}" for n in dict.fromkeys([follow] + names)))
-        result = {"mode": "track", "follow": follow, "rows": rows, "steps": steps, "finished": True}
-        if plot_path and plot_path not in failed:
+        finished = bool(rows) and rows[-1]["step"] == steps
+        result = {"mode": "track", "follow": follow, "rows": rows, "steps": steps, "finished": finished}
+        if plot_path and plot_path not in failed and rows:
             click.echo(f"wrote {plot_path}")
-    if output:
+    if output and (run_dir or rows):
         try:
             write_json(output, result)
         except OSError as e:
@@ -765,6 +789,21 @@ def variance(follow, estimators, task, n_layer, n_hidden, nonlinear, steps, batc
     if not run_dir and plot_path in failed:
         e = failed[plot_path]
         fail(f"could not write {plot_path} ({e.strerror or one_line(e)}); the table is printed above")
+    if not run_dir and not finished:       # stopped by a signal: what was measured is kept, and said where
+        ignore_stop_signals()
+        where = f"kept in {kept}" if kept else "printed above (give --output to keep them in a file)"
+        fail(f"interrupted ({stop.signal_name}): the {len(rows)} row(s) measured so far "
+             f"(to step {rows[-1]['step'] if rows else 0} of {steps}) are {where}" if rows else
+             f"interrupted ({stop.signal_name}) before the first row was measured; nothing was written",
+             EXIT_INTERRUPTED)
+
+
+def variance_stop(plan):
+    """rebar-np variance's StopFlag: Ctrl-C, SIGTERM and SIGHUP stop it between two steps (or draws)
+    instead of raising inside a compiled kernel, which printed "SystemError: ... returned a result
+    with an exception set"; the third quits at once (every file it writes is whole: write and rename)."""
+    from rebar_np.training.train import StopFlag
+    return StopFlag(plan=plan, again="at most a step away", exit_code=EXIT_INTERRUPTED)
 
 
 def parse_estimators(text, option="--estimators"):

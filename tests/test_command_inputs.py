@@ -92,6 +92,8 @@ BAD = [
     # eval
     (lambda t: ["eval", t.run, "--limit", -1], ["limit"]),
     pytest.param(lambda t: ["eval", _read_only_copy(t)], ["cannot write"], marks=root),
+    (lambda t: ["eval", t.run, "--samples", 2 ** 63], ["samples", "2^63 - 1"]),
+    (lambda t: ["eval", t.run, "--seed", -1], ["seed", "-1"]),
     # gradcheck
     (lambda t: ["gradcheck", "--eps", 0], ["--eps"]),
     (lambda t: ["gradcheck", "--eps", "nan"], ["--eps"]),
@@ -110,6 +112,8 @@ BAD = [
     (lambda t: ["variance", "--output", ""], ["--output", "empty"]),
     (lambda t: ["variance", "--output", t.tmp / "missing" / "v.json"], ["--output", "does not exist"]),
     (lambda t: ["variance", "--steps", 0], ["steps"]),
+    (lambda t: ["variance", "--plot", t.tmp / "v.txt"], ["--plot", ".txt", ".png"]),
+    (lambda t: ["variance", "--output", t.tmp / "v.png", "--plot", t.tmp / "v.png"], ["--output and --plot"]),
     (lambda t: ["variance", "--checkpoint", t.run, "--draws", 1], ["--draws"]),
     (lambda t: ["variance", "--checkpoint", t.run, "--batch-size", 0], ["batch-size"]),
     (lambda t: ["variance", "--checkpoint", t.run, "--batch-size", 1000, "--data-dir", t.data], ["--batch-size"]),
@@ -119,6 +123,8 @@ BAD = [
     (lambda t: ["samples", t.run, "--output", ""], ["--output", "empty"]),
     (lambda t: ["samples", t.run, "--output", t.tmp / "missing" / "s.png"], ["--output", "does not exist"]),
     (lambda t: ["plot", t.run, "--output", ""], ["--output", "empty"]),
+    (lambda t: ["plot", t.run, "--output", t.tmp / "p.gif"], ["--output", ".gif"]),
+    (lambda t: ["samples", t.run, "--output", t.tmp / "s.bmp"], ["--output", ".bmp"]),
     (lambda t: ["plot", t.run, "--output", t.tmp / "missing" / "p.png"], ["--output", "does not exist"]),
     # compare (and its output folder must not be created)
     (lambda t: compare_args(t.data, t.out, ","), ["--estimators", "no estimator"]),
@@ -265,3 +271,14 @@ def test_compare_refuses_a_folder_holding_another_run(change, words, tiny_data_d
     assert {p: p.read_bytes() for p in (out / "nvil").iterdir() if p.is_file()} == before
     assert not (out / "rebar").exists()            # refused before anything was trained
 
+
+
+@pytest.mark.parametrize("name,magic", [("p.png", b"\x89PNG"), ("p.svg", b"<?xml"), ("p", b"\x89PNG")])
+def test_a_figure_is_written_at_the_path_named_in_its_format(name, magic, tiny_run, tmp_path):
+    """The figure lands at the path the command names (matplotlib alone appends .png to a name without
+    an extension, while the command said it wrote the name), written whole (a temporary renamed)."""
+    pytest.importorskip("matplotlib")
+    res = run("plot", tiny_run, "--output", tmp_path / name)
+    assert res.exit_code == 0 and f"wrote {tmp_path / name}" in res.output, res.output
+    assert (tmp_path / name).read_bytes()[:len(magic)] == magic
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]

@@ -104,3 +104,120 @@ def test_publish_copies_small_files_computes_the_final_bound_and_tabulates(tiny_
     assert res.exit_code == 1 and "differs" in res.output
     assert run("results", "table", "--results-dir", results).exit_code == 0
     assert "| 0.001 |" in (results / "README.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def published(tiny_data_dir, tmp_path_factory):
+    """A one-run sweep, trained (8 steps) and published: (grid file, sweep folder, results folder)."""
+    root = tmp_path_factory.mktemp("published")
+    grid_path = root / "g.toml"
+    grid_path.write_text(f'output = "sweep"\ndata_dir = "{tiny_data_dir}"\nworkers = 1\n[grid]\n'
+                         'estimator = ["nvil"]\narchitecture = ["two_layer"]\n'
+                         '[settings]\nsteps = 8\ntask = "omni"\nn_hidden = 8\neval_every = 0\n')
+    spec, = S.expand(S.load_grid(grid_path))
+    settings = root / "settings.json"
+    settings.write_text(json.dumps(spec.settings))
+    res = run("train", "--config", settings, "--output", spec.dir, "--data-dir", tiny_data_dir, "--no-progress")
+    assert res.exit_code == 0, res.output
+    results = root / "results"
+    results.mkdir()
+    (results / "README.md").write_text(f"# Results\n\n{P.BEGIN}\n{P.END}\n")
+    res = run("results", "publish", grid_path, "--results-dir", results, "--no-progress")
+    assert res.exit_code == 0, res.output
+    return grid_path, Path(spec.dir), results
+
+
+def _files(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _older_run(src, out):           # the published copy is further along than the run folder now is
+    from rebar_np.training.metrics import MetricsLog
+    log = MetricsLog(out / "metrics.h5")
+    log.append({"step": 100, "wall_time": 9.0, "train_elbo": -500.0})
+    log.flush(force=True)
+
+
+def _run_went_on(src):              # the run's table has changed since it was published
+    from rebar_np.training.metrics import MetricsLog
+    log = MetricsLog(src / "metrics.h5")
+    log.data["wall_time"][-1] += 1.0
+    log._dirty = True
+    log.flush(force=True)
+
+
+def _copy_fails_midway(src, monkeypatch):
+    import shutil
+    _run_went_on(src)
+    real, calls = shutil.copyfile, []
+
+    def copyfile(a, b, **kw):
+        calls.append(a)
+        if len(calls) == 3:                # config.json and metrics.h5 copied, then the disk is full
+            raise OSError(28, "No space left on device", b)
+        return real(a, b, **kw)
+    monkeypatch.setattr(shutil, "copyfile", copyfile)
+
+
+DAMAGE = [
+    ("empty metrics", lambda src, out, mp: (src / "metrics.h5").write_bytes(b""), ["metrics.h5", "unreadable"]),
+    ("truncated metrics", lambda src, out, mp: (src / "metrics.h5").write_bytes(
+        (src / "metrics.h5").read_bytes()[:900]), ["metrics.h5", "unreadable"]),
+    ("eval not JSON", lambda src, out, mp: (src / "eval-test-5000.json").write_text("{"), ["eval-test-5000.json"]),
+    ("eval a list", lambda src, out, mp: (src / "eval-test-5000.json").write_text("[]"),
+     ["eval-test-5000.json", "damaged"]),
+    ("eval without bound", lambda src, out, mp: (src / "eval-test-5000.json").write_text('{"step": 8}'),
+     ["eval-test-5000.json", "damaged"]),
+    ("config without model", lambda src, out, mp: (src / "config.json").write_text(json.dumps(
+        {k: v for k, v in json.loads((src / "config.json").read_text()).items() if k != "model"})),
+     ["model"]),
+    ("published further along", lambda src, out, mp: _older_run(src, out), ["step 100", "only step 8", "move"]),
+    ("published other settings", lambda src, out, mp: (out / "config.json").write_text(json.dumps(
+        {**json.loads((out / "config.json").read_text()), "learning_rate": 1e-3})), ["other settings"]),
+    ("README without markers", lambda src, out, mp: (_run_went_on(src), (out.parent.parent / "README.md")
+                                                     .write_text("# Results\n")), ["README.md", "markers"]),
+    ("a copy fails midway", lambda src, out, mp: _copy_fails_midway(src, mp), ["No space left on device"]),
+]
+
+
+@pytest.mark.parametrize("damage,words", [d[1:] for d in DAMAGE], ids=[d[0] for d in DAMAGE])
+def test_publish_never_replaces_published_files_with_damaged_or_older_ones(damage, words, published, tmp_path,
+                                                                          monkeypatch):
+    """A damaged run folder, a published copy that is further along or of another run, or a copy that
+    fails half-way: one line, exit 2, and results/ exactly as it was (nothing is written until every
+    file has been read; each run's files are renamed over the published ones together)."""
+    import shutil
+    grid_src, sweep_src, results_src = published
+    shutil.copytree(grid_src.parent, tmp_path / "w")
+    grid, src, results = tmp_path / "w" / "g.toml", tmp_path / "w" / sweep_src.relative_to(grid_src.parent), \
+        tmp_path / "w" / "results"
+    out = results / "sweep" / src.name
+    damage(src, out, monkeypatch)
+    before = _files(results)
+    res = run("results", "publish", grid, "--results-dir", results, "--no-progress")
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    line, = [l for l in res.stderr.splitlines() if l.strip()]
+    assert line.startswith("Error: ") and all(w in line for w in words), line
+    assert _files(results) == before
+    assert not [p for p in results.rglob(".tmp-*")]
+
+
+@pytest.mark.parametrize("name,text,words", [
+    ("eval-test-5000.json", "[]", ["eval-test-5000.json", "damaged"]),
+    ("eval-test-5000.json", '{"step": 8, "bound": "x"}', ["eval-test-5000.json", "damaged"]),
+    ("config.json", "[]", ["config.json", "JSON object"]),
+    ("config.json", "{}", ["config.json", "lacks", "model"]),
+    ("config.json", '{"model": "nvil", "n_layer": "two"}', ["config.json", "n_layer"]),
+])
+def test_the_table_names_a_damaged_published_file_in_one_line(name, text, words, published, tmp_path):
+    import shutil
+    results = tmp_path / "results"
+    shutil.copytree(published[2], results)
+    (results / "sweep" / published[1].name / name).write_text(text)
+    before = (results / "README.md").read_bytes()
+    for check in ([], ["--check"]):
+        res = run("results", "table", "--results-dir", results, *check)
+        assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+        line, = [l for l in res.stderr.splitlines() if l.strip()]
+        assert line.startswith("Error: ") and all(w in line for w in words), line
+    assert (results / "README.md").read_bytes() == before

@@ -101,3 +101,58 @@ def test_the_comparison_runs_its_steps_in_the_training_step_setting(monkeypatch)
     cfg = TrainConfig(n_layer=1, n_hidden=5, batch_size=8, steps=7, relax_hidden=4)
     track_variance(cfg, synthetic(), ["disarm"], "nvil", log=lambda s: None)
     assert entered == [8] and len(timed) == 7 and all(t > 0 for t in timed)
+
+
+@pytest.mark.parametrize("mode", ["track to files", "track to the console", "draws"])
+def test_ctrl_c_keeps_what_was_measured_and_says_where(mode, tiny_data_dir, tmp_path, monkeypatch):
+    """Ctrl-C stops between two steps (or draws): never a traceback (a KeyboardInterrupt raised inside a
+    compiled kernel printed "SystemError: ... returned a result with an exception set"), exit 130, the
+    rows measured so far on disk and in the table, and one line saying where they are."""
+    import json
+    import os
+    import signal
+
+    from click.testing import CliRunner
+
+    import cli
+    pytest.importorskip("matplotlib")
+    data = ["--task", "omni", "--data-dir", str(tiny_data_dir), "--n-hidden", "8", "--n-layer", "1"]
+    runner = CliRunner()
+    if mode == "draws":
+        res = runner.invoke(cli.main, ["train", "--model", "nvil", *data, "--steps", "4", "--eval-every", "0",
+                                       "--no-progress", "--output", str(tmp_path / "run")])
+        assert res.exit_code == 0, res.output
+    est = E.get("nvil")
+    real, calls = est.estimate, []
+
+    def estimate(*a, **k):                     # Ctrl-C during nvil's 10th gradient (step 10, or draw 10)
+        calls.append(1)
+        if len(calls) == 10:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*a, **k)
+    monkeypatch.setattr(est, "estimate", estimate)
+    files = ["--output", str(tmp_path / "v.json")] + (["--plot", str(tmp_path / "v.png")] if mode != "draws" else [])
+    if mode == "draws":
+        args = ["variance", "--checkpoint", str(tmp_path / "run"), "--data-dir", str(tiny_data_dir), "--draws", "50",
+                "--estimators", "nvil", *files]
+    else:
+        args = ["variance", *data, "--estimators", "nvil,rebar", "--steps", "40", "--report-every", "4",
+                *(files if mode == "track to files" else [])]
+    res = runner.invoke(cli.main, args)
+    assert res.exit_code == 130 and "Traceback" not in res.output, res.output
+    line, = [l for l in res.stderr.splitlines() if l.strip()]
+    assert line.startswith("Error: interrupted (SIGINT)"), line
+    assert len(calls) == 10                                       # it stopped after the step (draw) it was in
+    if mode == "draws":
+        assert "50 draws" in line and "nothing was written" in line and not (tmp_path / "v.json").exists()
+        return
+    assert "the 2 row(s) measured so far (to step 8 of 40)" in line, line
+    assert [l.split()[0] for l in res.stdout.splitlines() if l.split()[:1] in (["4"], ["8"])] == ["4", "8"]
+    if mode == "track to files":
+        assert f"kept in {tmp_path / 'v.json'} and {tmp_path / 'v.png'}" in line, line
+        saved = json.loads((tmp_path / "v.json").read_text())
+        assert [r["step"] for r in saved["rows"]] == [4, 8] and saved["finished"] is False
+        assert (tmp_path / "v.png").read_bytes()[:4] == b"\x89PNG"
+    else:
+        assert "printed above" in line and "--output" in line, line
+    assert not list(tmp_path.glob(".tmp-*"))

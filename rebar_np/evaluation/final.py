@@ -18,7 +18,7 @@ from ..kernels.dispatch import check_device, device_name, to_device
 from ..model.sbn import SBN, check_params
 from ..training.checkpoint import load_checkpoint
 from ..training.rundir import CHECKPOINT, CONFIG, check_data, read_config, whole_split_path, write_json
-from ..training.train import evaluate
+from ..training.train import MAX_INT, evaluate
 
 SPLITS = ("train", "valid", "test")
 
@@ -60,8 +60,10 @@ def final_bound(run_dir, split="test", samples=5000, seed=0, limit=0, data_dir=N
     check_device(device)
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose train, valid or test")
-    if samples < 1:
-        raise ValueError(f"samples must be at least 1, got {samples}")
+    if not 1 <= samples <= MAX_INT:      # (memory is bounded by the chunks; the count is an int64 in the kernels)
+        raise ValueError(f"samples must be between 1 and {MAX_INT} (2^63 - 1), got {samples}")
+    if seed < 0:
+        raise ValueError(f"seed must be 0 or more, got {seed}")
     if limit < 0:
         raise ValueError(f"limit must be 0 (all examples) or more, got {limit}")
     if chunk_rows is not None and chunk_rows < 1:

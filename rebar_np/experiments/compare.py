@@ -149,6 +149,5 @@ def plot_comparison(histories, path):
         ax.grid(alpha=0.3)
     axes[0].legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    from .plots import save_figure
+    return save_figure(fig, path, dpi=110)

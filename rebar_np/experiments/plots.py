@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 
+from ..training.checkpoint import atomic_path
 from ..training.metrics import read_metrics
 from ..training.rundir import METRICS
 
@@ -16,8 +17,36 @@ PANELS = (("train_elbo", "train ELBO"), ("valid_bound", "validation bound"),
           ("log_grad_var", "log gradient variance"), ("temperature", "temperature"))
 
 
+FIGURE_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")   # formats matplotlib writes without extra programs
+
+
 class PlotError(ValueError):
     """Plotting is impossible (no matplotlib, no metrics); one-line message."""
+
+
+def figure_format(path, option="the figure"):
+    """The format a figure at path is written in: its extension, or png for a name without one
+    (written at path as named: matplotlib alone would append .png); PlotError for another one,
+    so that a command refuses it before its work, not after it."""
+    ext = os.path.splitext(os.fspath(path))[1].lower().lstrip(".")
+    if not ext:
+        return "png"
+    if ext not in FIGURE_FORMATS:
+        raise PlotError(f"{option} {path}: cannot draw a .{ext} file; name a .{', .'.join(FIGURE_FORMATS)} file")
+    return ext
+
+
+def save_figure(fig, path, dpi=100):
+    """Write fig to path atomically (a temporary file renamed over it): a figure redrawn while a long
+    command runs, or interrupted while written, is always the old one or the new one, never a torn
+    file. Closes the figure."""
+    fmt = figure_format(path)
+    try:
+        with atomic_path(path, suffix=".png") as tmp:        # the suffix only marks the temporary as ours
+            fig.savefig(tmp, dpi=dpi, format=fmt)
+    finally:
+        pyplot().close(fig)
+    return path
 
 
 def pyplot():
@@ -89,9 +118,7 @@ def plot_runs(run_dirs, path, labels=None):
                 ax.text(0.5, 0.5, f"no {title} in these runs", ha="center", va="center", transform=ax.transAxes)
     axes[0, 0].legend(fontsize="small")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def mosaic(images, cols, side, gap=1):
@@ -140,9 +167,7 @@ def draw_samples(model, params, data_x, path, n=64, seed=0, title=""):
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_variance(rows, names, path, title=""):
@@ -160,6 +185,4 @@ def plot_variance(rows, names, path, title=""):
     if title:
         ax.set_title(title, fontsize="medium")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

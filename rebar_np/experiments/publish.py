@@ -14,14 +14,18 @@ the README's results section) from those files alone, so that the committed tabl
 committed files say; `--check` only compares. A run not yet finished appears with the step it
 reached, never with a number it has not produced.
 """
+import contextlib
 import math
 import os
 import shutil
+from dataclasses import fields
 
 import numpy as np
 
+from ..training.checkpoint import atomic_path
 from ..training.metrics import last_value, read_metrics
-from ..training.rundir import CONFIG, FULL_EVAL, METRICS, read_json, whole_split_path
+from ..training.rundir import CONFIG, FULL_EVAL, METRICS, first_difference, read_json, settings_from_record, \
+    whole_split_path
 
 FINAL_SAMPLES = 5000
 BEGIN, END = "<!-- results table: begin (rebar-np results table) -->", "<!-- results table: end -->"
@@ -82,37 +86,88 @@ def published_files(run_dir):
 def publish(grid, specs, results_root, log=print, final_samples=FINAL_SAMPLES, progress=False):
     """Copy the runs of `specs` (rebar_np.experiments.sweep) that have metrics into results_root/<sweep name>/,
     computing the final test bound of finished runs that lack it, with a plot per run and per
-    (architecture, learning rate). Returns the folder written."""
+    (architecture, learning rate). Returns the folder written.
+
+    Nothing is written until every run's files have been read and found whole, the table's files
+    have their markers, and no published run would go back to an earlier step: a damaged run folder
+    never replaces what results/ holds. Each run's files are then written beside the published
+    ones and renamed over them, so an interrupted copy (a full disk, Ctrl-C) leaves the run as it was."""
     from ..evaluation.final import final_bound
     from .plots import plot_runs
     from .sweep import run_state
     dest = os.path.join(results_root, os.path.basename(os.path.normpath(grid.output)))
-    published = []
+    read_tables(results_root)
+    runs = []
     for spec in specs:
         if not os.path.exists(os.path.join(spec.dir, METRICS)):
             continue
         state, step = run_state(spec)
+        out = os.path.join(dest, spec.name)
+        try:
+            if not len(read_metrics(os.path.join(spec.dir, METRICS)).get("step", [])):
+                log(f"{spec.name}: no rows yet, not published")
+                continue
+            check_run(spec.dir)
+        except ValueError as err:
+            raise ResultsError(f"{err}; nothing was published (--only can leave the run out)") from None
+        refuse_going_back(spec.dir, out)
+        runs.append((spec, state, step, out))
+    for spec, state, step, out in runs:
         final = whole_split_path(spec.dir, "test", final_samples)
         if state == "finished" and final_samples and not os.path.exists(final):
             log(f"{spec.name}: the {final_samples}-sample test bound (a few minutes)")
             r, _ = final_bound(spec.dir, "test", final_samples, progress=progress)
             log(f"{spec.name}: test bound ({final_samples} samples) {r['bound']:.3f} +- {r['stderr']:.3f}")
-        out = os.path.join(dest, spec.name)
-        os.makedirs(out, exist_ok=True)
-        for name in published_files(spec.dir):
-            shutil.copyfile(os.path.join(spec.dir, name), os.path.join(out, name))
-        plot_runs([out], os.path.join(out, "metrics.png"), labels=[spec.name])
+    published = []
+    for spec, state, step, out in runs:
+        with contextlib.ExitStack() as stack:    # every file beside its published twin, then all renamed
+            for name in published_files(spec.dir):
+                tmp = stack.enter_context(atomic_path(os.path.join(out, name), suffix=os.path.splitext(name)[1]))
+                shutil.copyfile(os.path.join(spec.dir, name), tmp)
+            png = stack.enter_context(atomic_path(os.path.join(out, "metrics.png"), suffix=".png"))
+            plot_runs([spec.dir], png, labels=[spec.name])
         published.append((spec, out))
         log(f"published {spec.name} ({state}{f', step {step}' if step else ''})")
     groups = {}
     for spec, out in published:
-        cfg = read_json(os.path.join(out, CONFIG), "run configuration")
+        cfg = published_config(os.path.join(out, CONFIG))
         groups.setdefault((architecture_name(cfg), cfg["learning_rate"]), []).append((estimator_name(cfg), out))
     for (arch, lr), runs in sorted(groups.items(), key=lambda kv: _order(ARCH_ORDER, kv[0][0]) + (kv[0][1],)):
         path = os.path.join(dest, f"{arch.replace(' ', '-')}_lr{lr:g}.png")
         plot_runs([out for _, out in runs], path, labels=[name for name, _ in runs])
         log(f"wrote {path}")
     return dest
+
+
+def check_run(run_dir):
+    """Read every file of run_dir that publish copies (ResultsError, or the reader's one-line error,
+    naming the file that is damaged); returns the run's table row."""
+    row = run_row(run_dir, "")
+    for name in published_files(run_dir)[2:]:
+        read_evaluation(os.path.join(run_dir, name))
+    return row
+
+
+def refuse_going_back(run_dir, out):
+    """ResultsError when the published copy `out` of the run in run_dir is of a run with other settings,
+    or further along than the run now is: publishing would replace results with older or other ones.
+    A published copy that is unreadable is replaced (the run's files are whole: check_run)."""
+    try:
+        had = check_run(out) if os.path.exists(os.path.join(out, METRICS)) else None
+    except ValueError:
+        return
+    if had is None:
+        return
+    record = read_json(os.path.join(run_dir, CONFIG), "run configuration")
+    k = first_difference(read_json(os.path.join(out, CONFIG), "run configuration"),
+                         settings_from_record(record, os.path.join(run_dir, CONFIG)))
+    now = run_row(run_dir, "")
+    if k is not None:
+        raise ResultsError(f"{out} holds a run with other settings than {run_dir} ({k}); nothing was published "
+                           f"(move {out} away to publish this run there)")
+    if had["step"] > now["step"]:
+        raise ResultsError(f"{out} holds step {had['step']:,} of this run, {run_dir} only step {now['step']:,}; "
+                           f"nothing was published (move {out} away to publish the run as it is now)")
 
 
 # --------------------------------------------------------------------------
@@ -122,16 +177,41 @@ def _order(order, name):
     return (order.index(name), name) if name in order else (len(order), name)
 
 
+TABLE_SETTINGS = ("model", "n_layer", "nonlinear", "learning_rate", "seed", "steps")   # what a row shows
+
+
+def published_config(path):
+    """The settings of a published config.json, each checked, with the table's own ones present
+    (ResultsError naming the file otherwise); the others that it lacks take their defaults."""
+    from ..training.train import TrainConfig
+    settings = settings_from_record(read_json(path, "run configuration"), path)
+    missing = [k for k in TABLE_SETTINGS if k not in settings]
+    if missing:
+        raise ResultsError(f"{path} lacks the setting(s) {', '.join(missing)}; restore it from the run's folder")
+    return {**{f.name: f.default for f in fields(TrainConfig)}, **settings}
+
+
+def read_evaluation(path):
+    """A bound file (eval-<split>-<k>.json) as a dict with its integer step and numeric bound
+    (NaN allowed: the table shows a dash); ResultsError naming the file otherwise."""
+    r = read_json(path, "evaluation")
+    if not (isinstance(r, dict) and type(r.get("step")) is int
+            and isinstance(r.get("bound"), (int, float)) and not isinstance(r.get("bound"), bool)):
+        raise ResultsError(f"evaluation {path} is damaged (it needs an integer step and a numeric bound); "
+                           "restore it, or delete it and run rebar-np eval again")
+    return r
+
+
 def run_row(run_dir, sweep):
     """What the table says of one published run, read from its files alone."""
-    cfg = read_json(os.path.join(run_dir, CONFIG), "run configuration")
+    cfg = published_config(os.path.join(run_dir, CONFIG))
     table = read_metrics(os.path.join(run_dir, METRICS))
     steps, wall = table["step"], table["wall_time"]
     if len(steps) == 0:
         raise ResultsError(f"{os.path.join(run_dir, METRICS)} has no rows")
     elbo = table["train_elbo"].astype(np.float64)
     final = whole_split_path(run_dir, "test", FINAL_SAMPLES)
-    test_final = read_json(final, "evaluation") if os.path.exists(final) else None
+    test_final = read_evaluation(final) if os.path.exists(final) else None
     if test_final is not None and test_final.get("step") != int(steps[-1]):
         test_final = None          # a bound of an earlier checkpoint does not describe this row
     arch, est = architecture_name(cfg), estimator_name(cfg)
@@ -234,21 +314,41 @@ def table_targets(results_root):
     return targets
 
 
-def update_tables(results_root, check=False):
-    """Rebuild the tables from results_root's files into every target; with check, write nothing and
-    return the targets whose table differs (an empty list: all up to date)."""
-    rows = collect(results_root)
-    stale = []
+def read_tables(results_root):
+    """[(path, text, begin, end, formatter)] of every table target, each read and found to have its
+    markers (ResultsError otherwise): checked before anything is published or written."""
+    targets = []
     for path, begin, end, formatter in table_targets(results_root):
         try:
             with open(path, encoding="utf-8") as fh:
                 text = fh.read()
         except FileNotFoundError:
             raise ResultsError(f"no {path}; it holds the table between {begin} and {end}") from None
+        replace_block(text, "", path, begin, end)
+        targets.append((path, text, begin, end, formatter))
+    return targets
+
+
+def update_tables(results_root, check=False):
+    """Rebuild the tables from results_root's files into every target; with check, write nothing and
+    return the targets whose table differs (an empty list: all up to date). Each file is replaced
+    atomically, after every row has been read."""
+    targets = read_tables(results_root)
+    rows = collect(results_root)
+    stale = []
+    for path, text, begin, end, formatter in targets:
         new = replace_block(text, formatter(rows), path, begin, end)
         if new != text:
             stale.append(path)
             if not check:
-                with open(path, "w", encoding="utf-8") as fh:
+                with atomic_text(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
                     fh.write(new)
     return stale
+
+
+@contextlib.contextmanager
+def atomic_text(path):
+    """atomic_path for a text file (README.md): the temporary keeps the file's permission bits."""
+    with atomic_path(path, suffix=".md") as tmp:
+        yield tmp
+        os.chmod(tmp, os.stat(path).st_mode & 0o7777)

@@ -67,12 +67,14 @@ def target(tr):
     return f"bound{tr.options['samples']}" if "samples" in tr.options else "elbo"
 
 
-def track_variance(cfg, data, estimators, follow, log=print, report_every=0, decay=0.999, on_row=None):
+def track_variance(cfg, data, estimators, follow, log=print, report_every=0, decay=0.999, on_row=None, stop=None):
     """Train cfg's model with `follow` and report every estimator's log gradient variance.
 
     Returns a list of rows {"step", "train_elbo", name: log variance, ...}, one per report;
     on_row(rows), when given, is called with the rows so far after each one (a long comparison
-    keeps what it has measured on disk).
+    keeps what it has measured on disk). stop: an object whose `requested` turns true (the
+    command line's rebar_np.training.train.StopFlag on Ctrl-C) to stop between two steps, returning
+    the rows so far: the last row's step is then below cfg.steps.
     """
     cfg.validate()
     names = list(dict.fromkeys([follow] + list(estimators)))
@@ -99,10 +101,10 @@ def track_variance(cfg, data, estimators, follow, log=print, report_every=0, dec
     rows, step, elbo_sum, elbo_n = [], 0, 0.0, 0
     with step_setting(B) as cores, tqdm(total=cfg.steps, unit="step", file=sys.stderr, disable=None,
                                         mininterval=1.0, dynamic_ncols=True) as bar:
-        while step < cfg.steps:
+        while step < cfg.steps and not (stop is not None and stop.requested):
             order = rng_data.permutation(N)
             for start in range(0, N, B):
-                if step >= cfg.steps:
+                if step >= cfg.steps or (stop is not None and stop.requested):
                     break
                 x = train_x[order[start:start + B]]
                 step += 1
@@ -156,12 +158,13 @@ def log_variances(tracked, t, decay):
     return out
 
 
-def measure_variance(model, params, auxes, x, draws, estimators, options=None, seed=0, z=1.96):
+def measure_variance(model, params, auxes, x, draws, estimators, options=None, seed=0, z=1.96, stop=None):
     """Per-entry variance of each estimator from `draws` independent draws on the fixed batch x.
 
     Returns {name: {"log_variance", "ci": (lo, hi) of the log, "mean_variance", "stderr"}}: the
     mean over entries of the unbiased per-entry sample variance, and a z-interval for it
-    from the spread of the per-draw squared deviations (delta method on the log).
+    from the spread of the per-draw squared deviations (delta method on the log). None once
+    stop.requested turns true (checked between two draws).
     """
     out = {}
     for i, name in enumerate(estimators):
@@ -169,9 +172,13 @@ def measure_variance(model, params, auxes, x, draws, estimators, options=None, s
         rng = np.random.default_rng([seed, i])
         opts = (options or {}).get(name)
         with step_setting(x.shape[0]):
-            samples = np.stack([np.concatenate([g.ravel() for g in
-                                                est.estimate(model, params, auxes[name], x, rng=rng, options=opts)
-                                                .grads.values()]).astype(np.float64) for _ in range(draws)])
+            grads = []
+            for _ in range(draws):
+                if stop is not None and stop.requested:
+                    return None
+                res = est.estimate(model, params, auxes[name], x, rng=rng, options=opts)
+                grads.append(np.concatenate([g.ravel() for g in res.grads.values()]).astype(np.float64))
+            samples = np.stack(grads)
         mean = samples.mean(axis=0)
         dev2 = ((samples - mean) ** 2).mean(axis=1) * draws / (draws - 1)   # per draw, mean over entries
         v = float(dev2.mean())

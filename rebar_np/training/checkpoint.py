@@ -35,7 +35,7 @@ import numpy as np
 
 FORMAT_VERSION = 2   # 2 added /train_state; version 1 files still load (not resumable)
 TMP_PREFIX = ".tmp-rebar-np-"
-TMP_SUFFIXES = (".h5", ".json")
+TMP_SUFFIXES = (".h5", ".json", ".png", ".md")
 # mkstemp's names: the prefix, 8 characters of [a-z0-9_], the suffix; nothing else is ours
 TMP_NAME = re.compile(re.escape(TMP_PREFIX) + r"[a-z0-9_]{8}(" + "|".join(map(re.escape, TMP_SUFFIXES)) + r")")
 CHECKSUM = "sha256"

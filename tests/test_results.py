@@ -55,7 +55,7 @@ def test_only_names_what_is_wrong(tmp_path, only, words):
     assert all(w in res.output for w in words), res.output
 
 
-def test_publish_copies_small_files_computes_the_final_bound_and_tabulates(tiny_data_dir, tmp_path):
+def test_publish_copies_small_files_computes_the_final_bound_and_tabulates(tiny_data_dir, tmp_path, monkeypatch):
     grid_path = tmp_path / "g.toml"
     grid_path.write_text(f'output = "sweep"\ndata_dir = "{tiny_data_dir}"\nworkers = 1\n[grid]\n'
                          'estimator = ["nvil", "concrete(0.1)"]\narchitecture = ["two_layer"]\n'
@@ -84,6 +84,19 @@ def test_publish_copies_small_files_computes_the_final_bound_and_tabulates(tiny_
     assert (results / "sweep" / "two_layer_lr0.0003.png").exists()
     final = json.loads((done / "eval-test-5000.json").read_text())
     assert final["samples"] == 5000 and final["step"] == 8
+
+    # publishing one run again redraws its architecture's figure with every run published there
+    from rebar_np.experiments import plots
+    drawn, real_plot = {}, plots.plot_runs
+
+    def spy(dirs, path, labels=None, **kw):
+        drawn[os.path.basename(str(path))] = list(labels)
+        return real_plot(dirs, path, labels=labels, **kw)
+    monkeypatch.setattr(plots, "plot_runs", spy)
+    res = run("results", "publish", grid_path, "--results-dir", results, "--no-progress", "--only", "estimator=nvil")
+    assert res.exit_code == 0, res.output
+    assert drawn["two_layer_lr0.0003.png"] == ["nvil", "concrete(0.1)"], drawn
+    monkeypatch.undo()
 
     text = (results / "README.md").read_text()
     rows = [l for l in text.splitlines() if l.startswith("| two layer")]

@@ -128,11 +128,19 @@ def publish(grid, specs, results_root, log=print, final_samples=FINAL_SAMPLES, p
             plot_runs([spec.dir], png, labels=[spec.name])
         published.append((spec, out))
         log(f"published {spec.name} ({state}{f', step {step}' if step else ''})")
+    # one figure per (architecture, learning rate) that this call published into, drawn with every run
+    # published there (also those of earlier calls: publishing one run must not drop the others)
     groups = {}
-    for spec, out in published:
-        cfg = published_config(os.path.join(out, CONFIG))
-        groups.setdefault((architecture_name(cfg), cfg["learning_rate"]), []).append((estimator_name(cfg), out))
+    for name in sorted(os.listdir(dest)):
+        out = os.path.join(dest, name)
+        if os.path.exists(os.path.join(out, CONFIG)) and os.path.exists(os.path.join(out, METRICS)):
+            cfg = published_config(os.path.join(out, CONFIG))
+            groups.setdefault((architecture_name(cfg), cfg["learning_rate"]), []).append((estimator_name(cfg), out))
+    touched = {key for key, runs in groups.items() if any(out in (o for _, o in published) for _, out in runs)}
     for (arch, lr), runs in sorted(groups.items(), key=lambda kv: _order(ARCH_ORDER, kv[0][0]) + (kv[0][1],)):
+        if (arch, lr) not in touched:
+            continue
+        runs.sort(key=lambda r: _order(ESTIMATOR_ORDER, r[0]))
         path = os.path.join(dest, f"{arch.replace(' ', '-')}_lr{lr:g}.png")
         plot_runs([out for _, out in runs], path, labels=[name for name, _ in runs])
         log(f"wrote {path}")

@@ -471,11 +471,22 @@ def eval_cmd(run_dir, split, samples, seed, limit, chunk_rows, data_dir, device,
     """
     from rebar_np.evaluation.final import final_bound
     from rebar_np.training.rundir import write_json
+    from rebar_np.training.train import StopBetweenSteps, StopFlag
 
     if os.path.isdir(run_dir):   # a missing folder is reported by final_bound ("no checkpoint")
         check_writable_folder(run_dir, f"run folder {run_dir} (eval writes its result there)")
     show = sys.stderr.isatty() if progress is None else progress
-    r, path = final_bound(run_dir, split, samples, seed, limit, data_dir, chunk_rows, show, device, write=False)
+    # Ctrl-C, SIGTERM (a scheduler's stop) and SIGHUP end the evaluation after its current pass, with one line
+    stop = StopFlag(plan="stopping the evaluation after its current pass (nothing is written)",
+                    again="at most a pass away", exit_code=EXIT_INTERRUPTED)
+    t0 = time.perf_counter()
+    try:
+        r, path = final_bound(run_dir, split, samples, seed, limit, data_dir, chunk_rows, show, device,
+                              write=False, stop=stop)
+    except StopBetweenSteps:
+        ignore_stop_signals()
+        fail(f"interrupted ({stop.signal_name}) after {time.perf_counter() - t0:.0f} s of the {split} bound; "
+             f"nothing was written (an evaluation starts over: run the same command again)", EXIT_INTERRUPTED)
     err = f" +- {r['stderr']:.3f}" if r["stderr"] is not None else ""
     click.echo(f"{split} bound ({samples} samples, {r['examples']} examples, step {r['step']}): {r['bound']:.3f}"
                f"{err} [{r['seconds']:.1f} s]")

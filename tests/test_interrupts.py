@@ -293,3 +293,37 @@ def test_a_diverging_run_prints_one_line_and_no_numpy_warnings(model, tiny_data_
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: training diverged: non-finite"), proc.stderr
     assert status_of(tmp_path / "run")["state"] == "diverged"
+
+
+# --------------------------------------------------------------------------
+# 5. An evaluation stopped by a signal says so in one line and writes nothing
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stopped_evaluation_says_so_in_one_line_and_writes_nothing(sig, tiny_data_dir, tmp_path):
+    """`rebar-np eval` under a scheduler's SIGTERM (or Ctrl-C) ended by the signal with no word (exit 143); it
+    now stops after its current pass, exits 130 and says that nothing was written."""
+    out = tmp_path / "run"
+    res = run("train", *tiny(tiny_data_dir), "--steps", 6, "--eval-every", 0, "--output", out)
+    assert res.exit_code == 0, res.output
+    log = tmp_path / "eval.log"
+    found = signal.signal(signal.SIGINT, signal.default_int_handler)     # as start() does
+    try:
+        with open(log, "w") as fh:
+            proc = subprocess.Popen([sys.executable, "cli.py", "eval", str(out), "--samples", "10000000",
+                                     "--progress"], cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+    finally:
+        signal.signal(signal.SIGINT, found)
+    try:
+        deadline = time.monotonic() + 120          # the progress bar shows once the evaluation runs
+        while "test bound" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        proc.wait(timeout=60)
+    finally:
+        finish(proc)
+    output = log.read_text()
+    assert proc.returncode == 130 and "Traceback" not in output, output
+    assert f"Error: interrupted ({signal.Signals(sig).name}) after" in output and "nothing was written" in output
+    assert not list(out.glob("eval-*.json"))

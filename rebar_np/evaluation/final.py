@@ -51,12 +51,13 @@ def eval_path(run_dir, split, samples, examples, split_examples):
 
 
 def final_bound(run_dir, split="test", samples=5000, seed=0, limit=0, data_dir=None, chunk_rows=None,
-                progress=False, device="cpu", write=True):
+                progress=False, device="cpu", write=True, stop=None):
     """Evaluate the run's checkpoint on a split (its first `limit` examples when limit > 0).
     Returns (result, path): the result dict and the file it belongs in (eval_path), written there
     atomically when write is true; with write=False the caller shows it first and writes it with
     write_json (a result that cannot be written is then still shown). device "cuda" evaluates on
-    the GPU (rebar_np.kernels.dispatch)."""
+    the GPU (rebar_np.kernels.dispatch). stop: a StopFlag; once requested, the evaluation ends after
+    its current pass and raises StopBetweenSteps (nothing is written)."""
     check_device(device)
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose train, valid or test")
@@ -76,7 +77,7 @@ def final_bound(run_dir, split="test", samples=5000, seed=0, limit=0, data_dir=N
     params = to_device(ckpt["params"]) if device == "cuda" else ckpt["params"]
     bound = evaluate(model, params, x, samples, seed=seed, progress=progress, desc=f"{split} bound",
                      examples_per_chunk=max(1, chunk_rows // min(samples, 100)) if chunk_rows else None,
-                     out=per_example)
+                     out=per_example, stop=stop)
     seconds = time.perf_counter() - t0
     stderr = float(np.std(per_example, ddof=1) / np.sqrt(len(per_example))) if len(per_example) > 1 else None
     result = {"split": split, "samples": samples, "examples": int(x.shape[0]),

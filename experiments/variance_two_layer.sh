@@ -3,8 +3,8 @@
 # simple_muprop, as the TF reference's SBNTrackGradVariances did) on which every estimator's log
 # gradient variance is measured, each with its own control-variate state, from common noise.
 #
-# How long, on this project's 2-core machines (Intel Xeon, AVX-512, one core): every step computes
-# all the listed estimators' gradients, about 40-60 ms, so 100,000 steps take about 1.2-1.7 hours.
+# How long, measured on this project's 2-core Intel Xeon (AVX-512) with a training run on the other core:
+# every step computes all the listed estimators' gradients; 100,000 steps took about 1 hour (2026-12-03).
 # The JSON and the figure are rewritten after every epoch's row; `rebar-np variance` cannot resume,
 # so a stopped comparison keeps its rows but starts over when run again.
 set -euo pipefail

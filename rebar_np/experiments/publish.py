@@ -107,10 +107,10 @@ def publish(grid, specs, results_root, log=print, final_samples=FINAL_SAMPLES, p
             if not len(read_metrics(os.path.join(spec.dir, METRICS)).get("step", [])):
                 log(f"{spec.name}: no rows yet, not published")
                 continue
-            check_run(spec.dir)
+            now = check_run(spec.dir)
         except ValueError as err:
             raise ResultsError(f"{err}; nothing was published (--only can leave the run out)") from None
-        refuse_going_back(spec.dir, out)
+        refuse_going_back(spec.dir, now, out)
         runs.append((spec, state, step, out))
     for spec, state, step, out in runs:
         final = whole_split_path(spec.dir, "test", final_samples)
@@ -136,13 +136,13 @@ def publish(grid, specs, results_root, log=print, final_samples=FINAL_SAMPLES, p
         if os.path.exists(os.path.join(out, CONFIG)) and os.path.exists(os.path.join(out, METRICS)):
             cfg = published_config(os.path.join(out, CONFIG))
             groups.setdefault((architecture_name(cfg), cfg["learning_rate"]), []).append((estimator_name(cfg), out))
-    touched = {key for key, runs in groups.items() if any(out in (o for _, o in published) for _, out in runs)}
-    for (arch, lr), runs in sorted(groups.items(), key=lambda kv: _order(ARCH_ORDER, kv[0][0]) + (kv[0][1],)):
-        if (arch, lr) not in touched:
+    published_dirs = {out for _, out in published}
+    for (arch, lr), group in sorted(groups.items(), key=lambda kv: _order(ARCH_ORDER, kv[0][0]) + (kv[0][1],)):
+        if not any(out in published_dirs for _, out in group):
             continue
-        runs.sort(key=lambda r: _order(ESTIMATOR_ORDER, r[0]))
+        group.sort(key=lambda r: _order(ESTIMATOR_ORDER, r[0]))
         path = os.path.join(dest, f"{arch.replace(' ', '-')}_lr{lr:g}.png")
-        plot_runs([out for _, out in runs], path, labels=[name for name, _ in runs])
+        plot_runs([out for _, out in group], path, labels=[name for name, _ in group])
         log(f"wrote {path}")
     return dest
 
@@ -156,9 +156,10 @@ def check_run(run_dir):
     return row
 
 
-def refuse_going_back(run_dir, out):
-    """ResultsError when the published copy `out` of the run in run_dir is of a run with other settings,
-    or further along than the run now is: publishing would replace results with older or other ones.
+def refuse_going_back(run_dir, now, out):
+    """ResultsError when the published copy `out` of the run in run_dir (whose table row is `now`) is of a
+    run with other settings, or further along than the run now is: publishing would replace results with
+    older or other ones.
     A published copy that is unreadable is replaced (the run's files are whole: check_run)."""
     try:
         had = check_run(out) if os.path.exists(os.path.join(out, METRICS)) else None
@@ -169,7 +170,6 @@ def refuse_going_back(run_dir, out):
     record = read_json(os.path.join(run_dir, CONFIG), "run configuration")
     k = first_difference(read_json(os.path.join(out, CONFIG), "run configuration"),
                          settings_from_record(record, os.path.join(run_dir, CONFIG)))
-    now = run_row(run_dir, "")
     if k is not None:
         raise ResultsError(f"{out} holds a run with other settings than {run_dir} ({k}); nothing was published "
                            f"(move {out} away to publish this run there)")

@@ -167,22 +167,24 @@ def measure_variance(model, params, auxes, x, draws, estimators, options=None, s
     stop.requested turns true (checked between two draws).
     """
     out = {}
-    for i, name in enumerate(estimators):
-        est = E.get(name)
-        rng = np.random.default_rng([seed, i])
-        opts = (options or {}).get(name)
-        with step_setting(x.shape[0]):
+    with step_setting(x.shape[0]) as cores:     # the draws run as training steps do
+        for i, name in enumerate(estimators):
+            est = E.get(name)
+            rng = np.random.default_rng([seed, i])
+            opts = (options or {}).get(name)
             grads = []
             for _ in range(draws):
                 if stop is not None and stop.requested:
                     return None
+                t_draw = time.perf_counter()
                 res = est.estimate(model, params, auxes[name], x, rng=rng, options=opts)
+                cores.record(time.perf_counter() - t_draw)
                 grads.append(np.concatenate([g.ravel() for g in res.grads.values()]).astype(np.float64))
             samples = np.stack(grads)
-        mean = samples.mean(axis=0)
-        dev2 = ((samples - mean) ** 2).mean(axis=1) * draws / (draws - 1)   # per draw, mean over entries
-        v = float(dev2.mean())
-        se = float(dev2.std(ddof=1) / np.sqrt(draws))
-        out[name] = {"mean_variance": v, "stderr": se, "log_variance": float(np.log(v)),
-                     "ci": (float(np.log(max(v - z * se, 1e-300))), float(np.log(v + z * se)))}
+            mean = samples.mean(axis=0)
+            dev2 = ((samples - mean) ** 2).mean(axis=1) * draws / (draws - 1)   # per draw, mean over entries
+            v = float(dev2.mean())
+            se = float(dev2.std(ddof=1) / np.sqrt(draws))
+            out[name] = {"mean_variance": v, "stderr": se, "log_variance": float(np.log(v)),
+                         "ci": (float(np.log(max(v - z * se, 1e-300))), float(np.log(v + z * se)))}
     return out

@@ -41,7 +41,9 @@ model's samples select table rows unlike an untrained one's, and the time depend
 Columns: MMAC = million multiply-adds of the step's matrix products; steps/s = median
 wall-clock rate; cpu/s = steps per CPU-second of this process (with --threads 1, the
 rate a quiet core would give); GFLOP/s = 2 MMAC steps/s / 1000; matmul = GFLOP/s of
-NumPy running the same products; frac = GFLOP/s / matmul; np_nvil = the NumPy NVIL
+NumPy running the same products; frac = GFLOP/s / matmul; ceil = the ceiling of frac: the rate of
+those products followed by the step's exact optimizer pass (Adam with the variance monitor, and
+the estimator's own Adam; products_and_optimizer) over matmul's; np_nvil = the NumPy NVIL
 step's rate; others = CPU cores used by other processes meanwhile; jax/s, np/jax =
 rebar_np / JAX steps/s, jaxMMAC = multiply-adds in JAX's compiled program, jaxfrac =
 JAX's GFLOP/s (its own MACs) / matmul.
@@ -218,6 +220,33 @@ def rebar_np_step(name, n_layer, nonlinear, B, H, data, device="cpu", estimate=N
     return step
 
 
+def products_and_optimizer(name, n_layer, nonlinear, H, data, products):
+    """The least any training step with these products does: NumPy running the step's products (as
+    `matmul` does), then the step's optimizer pass as train_step runs it (Adam with the variance
+    monitor over the model's packed buffers, Adam at 10x over the estimator's own) on a fixed small
+    gradient. Its rate over matmul's is the **ceiling** of frac: what a step that spent no time at all
+    outside its products and this exact optimizer pass would reach."""
+    import numpy as np
+    from . import timing as T
+    from rebar_np.model.packed import packed_zeros
+    from rebar_np.training.adam import AdamConfig, adam_init, adam_update
+    from rebar_np.training.train import GradVariance
+    est, model, params, aux = rebar_np_setup(name, n_layer, nonlinear, H, data)
+    rng = np.random.default_rng(1)
+    grads, aux_grads = packed_zeros(params), packed_zeros(aux) if aux else {}
+    for g in (*grads.values(), *aux_grads.values()):
+        g[...] = 1e-3 * rng.standard_normal(g.shape)
+    opt, aux_opt, monitor, cfg = adam_init(params), adam_init(aux), GradVariance(params, 0.999), AdamConfig()
+    replay = T.matmul_replay(products)
+
+    def step():
+        replay()
+        monitor.update_with_adam(params, grads, opt, cfg)
+        if aux:
+            adam_update(aux, aux_grads, aux_opt, cfg, 10.0)
+    return step
+
+
 def numpy_nvil_step(n_layer, B, H, data):
     import numpy as np
     from .numpy_reference import NumpyNVIL
@@ -276,7 +305,8 @@ def measure(name, arch, B, H, args, data, numpy_nvil_rate=None):
         print(f"warning: benchmarks/macs.py's count for {name} {arch} no longer matches the products "
               "rebar_np runs; update step_products", file=sys.stderr)
     candidates = {"rebar_np": rebar_np_step(name, n_layer, nonlinear, B, H, data),
-                  "matmul": T.matmul_replay(products)}
+                  "matmul": T.matmul_replay(products),
+                  "products_and_optimizer": products_and_optimizer(name, n_layer, nonlinear, H, data, products)}
     jax_info = None
     if args.jax and name in JAX_ESTIMATORS:
         candidates["jax"], jax_info = jax_step(name, n_layer, nonlinear, B, H, data)
@@ -293,6 +323,8 @@ def measure(name, arch, B, H, args, data, numpy_nvil_rate=None):
            "gflops": gflops, "matmul_gflops": mm_gflops, "fraction_of_matmul": gflops / mm_gflops,
            "fraction_of_matmul_paired": T.paired_ratio(rates["rebar_np"], rates["matmul"]),
            "fraction_of_matmul_cpu": T.paired_ratio(cpu_rates["rebar_np"], cpu_rates["matmul"]),
+           "products_and_optimizer_steps_per_s": T.median(rates["products_and_optimizer"]),
+           "ceiling": T.median(rates["products_and_optimizer"]) / mm_rate,
            "load": load}
     if numpy_nvil_rate is not None:
         row["numpy_nvil_steps_per_s"] = numpy_nvil_rate
@@ -320,7 +352,7 @@ def run_steps(args, results):
     B, H = args.batch, args.width
     data = make_data(B)
     head = (f"{'estimator':<14}{'arch':<11}{'MMAC':>7}{'steps/s':>9}{'cpu/s':>7}{'GFLOP/s':>9}{'matmul':>8}{'frac':>6}"
-            f"{'np_nvil':>8}{'others':>7}")
+            f"{'ceil':>6}{'np_nvil':>8}{'others':>7}")
     if args.jax:
         head += f"{'jax/s':>8}{'np/jax':>7}{'jaxMMAC':>8}{'jaxfrac':>8}"
     print(head)
@@ -336,7 +368,7 @@ def run_steps(args, results):
             results["rows"].append(row)
             line = (f"{name:<14}{arch:<11}{row['macs'] / 1e6:>7.1f}{row['steps_per_s']:>9.0f}"
                     f"{row['steps_per_cpu_s']:>7.0f}{row['gflops']:>9.1f}"
-                    f"{row['matmul_gflops']:>8.1f}{row['fraction_of_matmul']:>6.2f}"
+                    f"{row['matmul_gflops']:>8.1f}{row['fraction_of_matmul']:>6.2f}{row['ceiling']:>6.2f}"
                     f"{fmt(ref_rate, '.0f'):>8}{fmt(row['load']['other_cores'], '.2f'):>7}")
             if args.jax:
                 j = row.get("jax")

@@ -59,11 +59,15 @@ def markdown_table(path):
         if not run.get("rows"):
             return "\n".join(lines)
         lines.append("")
-    head = ["estimator", "arch", "MMAC", "steps/s", "frac"] + (["JAX steps/s", "rebar_np / JAX"] if jax else [])
+    ceiling = any("ceiling" in r for r in run.get("rows", []))
+    head = (["estimator", "arch", "MMAC", "steps/s", "frac"] + (["ceiling"] if ceiling else [])
+            + (["JAX steps/s", "rebar_np / JAX"] if jax else []))
     lines += ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
     for r in run.get("rows", []):
         cells = [r["estimator"], r["arch"], f"{r['macs'] / 1e6:.1f}", f"{r['steps_per_s']:.0f}",
                  f"{r['fraction_of_matmul']:.2f}"]
+        if ceiling:
+            cells.append(_f(r.get("ceiling"), ".2f"))
         if jax:
             j = r.get("jax")
             cells += [_f(j and j["steps_per_s"], ".0f"), _f(j and j["ratio_rebar_np_to_jax"], ".2f")]

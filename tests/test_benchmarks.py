@@ -215,7 +215,9 @@ def test_a_small_run_writes_json(tmp_path):
     assert isinstance(result["meta"]["cpu_model"], str)      # runs on different machines are told apart
     for row in rows:
         assert row["macs"] == M.step_macs(row["estimator"], 1, False, 24) and row["macs_count_matches_trace"]
-        assert row["steps_per_s"] > 0 and 0 < row["fraction_of_matmul"]
+        assert row["steps_per_s"] > 0 and 0 < row["fraction_of_matmul"] and 0 < row["ceiling"]
+    table = run_benchmarks("--markdown", str(out))
+    assert table.returncode == 0 and "| frac | ceiling |" in table.stdout, table.stdout
 
 
 def test_a_small_bound_run_writes_json_and_its_table(tmp_path):

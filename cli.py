@@ -395,6 +395,29 @@ def check_positive(**options):
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
 
 
+def instance_floats(n_layer, n_hidden, nonlinear, n_input, rows):
+    """Floats of a small random instance (gradcheck, unbiased): its parameters (q and p: an input
+    matrix each, a square one per further layer, three per transform when nonlinear) and one pass's
+    values per example row (every layer's units and the pixels)."""
+    params = (2 * n_input * n_hidden + 2 * (n_layer - 1) * n_hidden ** 2) * (3 if nonlinear else 1)
+    return params, rows * (n_input + n_layer * n_hidden)
+
+
+def check_fits_in_memory(need, sizes):
+    """One line naming the size option (sizes: name -> (value, default)) furthest above its default
+    when `need` bytes are more than this machine's memory: checked before anything is allocated, as
+    train's check_memory does, so that a huge size is refused instead of ending in a MemoryError
+    traceback or the kernel's out-of-memory kill."""
+    from rebar_np.training.train import machine_memory
+    have = machine_memory()
+    if have is None or need <= have:
+        return
+    culprit = max(sizes, key=lambda n: sizes[n][0] / sizes[n][1])
+    listed = ", ".join(f"{n} {v}" for n, (v, _) in sizes.items())
+    raise ValueError(f"--{culprit} must be smaller: {listed} need about {need / 2 ** 30:,.0f} GiB of memory, "
+                     f"this machine has {have / 2 ** 30:,.0f} GiB")
+
+
 def check_writable_folder(folder, what):
     """Create and remove a file in folder: the one test that answers for permissions (root's included)
     and read-only file systems alike. A disk that fills later is caught when writing (the result is
@@ -735,6 +758,10 @@ def variance(follow, estimators, task, n_layer, n_hidden, nonlinear, steps, batc
         if batch_size > data["train"].shape[0]:
             raise ValueError(f"--batch-size {batch_size} is larger than the training set "
                              f"({data['train'].shape[0]} examples)")
+        # every draw's gradient is kept (float64) until the estimator's variance is taken: the draws,
+        # their stack and the deviations from their mean
+        entries = sum(v.size for v in ck["params"].values())
+        check_fits_in_memory(8 * 3 * draws * entries, {"draws": (draws, 1000)})
         mean_x = ck["mean_x"] if ck["mean_x"] is not None else data["train"].mean(axis=0, dtype=np.float64)
         model = SBN(c["task"], c["n_layer"], c["n_hidden"], c["nonlinear"], mean_x)
         x = data["train"][np.random.default_rng(seed).choice(data["train"].shape[0], batch_size, replace=False)]
@@ -928,6 +955,13 @@ def gradcheck(model, task, n_layer, n_hidden, nonlinear, n_input, batch_size, se
     if not (math.isfinite(tol) and tol > 0):
         raise ValueError(f"--tol must be a positive number, got {tol}")
     check_positive(n_layer=n_layer, n_hidden=n_hidden, n_input=n_input, batch_size=batch_size)
+    # the estimators' passes (K-sample ones: a few rows per example) and the finite differences'
+    # copies, in float64; --all also runs 3 nonlinear layers
+    params, values = instance_floats(3 if check_all else n_layer, n_hidden, nonlinear or check_all, n_input,
+                                     batch_size * 5)
+    check_fits_in_memory(8 * (20 * params + 50 * values),
+                         {"n-hidden": (n_hidden, 8), "n-layer": (n_layer, 2), "n-input": (n_input, 16),
+                          "batch-size": (batch_size, 5)})
     if check_all:
         ctx = click.get_current_context()
         given = [n for n in ("model", "task", "n_layer", "nonlinear")
@@ -1005,7 +1039,7 @@ def unbiased(model, task, n_layer, n_hidden, nonlinear, n_input, batch_size, dra
     """
     import math
     from rebar_np import estimators as E
-    from rebar_np.evaluation.unbiased import MAX_BITS, check_unbiased, tiny_instance
+    from rebar_np.evaluation.unbiased import MAX_BITS, MAX_JOINT, check_unbiased, tiny_instance
     est = E.get(model)
     for name, value, low in (("n-layer", n_layer, 1), ("n-hidden", n_hidden, 1), ("n-input", n_input, 2),
                              ("batch-size", batch_size, 1), ("draws", draws, 10), ("samples", samples, 2),
@@ -1015,6 +1049,16 @@ def unbiased(model, task, n_layer, n_hidden, nonlinear, n_input, batch_size, dra
     if n_layer * n_hidden > MAX_BITS:
         raise ValueError(f"--n-layer {n_layer} x --n-hidden {n_hidden} latent bits is more than {MAX_BITS}: "
                          "the exact gradient enumerates 2^(bits) configurations")
+    # float64: the instance; the exact objective's passes over every configuration C of every example
+    # (and the C^K joint ones of a K-sample bound, at most MAX_JOINT); the (draws, entries) estimates
+    # and their deviations
+    rows = batch_size * 2 ** (n_layer * n_hidden)
+    params, values = instance_floats(n_layer, n_hidden, nonlinear, n_input, rows * max(samples, 1))
+    entries = params + 4 * relax_hidden * (n_input + n_layer * n_hidden + 3) * n_layer
+    enumerated = 3 * batch_size * samples * MAX_JOINT
+    check_fits_in_memory(8 * (20 * entries + 10 * values + enumerated + 3 * draws * entries),
+                         {"draws": (draws, 4000), "n-input": (n_input, 6), "batch-size": (batch_size, 2),
+                          "samples": (samples, 2), "relax-hidden": (relax_hidden, 4)})
     if not (0 < alpha < 1):
         raise ValueError(f"--alpha must be between 0 and 1, got {alpha}")
     if not (math.isfinite(temperature) and temperature > 0):

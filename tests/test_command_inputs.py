@@ -54,6 +54,7 @@ def no_work(monkeypatch):
     import rebar_np.experiments.compare
     import rebar_np.evaluation.final
     import rebar_np.evaluation.gradcheck
+    import rebar_np.evaluation.unbiased
     import rebar_np.experiments.plots
     import rebar_np.experiments.variance
 
@@ -62,7 +63,8 @@ def no_work(monkeypatch):
     for mod, name in [(rebar_np.experiments.compare, "train"), (rebar_np.experiments.variance, "track_variance"),
                       (rebar_np.experiments.variance, "measure_variance"), (rebar_np.evaluation.final, "evaluate"),
                       (rebar_np.experiments.plots, "draw_samples"), (rebar_np.experiments.plots, "plot_runs"),
-                      (rebar_np.evaluation.gradcheck, "run_checks")]:
+                      (rebar_np.evaluation.gradcheck, "run_checks"), (rebar_np.evaluation.unbiased, "tiny_instance"),
+                      (rebar_np.evaluation.unbiased, "check_unbiased")]:
         monkeypatch.setattr(mod, name, started)
 
 
@@ -117,6 +119,17 @@ BAD = [
     (lambda t: ["variance", "--checkpoint", t.run, "--draws", 1], ["--draws"]),
     (lambda t: ["variance", "--checkpoint", t.run, "--batch-size", 0], ["batch-size"]),
     (lambda t: ["variance", "--checkpoint", t.run, "--batch-size", 1000, "--data-dir", t.data], ["--batch-size"]),
+    # sizes beyond the machine's memory: refused before allocating (a MemoryError or the OOM killer otherwise)
+    (lambda t: ["gradcheck", "--n-hidden", 10 ** 8], ["--n-hidden", "must be smaller", "GiB"]),
+    (lambda t: ["gradcheck", "--n-layer", 10 ** 8], ["--n-layer", "must be smaller"]),
+    (lambda t: ["gradcheck", "--n-input", 10 ** 8], ["--n-input", "must be smaller"]),
+    (lambda t: ["gradcheck", "--batch-size", 10 ** 8], ["--batch-size", "must be smaller"]),
+    (lambda t: ["unbiased", "--n-input", 10 ** 8], ["--n-input", "must be smaller"]),
+    (lambda t: ["unbiased", "--batch-size", 10 ** 8], ["--batch-size", "must be smaller"]),
+    (lambda t: ["unbiased", "--draws", 10 ** 12], ["--draws", "must be smaller"]),
+    (lambda t: ["unbiased", "--model", "vimco", "--samples", 10 ** 8], ["--samples", "must be smaller"]),
+    (lambda t: ["variance", "--checkpoint", t.run, "--draws", 10 ** 12, "--data-dir", t.data],
+     ["--draws", "must be smaller"]),
     # samples, plot
     (lambda t: ["samples", t.run, "--n", 100000], ["--n"]),
     (lambda t: ["samples", t.run, "--n", 0], ["--n"]),
@@ -233,6 +246,23 @@ def test_divergence_is_one_line_and_exit_3(command, tiny_data_dir, tmp_path, mon
     assert "step 3" in rows["nvil"]["diverged"]
     assert load_checkpoint(out / "rebar" / "checkpoint.h5")["step"] == 8
     assert json.loads((out / "nvil" / "status.json").read_text())["state"] == "diverged"
+
+
+@pytest.mark.parametrize("command,model", [("train", "dynamic_rebar"), ("train", "relax"),
+                                           ("variance", "dynamic_rebar")])
+def test_a_learned_temperature_out_of_range_is_divergence(command, model, tiny_data_dir, tmp_path):
+    """A huge (finite) learning rate moves dynamic_rebar's and relax's log temperature tau so far that
+    exp(tau) is 0: the next relaxed sample would divide by it (a ZeroDivisionError traceback)."""
+    out = tmp_path / "run"
+    if command == "train":
+        res = run("train", "--model", model, *tiny(tiny_data_dir), "--steps", 8, "--eval-every", 0,
+                  "--learning-rate", 1e30, "--no-progress", "--output", out)
+        assert_one_line(res, 3, "training diverged", "temperature", "step 1")
+        assert json.loads((out / "status.json").read_text())["state"] == "diverged"
+        return
+    res = run("variance", "--follow", "nvil", "--estimators", f"nvil,{model}", *tiny(tiny_data_dir), "--steps", 8,
+              "--learning-rate", 100)
+    assert_one_line(res, 3, "training diverged", model, "temperature")
 
 
 def test_compare_keeps_finished_runs_and_resumes_interrupted_ones(tiny_data_dir, tmp_path, monkeypatch):

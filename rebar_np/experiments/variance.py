@@ -118,7 +118,7 @@ def track_variance(cfg, data, estimators, follow, log=print, report_every=0, dec
                     bad_aux = (adam_update(t.aux, res.aux_grads, t.opt, adam_cfg, cfg.aux_lr_scale)
                                if t.aux else None)
                     try:
-                        _check_finite(step, res, bad, bad_aux)
+                        _check_finite(step, res, bad, bad_aux, t.aux)
                     except TrainingDiverged as err:     # say whose gradient it was
                         whose = f"{t.name}{' (followed)' if t.name == follow else ''}"
                         raise TrainingDiverged(f"{whose}: {err}") from None

@@ -598,7 +598,7 @@ def train_step(est, model, params, aux, x, rng, opt, aux_opt, monitor, adam_cfg,
     res = est.estimate(model, params, aux, x, rng=rng, options=options)
     bad_model_grad = monitor.update_with_adam(params, res.grads, opt, adam_cfg)
     bad_aux_grad = adam_update(aux, res.aux_grads, aux_opt, adam_cfg, aux_lr_scale) if aux else None
-    _check_finite(step, res, bad_model_grad, bad_aux_grad)
+    _check_finite(step, res, bad_model_grad, bad_aux_grad, aux)
     return res
 
 
@@ -1058,13 +1058,21 @@ class StopFlag:
         self._old = {}
 
 
-def _check_finite(step, res, bad_model_grad, bad_aux_grad):
+def _check_finite(step, res, bad_model_grad, bad_aux_grad, aux=None):
     """Raise TrainingDiverged naming the step and the first non-finite quantity: the ELBO, then
     the tensors that GradVariance.update_with_adam (or update) and adam_update found with a NaN
-    or inf in their gradient, in the pass that used it (None: none)."""
+    or inf in their gradient, in the pass that used it (None: none), then a learned temperature
+    (aux's tau, updated) that the next step could not use."""
     if not twin(all_finite, res.elbo)(res.elbo):
         raise TrainingDiverged(f"non-finite ELBO at step {step}")
     if bad_model_grad is not None:
         raise TrainingDiverged(f"non-finite model gradient of {bad_model_grad} at step {step}")
     if bad_aux_grad is not None:
         raise TrainingDiverged(f"non-finite estimator gradient of {bad_aux_grad} at step {step}")
+    if aux is not None and "tau" in aux:
+        # lambda = exp(tau) (dynamic_rebar, relax): a finite but huge step of tau (a learning rate
+        # far too large) makes it 0 or inf in float64, and the relaxed sample divides by it
+        tau = float(aux["tau"].reshape(-1)[0])
+        lam = math.exp(tau) if tau < 709 else math.inf         # (math.exp raises past 709.78)
+        if not 0 < lam < math.inf:
+            raise TrainingDiverged(f"temperature exp(tau) is {lam:g} (tau {tau:.3g}) after step {step}")

@@ -1070,9 +1070,11 @@ def _check_finite(step, res, bad_model_grad, bad_aux_grad, aux=None):
     if bad_aux_grad is not None:
         raise TrainingDiverged(f"non-finite estimator gradient of {bad_aux_grad} at step {step}")
     if aux is not None and "tau" in aux:
-        # lambda = exp(tau) (dynamic_rebar, relax): a finite but huge step of tau (a learning rate
-        # far too large) makes it 0 or inf in float64, and the relaxed sample divides by it
-        tau = float(aux["tau"].reshape(-1)[0])
-        lam = math.exp(tau) if tau < 709 else math.inf         # (math.exp raises past 709.78)
+        # lambda = exp(tau) (dynamic_rebar, relax), computed as the next step will (rebar.temperature:
+        # in tau's own precision, so float32 from tau < -103.9): a finite but huge step of tau (a
+        # learning rate far too large) makes it 0 or inf, and the relaxed sample divides by it
+        tau = aux["tau"][0]
+        with np.errstate(over="ignore", under="ignore"):
+            lam = float(np.exp(tau))
         if not 0 < lam < math.inf:
-            raise TrainingDiverged(f"temperature exp(tau) is {lam:g} (tau {tau:.3g}) after step {step}")
+            raise TrainingDiverged(f"temperature exp(tau) is {lam:g} (tau {float(tau):.3g}) after step {step}")

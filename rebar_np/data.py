@@ -65,6 +65,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from .training.checkpoint import atomic_h5
+
 FORMAT_VERSION = 1
 N_PIXELS = 784
 SPLITS = ("train", "valid", "test")
@@ -183,25 +185,20 @@ def write_dataset_file(path, dataset, splits, encoding, attrs=None) -> Path:
     """Write {split: uint8 (N, 784)} to `path` in the layout of the module docstring.
 
     encoding is "packbits" (0/1 images) or "uint8" (grey levels).  The file is
-    written to a temporary file in the same folder and then moved into place.
+    built in memory, written to a temporary file in the same folder and then moved into place
+    (training/checkpoint.py:atomic_h5): a full disk is one DataError line, the old file intact.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     try:
-        with h5py.File(tmp, "w") as f:
+        with atomic_h5(path) as f:
             f.attrs["dataset"] = dataset
             f.attrs["format_version"] = FORMAT_VERSION
             for key, value in (attrs or {}).items():
                 f.attrs[key] = value
             for split in SPLITS:
                 _write_split(f, split, splits[split], encoding)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual mode
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    except OSError as e:
+        _fail(path, f"cannot write the data file ({_first_line(e)})", "free space or choose another --data-dir")
     return path
 
 

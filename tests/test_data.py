@@ -398,3 +398,30 @@ def test_omniglot_checksum_from_attributes(omni_mat, tmp_path):
     with pytest.raises(D.DataError) as e:
         D.load_split("omniglot", "valid", tmp_path)
     assert_one_line_error(e, f"{N_VALID} rows", "1345")
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGXFSZ"), reason="needs a file-size limit (POSIX)")
+def test_a_data_file_that_cannot_be_written_is_one_line_and_leaves_nothing(tmp_path):
+    """A write past the file-size limit fails as a full disk does (SIGXFSZ ignored: the write returns
+    EFBIG). The file is built in memory and written in one plain write, so the error is one DataError
+    line naming the file, the old file stays and no temporary is left (HDF5 writing the file itself
+    raised from its close, with its own text)."""
+    import resource
+    import signal
+    rng = np.random.default_rng(0)
+    splits = {s: (rng.random((4000, 784)) < 0.3).astype(np.uint8) for s in ("train", "valid", "test")}
+    path = tmp_path / "omniglot.h5"
+    path.write_bytes(b"the old file")
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, hard))         # about a third of the file
+    try:
+        with pytest.raises(D.DataError) as err:
+            D.write_dataset_file(path, "omniglot", splits, "packbits", {"standard_size": False})
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old_handler)
+    message = str(err.value)
+    assert message.startswith(f"{path}: cannot write the data file") and "\n" not in message, message
+    assert path.read_bytes() == b"the old file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["omniglot.h5"]

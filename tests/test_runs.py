@@ -169,17 +169,42 @@ import cli
 cli.main(sys.argv[1:])
 """
 
+KILL_BEFORE_THIRD_RENAME = """
+import os, signal, sys
+from contextlib import contextmanager
+sys.path.insert(0, {root!r})
+import rebar_np.training.checkpoint as C
+real, saves = C.atomic_path, [0]
+@contextmanager
+def dying(path, *a, **k):             # the new checkpoint is on disk under its temporary name: die
+    with real(path, *a, **k) as tmp:  # before it replaces the old one
+        yield tmp
+        if os.path.basename(path) == "checkpoint.h5":
+            saves[0] += 1
+            if saves[0] == 3:
+                os.kill(os.getpid(), signal.SIGKILL)
+C.atomic_path = dying
+import cli
+cli.main(sys.argv[1:])
+"""
 
-def test_sigkill_in_the_middle_of_a_checkpoint_write_keeps_the_last_good_one(tiny_data_dir, tmp_path):
+
+@pytest.mark.parametrize("killer,left_on_disk", [(KILL_DURING_THIRD_SAVE, False), (KILL_BEFORE_THIRD_RENAME, True)],
+                         ids=["while-building", "before-the-rename"])
+def test_sigkill_in_the_middle_of_a_checkpoint_write_keeps_the_last_good_one(killer, left_on_disk, tiny_data_dir,
+                                                                             tmp_path):
+    """The checkpoint is built in memory and then written under a temporary name and renamed: a kill
+    while it is built leaves nothing of it on disk, a kill after its bytes are written and before the
+    rename leaves the temporary file, which the resume removes; either way the last good one is used."""
     args = [*tiny(tiny_data_dir, "dynamic_rebar"), "--steps", 24, "--checkpoint-every", 5, "--report-every", 5,
             "--eval-every", 0]
     full, parts = tmp_path / "full", tmp_path / "parts"
     assert run("train", *args, "--output", full).exit_code == 0
-    proc = subprocess.run([sys.executable, "-c", KILL_DURING_THIRD_SAVE.format(root=str(ROOT)), "train",
+    proc = subprocess.run([sys.executable, "-c", killer.format(root=str(ROOT)), "train",
                            *map(str, args), "--output", str(parts)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     leftovers = [p for p in os.listdir(parts) if p.startswith(".tmp-")]
-    assert leftovers                                            # the half-written file of step 15
+    assert bool(leftovers) == left_on_disk, leftovers             # the new file of step 15, if it got that far
     assert load_checkpoint(parts / "checkpoint.h5")["step"] == 10
     res = run("train", "--resume", parts, "--no-progress")
     assert res.exit_code == 0, res.output

@@ -23,6 +23,7 @@ instead of being trained on. Files without it (written before it existed) still 
 with a CheckpointWarning.
 """
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -133,13 +134,36 @@ def atomic_path(path, suffix=".h5"):
         raise
 
 
+_IN_MEMORY = itertools.count()
+
+
+@contextmanager
+def atomic_h5(path):
+    """An HDF5 file open for writing, built in memory and written to path whole, through
+    atomic_path, when the block ends normally (nothing is written when it raises).
+
+    HDF5 writing a file itself meets a full disk late: from its close and the release of its
+    objects, as a RuntimeError carrying its own text and then dozens of ignored exceptions; on a
+    real full file system the process then died with a segmentation fault. Built by HDF5's core
+    driver (in memory, byte for byte the file HDF5 would write: tests/test_data.py reproduces the
+    shipped data file with it), the file reaches the disk through one plain write, whose OSError
+    atomic_path names with path."""
+    # a name of its own: HDF5 refuses to create a second in-memory file of a name that is open
+    with h5py.File(f"in-memory-{os.getpid()}-{next(_IN_MEMORY)}.h5", "w", driver="core", backing_store=False) as f:
+        yield f
+        f.flush()
+        image = f.id.get_file_image()
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(image)
+
+
 def save_checkpoint(path, step, config, params, aux, opt_states=None, ema=None, mean_x=None, train_state=None):
     written = {}      # full dataset name -> the array written there, hashed without reading it back
 
     def put(group, d):
         _write_dict(group, d)
         written.update({f"{group.name}/{k}": v for k, v in d.items()})
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+    with atomic_h5(path) as f:
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs["step"] = int(step)
         f.attrs["config"] = json.dumps(config, sort_keys=True)

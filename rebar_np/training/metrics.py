@@ -31,7 +31,7 @@ import time
 import h5py
 import numpy as np
 
-from .checkpoint import atomic_path
+from .checkpoint import atomic_h5
 
 FORMAT_VERSION = 1
 FIRST_COLUMNS = ("step", "wall_time", "train_elbo", "log_grad_var", "temperature", "valid_bound", "test_bound")
@@ -83,7 +83,7 @@ class MetricsLog:
         """Write the table if it changed, at most every min_interval seconds unless forced."""
         if not self._dirty or (not force and time.monotonic() - self._last_flush < self.min_interval):
             return
-        with atomic_path(self.path) as tmp, h5py.File(tmp, "w") as f:
+        with atomic_h5(self.path) as f:
             f.attrs["format_version"] = FORMAT_VERSION
             f.attrs["columns"] = json.dumps(self.columns)
             for c in self.columns:

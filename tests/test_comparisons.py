@@ -79,6 +79,14 @@ def test_track_variance_reports_every_estimator():
     assert lines[0].startswith("Step 25: train ELBO")
 
 
+def test_the_table_keeps_its_columns_apart_for_huge_values():
+    row = {"estimator": "nvil", "steps": 12, "train_elbo": -1.234e32, "valid_bound": float("-inf"),
+           "test_bound": None, "log_grad_var": 7.5e31, "wall_time_s": 3.25, "diverged": True}
+    head, line = format_table([row], 5).splitlines()
+    assert line.split() == ["nvil", "12", "-1.23e+32", "-inf", "-", "7.5e+31", "3.2", "diverged"], line
+    assert len(line.removesuffix("  diverged")) <= len(head)
+
+
 def test_compare_writes_table_json_and_plot(tmp_path):
     cfg = TrainConfig(n_layer=1, n_hidden=4, batch_size=8, steps=40, eval_every=0, eval_samples=5, report_every=20)
     rows, hist = run_comparison(cfg, synthetic(), ["nvil", "rebar"], str(tmp_path), log=lambda s: None,

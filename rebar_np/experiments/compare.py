@@ -118,7 +118,8 @@ def run_row(name, run_dir):
 def format_table(rows, samples):
     head = (f"{'estimator':<16}{'steps':>8}{'train ELBO':>12}{f'valid ({samples})':>14}{f'test ({samples})':>13}"
             f"{'log var':>10}{'time (s)':>10}")
-    fmt = lambda v, digits=2: f"{v:.{digits}f}" if v is not None else "-"
+    def fmt(v, digits=2):        # a diverged run's huge values in a width that keeps the columns apart
+        return "-" if v is None else f"{v:.{digits}f}" if abs(v) < 1e6 else f"{v:.3g}"
     lines = [head]
     for r in rows:
         lines.append(f"{r['estimator']:<16}{r['steps']:>8}{fmt(r['train_elbo']):>12}{fmt(r['valid_bound']):>14}"

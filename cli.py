@@ -405,14 +405,12 @@ def instance_floats(n_layer, n_hidden, nonlinear, n_input, rows):
 
 def check_fits_in_memory(need, sizes):
     """One line naming the size option (sizes: name -> (value, default)) furthest above its default
-    when `need` bytes are more than this machine's memory: checked before anything is allocated, as
-    train's check_memory does, so that a huge size is refused instead of ending in a MemoryError
-    traceback or the kernel's out-of-memory kill."""
-    from rebar_np.training.train import machine_memory
-    have = machine_memory()
-    if have is None or need <= have:
+    when `need` bytes are more than this machine's memory (train.too_big, as train's check_memory)."""
+    from rebar_np.training.train import too_big
+    found = too_big(need, sizes)
+    if found is None:
         return
-    culprit = max(sizes, key=lambda n: sizes[n][0] / sizes[n][1])
+    culprit, have = found
     listed = ", ".join(f"{n} {v}" for n, (v, _) in sizes.items())
     raise ValueError(f"--{culprit} must be smaller: {listed} need about {need / 2 ** 30:,.0f} GiB of memory, "
                      f"this machine has {have / 2 ** 30:,.0f} GiB")

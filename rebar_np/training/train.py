@@ -19,6 +19,7 @@ from numba import prange
 from tqdm import tqdm
 
 from .. import estimators as E
+from ..estimators.rebar import temperature
 from ..evaluation.bound import iw_bound
 from ..kernels.blocking import _half, _in_halves
 from ..kernels.dispatch import DEVICES, check_device, is_device, to_device, to_host, twin, zeros_like
@@ -289,16 +290,28 @@ def machine_memory():
         return None
 
 
+def too_big(need, sizes):
+    """None when `need` bytes fit in this machine's memory (or it does not say how much it has), else
+    (culprit, have): the size furthest above its default (sizes: name -> (value, default)), to be
+    named in the refusal, and the machine's bytes. Checked before anything is allocated, so that a
+    huge size is one line instead of a MemoryError traceback or the out-of-memory killer."""
+    have = machine_memory()
+    if have is None or need <= have:
+        return None
+    return max(sizes, key=lambda n: sizes[n][0] / sizes[n][1]), have
+
+
 def check_memory(cfg):
     """SettingError, naming the size setting furthest above its default, when cfg's run needs more
     memory than the machine has."""
-    have, need = machine_memory(), memory_needed(cfg)
-    if have is None or need <= have:
-        return
     defaults = {f.name: f.default for f in fields(TrainConfig)}
-    sizes = [n for n in SIZE_SETTINGS if (n != "samples" or cfg.model in E.K_SAMPLE_ESTIMATORS)
-             and (n != "relax_hidden" or cfg.model == "relax")]
-    culprit = max(sizes, key=lambda n: getattr(cfg, n) / defaults[n])
+    need = memory_needed(cfg)
+    found = too_big(need, {n: (getattr(cfg, n), defaults[n]) for n in SIZE_SETTINGS
+                           if (n != "samples" or cfg.model in E.K_SAMPLE_ESTIMATORS)
+                           and (n != "relax_hidden" or cfg.model == "relax")})
+    if found is None:
+        return
+    culprit, have = found
     sizes = ", ".join(f"{n.replace('_', '-')} {getattr(cfg, n)}" for n in SIZE_SETTINGS[:3])
     raise SettingError(culprit, f"must be smaller: the run ({cfg.model}, {sizes}) needs about "
                                 f"{need / 2 ** 30:,.0f} GiB of memory, this machine has {have / 2 ** 30:,.0f} GiB")
@@ -1070,11 +1083,11 @@ def _check_finite(step, res, bad_model_grad, bad_aux_grad, aux=None):
     if bad_aux_grad is not None:
         raise TrainingDiverged(f"non-finite estimator gradient of {bad_aux_grad} at step {step}")
     if aux is not None and "tau" in aux:
-        # lambda = exp(tau) (dynamic_rebar, relax), computed as the next step will (rebar.temperature:
-        # in tau's own precision, so float32 from tau < -103.9): a finite but huge step of tau (a
+        # lambda = exp(tau) (dynamic_rebar, relax), computed by the function the next step calls (in
+        # tau's own precision, so 0 in float32 from tau < -103.9): a finite but huge step of tau (a
         # learning rate far too large) makes it 0 or inf, and the relaxed sample divides by it
-        tau = aux["tau"][0]
         with np.errstate(over="ignore", under="ignore"):
-            lam = float(np.exp(tau))
+            lam = temperature(aux, None)
         if not 0 < lam < math.inf:
-            raise TrainingDiverged(f"temperature exp(tau) is {lam:g} (tau {float(tau):.3g}) after step {step}")
+            raise TrainingDiverged(f"temperature exp(tau) is {lam:g} (tau {float(aux['tau'][0]):.3g}) "
+                                   f"after step {step}")
